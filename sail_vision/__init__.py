@@ -1,0 +1,18 @@
+"""sail-vision: SAIL (a single-transformer vision-language model) as a vision backbone."""
+
+from .checkpoint import SailCheckpoint, VisionTokenIds, read_vision_token_ids
+from .config import SailConfig, load_sail_config
+from .encoder import SailEncoder, resolve_dtype
+from .errors import CheckpointError, ImageError, InputError, LayerIndexError, SailVisionError
+from .layer_indices import resolve_layer_indices
+from .outputs import POOLS, SailEncoding
+from .preprocessing import image_to_patches, native_resize_size
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SailEncoder", "SailEncoding", "SailConfig", "SailCheckpoint", "VisionTokenIds", "POOLS",
+    "load_sail_config", "read_vision_token_ids", "resolve_dtype", "resolve_layer_indices",
+    "image_to_patches", "native_resize_size",
+    "SailVisionError", "CheckpointError", "ImageError", "InputError", "LayerIndexError",
+]

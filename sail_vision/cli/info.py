@@ -1,0 +1,34 @@
+"""``sail-vision info``: describe a SAIL checkpoint without loading its weights."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("info", help="show a checkpoint's architecture, vision token ids and sizes",
+                              description="Read config.json, the tokenizer and the safetensors headers of a "
+                                          "SAIL checkpoint and print what sail-vision sees. Reads no weights.")
+    p.add_argument("checkpoint", help="SAIL checkpoint folder")
+    p.add_argument("--max-layer", type=int, default=None,
+                   help="also report the bytes an encoder loaded with this max_layer reads")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..checkpoint import SailCheckpoint, expected_tensor_shapes
+    from ..layer_indices import resolve_layer_indices
+
+    ckpt = SailCheckpoint(args.checkpoint)
+    cfg = ckpt.config
+    print(f"checkpoint: {ckpt.path}")
+    for key, value in cfg.to_dict().items():
+        print(f"  {key}: {value}")
+    print(f"  head_dim: {cfg.head_dim}")
+    print(f"vision token ids: {ckpt.token_ids}")
+    total = ckpt.weight_bytes(ckpt.weight_map)
+    print(f"weights on disk: {total / 1e9:.3f} GB in {len(set(ckpt.weight_map.values()))} file(s)")
+    if args.max_layer is not None:
+        k = resolve_layer_indices([args.max_layer], cfg.num_hidden_layers)[0]
+        names = [n for n in expected_tensor_shapes(cfg, k) if n != "model.embed_tokens.weight"]
+        print(f"an encoder with max_layer={k} reads {ckpt.weight_bytes(names) / 1e9:.3f} GB "
+              f"(plus 6 embedding rows)")
+    return 0

@@ -1,0 +1,241 @@
+"""The SAIL vision encoder: SAIL's decoder run on image-only token sequences.
+
+Reuses transformers' Mistral decoder blocks and RMSNorm; adds what SAIL has on top: the patch
+embedding (added to the ``<vpatch>`` token embedding), 3-D rotary positions and bidirectional
+attention over the image.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .checkpoint import VISION_TOKENS, SailCheckpoint, VisionTokenIds, expected_tensor_shapes
+from .config import SailConfig
+from .errors import InputError, LayerIndexError
+from .layer_indices import resolve_layer_indices
+from .outputs import SailEncoding
+from .positions import SailRotaryEmbedding, image_position_ids
+from .preprocessing import DEFAULT_MAX_TOKENS, image_to_patches, pixels_to_patches
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+_TOKEN_ROLES = tuple(VISION_TOKENS)
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """'bfloat16' / 'bf16' / torch.bfloat16 ... -> torch.dtype (float32, bfloat16 or float16)."""
+    if isinstance(dtype, torch.dtype):
+        if dtype in (torch.float32, torch.bfloat16, torch.float16):
+            return dtype
+    elif isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _DTYPES:
+        return _DTYPES[dtype.lower().removeprefix("torch.")]
+    raise InputError(f"dtype {dtype!r} is not supported; use float32, bfloat16 or float16")
+
+
+class SailEncoder(nn.Module):
+    """SAIL as a vision backbone: images in, per-token hidden states of chosen layers out.
+
+    Build it with :meth:`from_pretrained`. Only blocks 1..``num_blocks`` exist; hidden-state
+    indices keep the full model's meaning (0 = embeddings, L = final norm of block L).
+    """
+
+    def __init__(self, config: SailConfig, token_ids: VisionTokenIds, *, num_blocks: int | None = None,
+                 attn_implementation: str = "sdpa"):
+        super().__init__()
+        from transformers.models.mistral.modeling_mistral import MistralDecoderLayer, MistralRMSNorm
+
+        if attn_implementation not in ("sdpa", "eager"):
+            raise InputError(f"attn_implementation {attn_implementation!r}: use 'sdpa' or 'eager'")
+        self.config = config
+        self.token_ids = token_ids
+        self.num_layers = config.num_hidden_layers
+        self.num_blocks = self.num_layers if num_blocks is None else num_blocks
+        mistral_cfg = config.to_mistral_config(attn_implementation)
+        # Only the embedding rows of the six vision tokens are needed, not the 32k-row table.
+        self.vision_token_embeds = nn.Parameter(torch.empty(len(_TOKEN_ROLES), config.hidden_size))
+        self.vis_embed = nn.Linear(config.patch_dim, config.hidden_size, bias=False)
+        self.layers = nn.ModuleList(MistralDecoderLayer(mistral_cfg, i) for i in range(self.num_blocks))
+        for layer in self.layers:
+            layer.self_attn.is_causal = False  # an image-only sequence attends bidirectionally
+        self.norm = MistralRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary = SailRotaryEmbedding(config.head_dim, config.rope_theta)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, dtype: str | torch.dtype = torch.float32,
+                        device: str | torch.device = "cpu", max_layer: int | None = None,
+                        attn_implementation: str = "sdpa") -> "SailEncoder":
+        """Load a local SAIL checkpoint (Hugging Face format).
+
+        ``max_layer=k`` builds and reads only blocks 1..k (hidden-state indices 0..k stay
+        available; negative k counts from the end). ``lm_head`` and the token embedding table
+        (except the six vision-token rows) are never read. Every tensor read is shape-checked
+        and every module parameter must be filled: nothing loads leniently.
+        """
+        ckpt = SailCheckpoint(path)
+        cfg = ckpt.config
+        num_blocks = cfg.num_hidden_layers
+        if max_layer is not None:
+            num_blocks = resolve_layer_indices([max_layer], cfg.num_hidden_layers)[0]
+        dtype = resolve_dtype(dtype)
+        shapes = expected_tensor_shapes(cfg, num_blocks)
+        embed_name = "model.embed_tokens.weight"
+        rows = [getattr(ckpt.token_ids, role) for role in _TOKEN_ROLES]
+        tensors = ckpt.read_tensors(shapes, dtype=dtype, device=device, row_subsets={embed_name: rows})
+        state = {}
+        for name, tensor in tensors.items():
+            key = "vision_token_embeds" if name == embed_name else name.removeprefix("model.")
+            state[key] = tensor
+        with torch.device("meta"):
+            model = cls(cfg, ckpt.token_ids, num_blocks=num_blocks, attn_implementation=attn_implementation)
+        model.load_state_dict(state, strict=True, assign=True)
+        model.checkpoint_path = str(Path(path).resolve())
+        model.requires_grad_(False)
+        return model.eval()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def patch_size(self) -> int:
+        return self.config.vision_patch_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vis_embed.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.vis_embed.weight.device
+
+    def resolve_layers(self, layers: int | Iterable[int]) -> list[int]:
+        """Normalise layer indices (negative from the end) and check the blocks are loaded."""
+        indices = resolve_layer_indices(layers, self.num_layers)
+        too_deep = [i for i in indices if i > self.num_blocks]
+        if too_deep:
+            raise LayerIndexError(
+                f"layer(s) {too_deep} need blocks up to {max(too_deep)}, but this encoder was loaded "
+                f"with max_layer={self.num_blocks}; load with a larger max_layer (or None)")
+        return indices
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, images, layers: int | Iterable[int] = -1, *, norm: bool = False,
+               add_cls: bool = False, max_tokens: int = DEFAULT_MAX_TOKENS, resolution=None,
+               enable_grad: bool = False) -> SailEncoding:
+        """Encode images (paths, PIL images or uint8 arrays; one or a list).
+
+        Preprocessing follows upstream (native resolution, capped at ``max_tokens`` patches)
+        unless ``resolution`` asks for a fixed size (see ``preprocessing.resize_image``).
+        """
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        patches = [image_to_patches(img, self.patch_size, max_tokens, resolution) for img in images]
+        return self.encode_patches(patches, layers, norm=norm, add_cls=add_cls, enable_grad=enable_grad)
+
+    def encode_pixels(self, pixels: torch.Tensor, layers: int | Iterable[int] = -1, *, norm: bool = False,
+                      add_cls: bool = False, enable_grad: bool = False) -> SailEncoding:
+        """Encode a normalised batch (B, 3, H, W) whose H and W are multiples of the patch size."""
+        if pixels.dim() != 4 or pixels.shape[1] != 3:
+            raise InputError(f"pixels must have shape (B, 3, H, W), got {tuple(pixels.shape)}")
+        return self.encode_patches(pixels_to_patches(pixels, self.patch_size), layers, norm=norm,
+                                   add_cls=add_cls, enable_grad=enable_grad)
+
+    def encode_patches(self, patches, layers: int | Iterable[int] = -1, *, norm: bool = False,
+                       add_cls: bool = False, enable_grad: bool = False) -> SailEncoding:
+        """Encode preprocessed patches: a (B, nh, nw, 3, p, p) tensor, one (nh, nw, 3, p, p)
+        tensor, or a list of those with possibly different grids.
+
+        Images sharing a grid run as one batch; different grids run as separate batches and the
+        result is padded to the longest sequence (see ``SailEncoding.padding_mask``).
+        """
+        items = self._split_patch_input(patches)
+        indices = self.resolve_layers(layers)
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, item in enumerate(items):
+            groups[tuple(item.shape[:2])].append(i)
+        with torch.set_grad_enabled(enable_grad):
+            results = {}
+            for grid, members in groups.items():
+                batch = torch.stack([items[i] for i in members]) if len(members) > 1 else items[members[0]][None]
+                results[grid] = (members, self._forward_batch(batch, indices, norm, add_cls))
+        grids = [tuple(item.shape[:2]) for item in items]
+        if len(groups) == 1:
+            (_, states), = results.values()
+        else:
+            states = self._assemble(results, grids, indices, add_cls)
+        return SailEncoding(hidden_states=states, grids=grids, add_cls=add_cls, num_layers=self.num_layers,
+                            norm=norm)
+
+    def _split_patch_input(self, patches) -> list[torch.Tensor]:
+        p = self.patch_size
+        if isinstance(patches, torch.Tensor):
+            if patches.dim() == 5:
+                patches = patches[None]
+            if patches.dim() != 6:
+                raise InputError(f"patches must be (B, nh, nw, 3, {p}, {p}) or (nh, nw, 3, {p}, {p}), "
+                                 f"got {tuple(patches.shape)}")
+            items = list(patches.unbind(0))
+        else:
+            items = list(patches)
+        if not items:
+            raise InputError("no images to encode")
+        for item in items:
+            if not isinstance(item, torch.Tensor) or item.dim() != 5 or tuple(item.shape[2:]) != (3, p, p):
+                shape = tuple(item.shape) if isinstance(item, torch.Tensor) else type(item).__name__
+                raise InputError(f"each image's patches must be (nh, nw, 3, {p}, {p}) for this checkpoint's "
+                                 f"patch size {p}, got {shape}")
+        return items
+
+    def embed(self, patches: torch.Tensor, add_cls: bool = False) -> torch.Tensor:
+        """Input embeddings (hidden state 0) for a same-grid batch (B, nh, nw, 3, p, p):
+        token embeddings of ``<vision> <vpatch>*N </vision> [cls]`` with the patch embedding
+        added at each ``<vpatch>``."""
+        batch, nh, nw = patches.shape[:3]
+        n = nh * nw
+        row = {role: self.vision_token_embeds[i] for i, role in enumerate(_TOKEN_ROLES)}
+        vis = self.vis_embed(patches.reshape(batch, n, -1).to(device=self.device, dtype=self.dtype))
+        tail = torch.stack([row["end"], row["cls"]] if add_cls else [row["end"]])
+        return torch.cat([row["begin"].expand(batch, 1, -1), row["patch"] + vis,
+                          tail.expand(batch, -1, -1)], dim=1)
+
+    def _forward_batch(self, patches: torch.Tensor, indices: Sequence[int], norm: bool,
+                       add_cls: bool) -> dict[int, torch.Tensor]:
+        nh, nw = patches.shape[1:3]
+        hidden = self.embed(patches, add_cls)
+        positions = image_position_ids(nh, nw, add_cls).to(self.device)
+        cos_sin = self.rotary(positions, hidden.dtype)
+        wanted = set(indices)
+        kept = {}
+        if 0 in wanted:
+            kept[0] = self.norm(hidden) if norm else hidden
+        for block_index in range(max(indices)):
+            hidden = self.layers[block_index](hidden, attention_mask=None, position_embeddings=cos_sin)
+            k = block_index + 1
+            if k in wanted:
+                kept[k] = self.norm(hidden) if (norm or k == self.num_layers) else hidden
+        return {k: kept[k] for k in indices}
+
+    @staticmethod
+    def _assemble(results, grids, indices, add_cls) -> dict[int, torch.Tensor]:
+        extra = 2 + int(add_cls)
+        seq_max = max(nh * nw for nh, nw in grids) + extra
+        states = {}
+        for k in indices:
+            some = next(iter(results.values()))[1][k]
+            out = some.new_zeros(len(grids), seq_max, some.shape[-1])
+            for members, group_states in results.values():
+                length = group_states[k].shape[1]
+                out[members, :length] = group_states[k]
+            states[k] = out
+        return states
+
