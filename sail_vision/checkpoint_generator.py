@@ -38,6 +38,11 @@ def preset_config(preset: str, **overrides) -> SailConfig:
     """A preset's SailConfig with optional field overrides (e.g. num_hidden_layers=2)."""
     if preset not in PRESETS:
         raise SailVisionError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    known = set(SailConfig.__dataclass_fields__)
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise SailVisionError(f"unknown config field(s) {', '.join(unknown)}; settable fields: "
+                              f"{', '.join(sorted(known))}")
     fields = {**_COMMON, **PRESETS[preset], **overrides}
     return sail_config_from_dict({"model_type": "mistral", **fields}, source=f"preset {preset}")
 
@@ -99,6 +104,17 @@ def write_tokenizer(out_dir: Path, cfg: SailConfig) -> dict[str, int]:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                    additional_special_tokens=list(VISION_TOKENS.values()))
     fast.save_pretrained(str(out_dir))
+    # tokenizer_config.json and special_tokens_map.json as SAIL's checkpoints (transformers 4.42) have them.
+    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    added = {str(vocab[t]): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                             "single_word": False, "special": True}
+             for t in ["<unk>", "<s>", "</s>", *VISION_TOKENS.values()]}
+    tok_cfg = {"added_tokens_decoder": added, "additional_special_tokens": list(VISION_TOKENS.values()),
+               **special, "clean_up_tokenization_spaces": True, "model_max_length": 1048576,
+               "tokenizer_class": "PreTrainedTokenizerFast"}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
+    (out_dir / "special_tokens_map.json").write_text(json.dumps(
+        {"additional_special_tokens": list(VISION_TOKENS.values()), **special}, indent=2) + "\n")
     return ids
 
 

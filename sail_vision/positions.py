@@ -16,9 +16,10 @@ def image_token_ids(token_ids: VisionTokenIds, nh: int, nw: int, add_cls: bool =
     return torch.tensor(ids, dtype=torch.long)
 
 
-def image_position_ids(nh: int, nw: int, add_cls: bool = False, prefix_len: int = 1) -> torch.Tensor:
-    """(3, seq) position ids (t, h, w) for ``prefix_len`` tokens, an nh x nw patch grid, then the
-    ``</vision>`` token and optionally ``<|vis_cls|>``.
+def image_position_ids(nh: int, nw: int, add_cls: bool = False, prefix_len: int = 1,
+                       trailing: int | None = None) -> torch.Tensor:
+    """(3, seq) position ids (t, h, w) for ``prefix_len`` tokens, an nh x nw patch grid, then
+    ``trailing`` tokens (default: ``</vision>`` and, with ``add_cls``, ``<|vis_cls|>``).
 
     Tokens before the grid sit at (i, i, i); patch (r, c) at (s, s + r, s + c) with s the first
     patch index; the j-th token after the grid at m + 1 + j on all rows, m = s + max(nh, nw) - 1.
@@ -28,7 +29,7 @@ def image_position_ids(nh: int, nw: int, add_cls: bool = False, prefix_len: int 
     rows = torch.arange(nh).repeat_interleave(nw)
     cols = torch.arange(nw).repeat(nh)
     grid = torch.stack([torch.zeros_like(rows), rows, cols]) + s
-    n_after = 1 + int(add_cls)
+    n_after = 1 + int(add_cls) if trailing is None else trailing
     after = (s + max(nh, nw) + torch.arange(n_after)).expand(3, n_after)
     return torch.cat([before, grid, after], dim=1).long()
 
