@@ -17,6 +17,9 @@ from ..errors import SailVisionError
 COMMANDS = (
     "sail_vision.cli.make_checkpoint",
     "sail_vision.cli.info",
+    "sail_vision.cli.extract",
+    "sail_vision.cli.pca",
+    "sail_vision.cli.demo",
 )
 
 

@@ -1,0 +1,134 @@
+"""``sail-vision extract``: features of a whole dataset into memory-mapped .npy files."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EPILOG = """examples:
+  sail-vision extract --checkpoint SAIL-7B-PT --images imagenet --split val \\
+      --labels-file val.txt --layers 16 -1 --pool mean end --resolution 224 --out feats/val
+  sail-vision extract --checkpoint C --images ADE20K --split validation --pool patch --out feats/ade
+  torchrun --nproc_per_node=8 -m sail_vision extract --checkpoint C --images imagenet --split train --out feats/train
+
+Outputs (in --out): layer-{k}_{pool}.npy per (layer, pool), valid.npy, labels.npy (when known),
+paths.txt, failures.jsonl, manifest.json. Exit status: 0 when done, 1 when some images failed
+(unless --allow-failures), 2 on bad options or an unusable --out. See docs/extraction.md."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def register(subparsers) -> None:
+    from ..outputs import POOLS
+
+    p = subparsers.add_parser(
+        "extract", help="extract features of many images to .npy files (resumable, multi-GPU)",
+        description="Encode every image of a folder, an ImageNet or ADE20K tree, or a list file, and write the "
+                    "chosen layers' features as one memory-mapped .npy per (layer, pool). Interrupted runs "
+                    "continue with --resume; under torchrun the ranks share the work.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("what to extract")
+    g.add_argument("--checkpoint", required=True, help="SAIL checkpoint folder (required)")
+    g.add_argument("--images", required=True, nargs="+", metavar="PATH",
+                   help="a folder (recursive), an ImageNet split or root, an ADE20K folder, a .txt/.csv list "
+                        "of paths with optional labels, or image files (required)")
+    g.add_argument("--layout", default="auto", choices=["auto", "folder", "imagenet", "ade20k", "list"],
+                   help="how to read --images (default: auto, guessed from the folder structure)")
+    g.add_argument("--split", default=None,
+                   help="split folder: train/val for ImageNet roots, training/validation for ADE20K (default: none)")
+    g.add_argument("--labels-file", default=None,
+                   help="'path label' list labelling a flat ImageNet-style folder such as val (default: none)")
+    g.add_argument("--layers", nargs="+", default=["-1"], metavar="K",
+                   help="hidden-state indices: 0 = embeddings, L = last (final norm); negative count from the "
+                        "end; several allowed, e.g. --layers 8 16 -1 or 8,16,-1 (default: -1)")
+    g.add_argument("--pool", nargs="+", default=["mean"], choices=POOLS, metavar="POOL",
+                   help="one or more of: patch (all patch tokens), mean (mean of patches), cls (the "
+                        "<|vis_cls|> token, appended), end (the </vision> token) (default: mean)")
+    g.add_argument("--norm", action="store_true",
+                   help="apply the model's final RMSNorm to every extracted layer (the last layer always has it)")
+    g.add_argument("--limit", type=_positive_int, default=None, help="only the first N images (default: all)")
+    g = p.add_argument_group("preprocessing")
+    g.add_argument("--resolution", default="native",
+                   help="'native' (upstream's aspect-keeping resize, multiples of the patch size), S (shorter "
+                        "side to S then an S x S center crop), or HxW (default: native)")
+    g.add_argument("--max-tokens", type=_positive_int, default=4096,
+                   help="patch cap at native resolution; larger images are scaled down (default: 4096)")
+    g.add_argument("--max-pixels", type=_non_negative_int, default=89_478_485,
+                   help="decompression-bomb limit: images with more pixels are skipped as failures; 0 = no "
+                        "limit (default: 89478485, PIL's)")
+    g = p.add_argument_group("compute")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="compute dtype (default: auto = bfloat16 on CUDA, float32 on CPU)")
+    g.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: auto; under torchrun each "
+                                                     "rank uses cuda:LOCAL_RANK)")
+    g.add_argument("--batch-size", type=_positive_int, default=16,
+                   help="images per forward pass; a batch holds images of one patch grid (default: 16)")
+    g.add_argument("--workers", type=_non_negative_int, default=None,
+                   help="DataLoader processes decoding images; 0 decodes in the main process "
+                        f"(default: min(4, CPU count) = {min(4, os.cpu_count() or 1)})")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", required=True, help="output folder (required)")
+    g.add_argument("--save-dtype", default="float16", choices=["float16", "float32"],
+                   help="dtype of the stored features (default: float16; an error, never a clip, if a value "
+                        "exceeds float16's range)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue an interrupted extraction in --out (same options required); recomputes "
+                        "only unfinished images; a finished --out is left as it is")
+    g.add_argument("--overwrite", action="store_true", help="delete an existing feature folder in --out first")
+    g.add_argument("--commit-interval", type=float, default=2.0, metavar="SECONDS",
+                   help="how often finished rows are flushed and marked done; a crash loses at most about "
+                        "this much work (default: 2.0)")
+    g = p.add_argument_group("bad inputs")
+    g.add_argument("--strict", action="store_true",
+                   help="stop at the first image that cannot be used (default: skip it and record it in "
+                        "failures.jsonl and the manifest)")
+    g.add_argument("--allow-failures", action="store_true",
+                   help="exit 0 even when some images failed (default: exit 1 if any failed)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..layer_indices import parse_layer_list
+    from ..extraction import extract
+
+    layers = parse_layer_list(" ".join(args.layers))
+    result = extract(
+        args.checkpoint, args.images, args.out, layers=layers, pools=args.pool, norm=args.norm,
+        resolution=args.resolution, max_tokens=args.max_tokens, dtype=args.dtype, device=args.device,
+        batch_size=args.batch_size, workers=args.workers, resume=args.resume, overwrite=args.overwrite,
+        save_dtype=args.save_dtype, limit=args.limit, strict=args.strict,
+        max_pixels=args.max_pixels or None, layout=args.layout, split=args.split, labels_file=args.labels_file,
+        progress=not args.no_progress, commit_interval=args.commit_interval)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 reports (and sets the exit status) for the whole run
+    print(result.summary())
+    if result.num_failed:
+        kinds = {}
+        for record in result.failures:
+            kinds[record["kind"]] = kinds.get(record["kind"], 0) + 1
+        listing = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        print(f"{result.num_failed} image(s) failed ({listing}); see {result.out / 'failures.jsonl'}",
+              file=sys.stderr)
+        if not args.allow_failures:
+            return 1
+    return 0

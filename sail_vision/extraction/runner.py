@@ -1,0 +1,533 @@
+"""``extract()``: encode a dataset and store chosen (layer, pool) features as ``.npy`` files.
+
+The run is planned once (input list, patch grids, preallocated files, a per-row status file;
+see ``feature_store`` for the output format), then every rank encodes its share of the global
+batch plan and writes rows in place. ``resume`` redoes only batches with unfinished rows, so an
+interrupted run ends with the same bytes as an uninterrupted one; so does any number of ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ..errors import InputError, SailVisionError
+from ..feature_store import (FAILURES_FILE, FORMAT_NAME, FORMAT_VERSION, LABELS_FILE, MANIFEST_FILE,
+                             PATCH_GRIDS_FILE, PATHS_FILE, VALID_FILE, FeatureStoreError, _software_versions,
+                             atomic_save_npy, atomic_write_text, feature_name, offsets_file_name, read_manifest,
+                             write_manifest)
+from ..outputs import POOLS
+from ..preprocessing import DEFAULT_MAX_TOKENS, IMAGENET_MEAN, IMAGENET_STD
+from .distributed import DistContext
+from .inputs import ALPHA_BACKGROUND, DEFAULT_MAX_PIXELS, ImageSource, find_duplicates, resolve_inputs
+from .loader import NO_GRID, Preprocess, batch_loader, plan_batches, scan_grids
+from .writer import (DONE, FAILED, PENDING, ArraySpec, BackgroundWriter, FailureLog, OutputArrays, RowStatus,
+                     create_array_file, failure_record)
+
+STATE_DIR = ".extract"
+PLAN_STATUS = "status-plan.npy"
+PLANNED_MARK = "planned"
+PLAN_FAILURES = "failures-plan.jsonl"
+SAVE_DTYPES = ("float16", "float32")
+FLOAT16_MAX = 65504.0
+#: Seconds to sleep after each batch (for crash-safety tests and demos; 0 / unset in normal use).
+DELAY_ENV = "SAIL_VISION_EXTRACT_DELAY"
+
+
+class ExtractionError(SailVisionError):
+    """An extraction cannot start, continue, or finish as asked."""
+
+
+@dataclass
+class ExtractionResult:
+    """What an :func:`extract` call produced (the same on every rank)."""
+
+    out: Path
+    num_items: int
+    num_valid: int
+    num_failed: int
+    failures: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    images_processed: int = 0
+    output_bytes: int = 0
+    already_complete: bool = False
+    world_size: int = 1
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_processed / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        """One line: images, failures, time, speed, bytes on disk."""
+        if self.already_complete:
+            return (f"{self.out}: already complete ({self.num_items} images, {self.num_failed} failed); "
+                    f"nothing to do")
+        ranks = f" on {self.world_size} processes" if self.world_size > 1 else ""
+        return (f"extracted {self.num_items} images ({self.num_valid} ok, {self.num_failed} failed) in "
+                f"{self.seconds:.1f} s{ranks} ({self.images_per_second:.1f} images/s this run), "
+                f"{_human_bytes(self.output_bytes)} of features in {self.out}")
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+# ---------------------------------------------------------------------------------- options
+def _resolve_device(device):
+    import torch
+
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"--device {device!r}: expected cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return resolved
+
+
+def _resolve_compute_dtype(dtype, device_type: str) -> str:
+    from ..encoder import resolve_dtype
+
+    if dtype is None or dtype == "auto":
+        return "bfloat16" if device_type == "cuda" else "float32"
+    return str(resolve_dtype(dtype)).removeprefix("torch.")
+
+
+def _normalise_pools(pools: str | Iterable[str]) -> list[str]:
+    items = [pools] if isinstance(pools, str) else list(pools)
+    if not items:
+        raise InputError(f"no pool requested; choose from {', '.join(POOLS)}")
+    bad = [p for p in items if p not in POOLS]
+    if bad:
+        raise InputError(f"pool(s) {', '.join(map(repr, bad))}: choose from {', '.join(POOLS)}")
+    return list(dict.fromkeys(items))
+
+
+def weights_digest(checkpoint) -> str:
+    """A cheap identity of a checkpoint's weights: names, sizes, first and last MiB of each file."""
+    digest = hashlib.sha256()
+    for file in sorted({Path(p) for p in checkpoint.weight_map.values()}):
+        size = file.stat().st_size
+        digest.update(f"{file.name}:{size}".encode())
+        with open(file, "rb") as handle:
+            digest.update(handle.read(1 << 20))
+            if size > 2 << 20:
+                handle.seek(size - (1 << 20))
+                digest.update(handle.read())
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------- planning
+def _feature_specs(layers: Sequence[int], pools: Sequence[str], hidden: int, num_items: int,
+                   fixed_grid, total_patches: int, save_dtype: str) -> list[ArraySpec]:
+    specs = []
+    for layer in layers:
+        for pool in pools:
+            name = feature_name(layer, pool)
+            if pool != "patch":
+                specs.append(ArraySpec(name, f"{name}.npy", (num_items, hidden), save_dtype, "pooled", layer, pool))
+            elif fixed_grid is not None:
+                specs.append(ArraySpec(name, f"{name}.npy", (num_items, *fixed_grid, hidden), save_dtype, "grid",
+                                       layer, pool))
+            else:
+                specs.append(ArraySpec(name, f"{name}.npy", (total_patches, hidden), save_dtype, "rows", layer,
+                                       pool, offsets_file_name(layer)))
+    return specs
+
+
+def _specs_from_manifest(manifest: dict) -> list[ArraySpec]:
+    return [ArraySpec(name, info["file"], tuple(info["shape"]), info["dtype"], info["layout"], info["layer"],
+                      info["pool"], info.get("offsets")) for name, info in manifest["features"].items()]
+
+
+def _clear_folder(out: Path) -> None:
+    for child in out.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+class _Planner:
+    """Rank 0's work before encoding: check the folder, list inputs, plan, preallocate."""
+
+    def __init__(self, out: Path, settings: dict, manifest_base: dict, preprocess: Preprocess, source_args: dict,
+                 *, hidden: int, strict: bool, workers: int, progress: bool):
+        self.out = out
+        self.state = out / STATE_DIR
+        self.settings = settings
+        self.manifest_base = manifest_base
+        self.preprocess = preprocess
+        self.source_args = source_args
+        self.hidden = hidden
+        self.strict = strict
+        self.workers = workers
+        self.progress = progress
+
+    def prepare(self, *, resume: bool, overwrite: bool) -> str:
+        """'complete' when a finished identical extraction is already there, else 'ready'."""
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise ExtractionError(f"--out {out}: exists and is not a folder")
+        has_manifest = (out / MANIFEST_FILE).is_file()
+        if has_manifest:
+            try:
+                manifest = read_manifest(out)
+            except FeatureStoreError as exc:
+                raise ExtractionError(f"--out {out}: has a {MANIFEST_FILE} that is not a usable sail-vision "
+                                      f"manifest ({exc}); choose another --out or delete it yourself") from None
+            if overwrite:
+                _clear_folder(out)
+            elif not resume:
+                state = "a finished" if manifest.get("complete") else "an unfinished"
+                raise ExtractionError(f"--out {out}: already holds {state} extraction; pass --resume to continue "
+                                      f"it or --overwrite to start again")
+            else:
+                self._check_same_settings(manifest)
+                if manifest.get("complete"):
+                    return "complete"
+                if (self.state / PLANNED_MARK).is_file():
+                    self._check_same_inputs()
+                    return "ready"
+                _clear_folder(out)  # the previous run stopped while planning: plan again
+        elif out.exists() and any(out.iterdir()):
+            raise ExtractionError(f"--out {out}: exists, is not empty and is not a sail-vision feature folder; "
+                                  f"choose an empty or new folder")
+        self._plan()
+        return "ready"
+
+    def _check_same_settings(self, manifest: dict) -> None:
+        before = manifest.get("settings") or {}
+        changed = [k for k in sorted(set(before) | set(self.settings)) if before.get(k) != self.settings.get(k)]
+        if changed:
+            details = "; ".join(f"{k}: was {before.get(k)!r}, now {self.settings.get(k)!r}" for k in changed)
+            raise ExtractionError(f"--out {self.out}: cannot resume with different settings ({details}); rerun "
+                                  f"with the original options, or pass --overwrite to start again")
+
+    def _source(self) -> ImageSource:
+        return resolve_inputs(**self.source_args)
+
+    def _check_same_inputs(self) -> None:
+        listed = (self.out / PATHS_FILE).read_text(encoding="utf-8")
+        now = "".join(p + "\n" for p in self._source().paths)
+        if hashlib.sha256(listed.encode()).digest() != hashlib.sha256(now.encode()).digest():
+            raise ExtractionError(f"--out {self.out}: the input images changed since this extraction started "
+                                  f"(the list differs from {PATHS_FILE}); pass --overwrite to start again")
+
+    def _plan(self) -> None:
+        source = self._source()
+        paths = source.paths
+        num_items = len(paths)
+        failures: dict[int, dict] = {}
+        for row, first in find_duplicates(paths).items():
+            failures[row] = failure_record(row, paths[row], "duplicate",
+                                           f"duplicate path: same as row {first}; extracted once, at row {first}")
+        grids = np.zeros((num_items, 2), dtype=np.int32)
+        fixed = self.preprocess.fixed_grid
+        todo = [r for r in range(num_items) if r not in failures]
+        if fixed is not None:
+            grids[todo] = fixed
+        else:
+            for row, grid, failure in scan_grids(paths, self.preprocess, todo, workers=self.workers,
+                                                 progress=self.progress):
+                if failure is None:
+                    grids[row] = grid
+                else:
+                    failures[row] = failure_record(row, paths[row], *failure)
+        if self.strict and failures:
+            first = failures[min(failures)]
+            raise ExtractionError(f"{first['path']}: {first['reason']} (--strict stops at the first bad input)")
+        grids[list(failures)] = NO_GRID
+        counts = grids[:, 0].astype(np.int64) * grids[:, 1]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        specs = _feature_specs(self.settings["layers"], self.settings["pools"], self.hidden, num_items, fixed,
+                               int(offsets[-1]), self.settings["save_dtype"])
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.state.mkdir(exist_ok=True)
+        manifest = {**self.manifest_base, "num_items": num_items,
+                    "features": {s.name: s.manifest_entry() for s in specs},
+                    "labels": LABELS_FILE if source.labels is not None else None,
+                    "classes": source.classes, "inputs": source.description}
+        write_manifest(self.out, manifest)  # "complete": false from the first moment
+        for spec in specs:
+            create_array_file(self.out / spec.file, spec.shape, spec.dtype)
+            if spec.offsets_file:
+                atomic_save_npy(self.out / spec.offsets_file, offsets)
+        atomic_save_npy(self.out / PATCH_GRIDS_FILE, grids)
+        if source.labels is not None:
+            atomic_save_npy(self.out / LABELS_FILE, source.labels.astype(np.int64))
+        atomic_write_text(self.out / PATHS_FILE, "".join(p + "\n" for p in paths))
+        atomic_write_text(self.state / PLAN_FAILURES,
+                          "".join(_json_line(failures[r]) for r in sorted(failures)))
+        RowStatus.create(self.state / PLAN_STATUS, num_items, sorted(failures))
+        atomic_write_text(self.state / PLANNED_MARK, "")
+
+
+def rank_status_file(out: Path, rank: int) -> Path:
+    """The status file one rank marks its rows in."""
+    return out / STATE_DIR / f"status-rank{rank}.npy"
+
+
+def status_files(out: Path) -> list[Path]:
+    """Every status file of an unfinished run (planning's and each rank's)."""
+    return sorted((out / STATE_DIR).glob("status-*.npy"))
+
+
+def _json_line(record: dict) -> str:
+    return json.dumps(record, sort_keys=True) + "\n"
+
+
+# ---------------------------------------------------------------------------------- encoding
+def _batch_features(encoding, specs: Sequence[ArraySpec], save_dtype, rows, paths) -> dict[str, np.ndarray]:
+    """The arrays to store for one encoded batch, checked for non-finite and float16-overflowing values."""
+    import torch
+
+    out = {}
+    for spec in specs:
+        values = encoding.pooled(spec.layer, spec.pool)
+        bad = ~torch.isfinite(values)
+        if save_dtype == torch.float16:
+            bad |= values.abs() > FLOAT16_MAX
+        if bool(bad.any()):
+            which = sorted({int(rows[i]) for i in bad.reshape(bad.shape[0], -1).any(1).nonzero().flatten()})
+            overflow = save_dtype == torch.float16 and bool(torch.isfinite(values).all())
+            hint = ("values exceed float16's range; use --save-dtype float32" if overflow else
+                    "the model produced NaN/inf; try --dtype float32")
+            raise ExtractionError(f"layer {spec.layer} {spec.pool}: non-storable features for {paths[which[0]]} "
+                                  f"(rows {which[:5]}): {hint}")
+        values = values.to(device="cpu", dtype=save_dtype)
+        if spec.layout == "grid":
+            values = values.reshape(values.shape[0], *spec.shape[1:])
+        out[spec.name] = values.numpy()
+    return out
+
+
+def _encode_share(out: Path, manifest: dict, batches, *, checkpoint, layers, norm, add_cls, compute_dtype,
+                  device, preprocess: Preprocess, workers: int, strict: bool, progress: bool, rank: int,
+                  commit_interval: float) -> tuple[int, int]:
+    """Encode this rank's batches and write them; returns (images processed, bytes written)."""
+    import torch
+
+    from ..encoder import SailEncoder
+
+    specs = _specs_from_manifest(manifest)
+    paths = (out / PATHS_FILE).read_text(encoding="utf-8").split("\n")[: manifest["num_items"]]
+    grids = np.load(out / PATCH_GRIDS_FILE)
+    offsets = {s.name: np.load(out / s.offsets_file) for s in specs if s.offsets_file}
+    save_dtype = {"float16": torch.float16, "float32": torch.float32}[manifest["settings"]["save_dtype"]]
+    total = int(sum(len(b) for b in batches))
+    if not batches:
+        return 0, 0
+    encoder = SailEncoder.from_pretrained(checkpoint, dtype=compute_dtype, device=device, max_layer=max(layers))
+    loader = batch_loader(paths, preprocess, grids, batches, workers=workers, pin_memory=device.type == "cuda")
+    iterator = iter(loader)  # starts the worker processes before the writer thread exists
+    arrays = OutputArrays(out, specs, offsets)
+    status = RowStatus(rank_status_file(out, rank))
+    writer = BackgroundWriter(arrays, status, FailureLog(out / STATE_DIR / f"failures-rank{rank}.jsonl"),
+                              commit_interval=commit_interval)
+    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="extracting", unit="img", dynamic_ncols=True, smoothing=0.05)
+    processed = failed = 0
+    try:
+        for item in iterator:
+            records = [failure_record(row, paths[row], kind, detail) for row, kind, detail in item["failures"]]
+            writer.put_failures(records)
+            if records and strict:
+                first = records[0]
+                raise ExtractionError(f"{first['path']}: {first['reason']} (--strict stops at the first bad "
+                                      f"input; rows finished so far are kept: fix the file and --resume, or "
+                                      f"run without --strict)")
+            rows = item["rows"].numpy()
+            if item["patches"] is not None:
+                patches = item["patches"].to(device, non_blocking=True)
+                encoding = encoder.encode_patches(patches, layers, norm=norm, add_cls=add_cls)
+                writer.put_batch(rows, _batch_features(encoding, specs, save_dtype, rows, paths))
+            processed += len(rows) + len(records)
+            failed += len(records)
+            if bar is not None:
+                bar.update(len(rows) + len(records))
+                if failed:
+                    bar.set_postfix(failed=failed, refresh=False)
+            if delay:
+                time.sleep(delay)
+    finally:
+        if bar is not None:
+            bar.close()
+        del iterator
+        try:
+            writer.close()
+        finally:
+            arrays.close()
+    return processed, writer.bytes_written
+
+
+# ---------------------------------------------------------------------------------- finishing
+def _finalize(out: Path, manifest: dict, *, seconds: float, world_size: int, workers: int, device_type: str,
+              resumed: bool) -> dict:
+    state = out / STATE_DIR
+    status = RowStatus.combined(status_files(out), manifest["num_items"])
+    pending = int((status == PENDING).sum())
+    if pending:
+        raise ExtractionError(f"--out {out}: {pending} row(s) were not processed; rerun with --resume")
+    records: dict[int, dict] = {}
+    for log in [state / PLAN_FAILURES, *sorted(state.glob("failures-rank*.jsonl"))]:
+        for record in FailureLog.read(log):
+            records[record["index"]] = record
+    paths = (out / PATHS_FILE).read_text(encoding="utf-8").split("\n")
+    failures = []
+    for row in np.flatnonzero(status == FAILED):
+        failures.append(records.get(int(row)) or failure_record(int(row), paths[row], "unknown", "failed"))
+    atomic_write_text(out / FAILURES_FILE, "".join(_json_line(r) for r in failures))
+    valid = status == DONE
+    atomic_save_npy(out / VALID_FILE, valid)
+    manifest = {**manifest, "complete": True, "num_valid": int(valid.sum()), "num_failed": len(failures),
+                "failures": {"file": FAILURES_FILE, "count": len(failures),
+                             "by_kind": dict(sorted(Counter(r["kind"] for r in failures).items())),
+                             "items": failures},
+                "run": {"finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        "seconds_last_session": round(seconds, 3), "world_size": world_size,
+                        "workers": workers, "device_type": device_type, "resumed": resumed}}
+    write_manifest(out, manifest)
+    shutil.rmtree(state, ignore_errors=True)
+    return manifest
+
+
+def _output_bytes(out: Path, manifest: dict) -> int:
+    return sum((out / info["file"]).stat().st_size for info in manifest["features"].values())
+
+
+# ---------------------------------------------------------------------------------- API
+def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | Iterable[int] = (-1,),
+            pools: str | Iterable[str] = ("mean",), norm: bool = False, resolution=None,
+            max_tokens: int = DEFAULT_MAX_TOKENS, dtype: str | None = "auto", device=None, batch_size: int = 16,
+            workers: int | None = None, resume: bool = False, overwrite: bool = False, save_dtype: str = "float16",
+            limit: int | None = None, strict: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+            layout: str = "auto", split: str | None = None, labels_file: str | Path | None = None,
+            progress: bool = True, commit_interval: float = 2.0) -> ExtractionResult:
+    """Extract features of ``images`` with the SAIL checkpoint at ``checkpoint`` into ``out``.
+
+    ``images``: a folder, a list file, or a list of paths (see ``inputs.resolve_inputs`` and the
+    ``layout`` / ``split`` / ``labels_file`` options). One ``layer-{k}_{pool}.npy`` is written
+    per (layer, pool). Bad images are skipped and recorded (``strict`` stops at the first one
+    instead). Under ``torchrun`` each rank encodes its share of the batches. Returns an
+    :class:`ExtractionResult`; failed images are counted there and in the manifest, not raised.
+    """
+    from ..checkpoint import SailCheckpoint
+    from ..layer_indices import resolve_layer_indices
+
+    started = time.monotonic()
+    if resume and overwrite:
+        raise InputError("pass either --resume or --overwrite, not both")
+    if save_dtype not in SAVE_DTYPES:
+        raise InputError(f"--save-dtype {save_dtype!r}: choose float16 or float32")
+    if batch_size <= 0:
+        raise InputError(f"--batch-size must be positive, got {batch_size}")
+    if not commit_interval > 0:
+        raise InputError(f"--commit-interval must be positive, got {commit_interval}")
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1)
+    if workers < 0:
+        raise InputError(f"--workers must be 0 or more, got {workers}")
+    pools = _normalise_pools(pools)
+    device = _resolve_device(device)
+    compute_dtype = _resolve_compute_dtype(dtype, device.type)
+    ckpt = SailCheckpoint(checkpoint)
+    cfg = ckpt.config
+    layers = resolve_layer_indices(layers, cfg.num_hidden_layers)
+    preprocess = Preprocess.create(cfg.vision_patch_size, resolution, max_tokens, max_pixels)
+    out = Path(out).expanduser().absolute()
+    if isinstance(images, (list, tuple)) and len(images) == 1:
+        images = images[0]
+    images_arg = ([str(Path(p).absolute()) for p in images] if isinstance(images, (list, tuple))
+                  else str(Path(images).expanduser().absolute()))
+    source_args = {"images": images_arg, "layout": layout, "split": split, "limit": limit,
+                   "labels_file": str(Path(labels_file).absolute()) if labels_file else None}
+    add_cls = "cls" in pools
+    settings = {"config_fingerprint": cfg.fingerprint(), "weights_digest": weights_digest(ckpt), "layers": layers,
+                "pools": pools, "norm": bool(norm), "add_cls": add_cls, "preprocessing": preprocess.describe(),
+                "dtype": compute_dtype, "save_dtype": save_dtype, "batch_size": int(batch_size),
+                "inputs": source_args}
+    manifest_base = {
+        "format": FORMAT_NAME, "version": FORMAT_VERSION, "complete": False, "num_items": 0,
+        "num_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size, "layers": layers, "pools": pools,
+        "features": {}, "valid": VALID_FILE, "labels": None, "classes": None, "paths": PATHS_FILE,
+        "patch_grids": PATCH_GRIDS_FILE, "failures": {"file": FAILURES_FILE, "count": None},
+        "checkpoint": {"path": str(Path(checkpoint).absolute()), "config_fingerprint": cfg.fingerprint(),
+                       "weights_digest": settings["weights_digest"], "config": cfg.to_dict()},
+        "preprocessing": {**preprocess.describe(), "norm": bool(norm), "add_cls": add_cls, "resize": "bilinear",
+                          "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                          "alpha": f"composited over RGB {list(ALPHA_BACKGROUND)}",
+                          "16-bit grayscale": "scaled by 255/65535", "cmyk": "PIL conversion",
+                          "exif_orientation": "ignored (as upstream)"},
+        "dtypes": {"compute": compute_dtype, "save": save_dtype},
+        "settings": settings, "software": _software_versions(),
+    }
+
+    dist = DistContext.setup(device.type)
+    if dist.enabled and device.type == "cuda":
+        import torch
+
+        device = torch.device("cuda", dist.local_rank)
+    try:
+        outcome = None
+        if dist.is_main:
+            try:
+                planner = _Planner(out, settings, manifest_base, preprocess, source_args, hidden=cfg.hidden_size,
+                                   strict=strict, workers=workers, progress=progress)
+                outcome = planner.prepare(resume=resume, overwrite=overwrite)
+            except Exception as exc:
+                dist.broadcast(("error", str(exc)))
+                raise
+        outcome = dist.broadcast(outcome)
+        if isinstance(outcome, tuple):
+            raise ExtractionError(f"rank 0 could not start: {outcome[1]}")
+        manifest = read_manifest(out)
+        if outcome == "complete":
+            return ExtractionResult(out, manifest["num_items"], manifest["num_valid"], manifest["num_failed"],
+                                    manifest["failures"].get("items", []), already_complete=True,
+                                    output_bytes=_output_bytes(out, manifest), world_size=dist.world_size)
+        status = RowStatus.combined(status_files(out), manifest["num_items"])
+        batches = plan_batches(np.load(out / PATCH_GRIDS_FILE), batch_size)
+        pending = [b for b in batches if (status[b] == PENDING).any()]
+        resumed = len(pending) < len(batches) or int((status == DONE).sum()) > 0
+        dist.barrier()  # every rank has read the status files before any rank adds its own
+        if not rank_status_file(out, dist.rank).is_file():
+            RowStatus.create(rank_status_file(out, dist.rank), manifest["num_items"])
+        processed, _ = _encode_share(
+            out, manifest, pending[dist.rank::dist.world_size], checkpoint=checkpoint, layers=layers, norm=norm,
+            add_cls=add_cls, compute_dtype=compute_dtype, device=device, preprocess=preprocess, workers=workers,
+            strict=strict, progress=progress and dist.is_main, rank=dist.rank, commit_interval=commit_interval)
+        processed = dist.gather_sum(processed)
+        dist.barrier()
+        seconds = time.monotonic() - started
+        if dist.is_main:
+            manifest = _finalize(out, manifest, seconds=seconds, world_size=dist.world_size, workers=workers,
+                                 device_type=device.type, resumed=resumed)
+        dist.barrier()
+        manifest = read_manifest(out)
+        return ExtractionResult(out, manifest["num_items"], manifest["num_valid"], manifest["num_failed"],
+                                manifest["failures"]["items"], seconds=seconds, images_processed=processed,
+                                output_bytes=_output_bytes(out, manifest), world_size=dist.world_size)
+    finally:
+        dist.close()

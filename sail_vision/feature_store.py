@@ -1,0 +1,479 @@
+"""The on-disk format of extracted features, and the one reader every consumer uses.
+
+A feature folder (written by ``sail-vision extract`` or :func:`write_feature_dir`) holds:
+
+- ``layer-{k}_{pool}.npy`` per (layer, pool): pooled features (N, D); patch features
+  (N, nh, nw, D) at a fixed resolution, or concatenated rows (total patches, D) plus
+  ``layer-{k}_patch_offsets.npy`` (N+1,) int64 at native resolution;
+- ``valid.npy`` (N,) bool: True for rows whose image was processed; failed rows are zeros on
+  disk and are never handed out as features by :class:`FeatureDir`;
+- ``labels.npy`` (N,) int64 when labels are known; ``paths.txt`` (one path per line);
+- ``failures.jsonl`` (one ``{"index", "path", "reason"}`` object per failed image);
+- ``manifest.json`` describing all of it; ``"complete": false`` while an extraction runs.
+
+Every array opens with ``np.load(path, mmap_mode="r")``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import SailVisionError
+
+FORMAT_NAME = "sail-vision-features"
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+VALID_FILE = "valid.npy"
+LABELS_FILE = "labels.npy"
+PATHS_FILE = "paths.txt"
+FAILURES_FILE = "failures.jsonl"
+PATCH_GRIDS_FILE = "patch_grids.npy"
+
+#: Layouts of a feature array: one vector per image, a patch grid per image (fixed resolution),
+#: or patch rows of all images concatenated (native resolution; see the offsets file).
+LAYOUTS = ("pooled", "grid", "rows")
+
+_NAME_RE = re.compile(r"^layer-(\d+)_([a-z]+)$")
+
+
+class FeatureStoreError(SailVisionError):
+    """A feature folder is missing, unfinished, malformed, or lacks a requested feature."""
+
+
+def feature_name(layer: int, pool: str) -> str:
+    """The name (and file stem) of a (layer, pool) feature: ``layer-{k}_{pool}``."""
+    if int(layer) < 0:
+        raise FeatureStoreError(f"feature names use non-negative layer indices, got {layer}")
+    return f"layer-{int(layer)}_{pool}"
+
+
+def offsets_file_name(layer: int) -> str:
+    """File of the (N+1,) row offsets of a native-resolution patch feature."""
+    return f"layer-{int(layer)}_patch_offsets.npy"
+
+
+def parse_feature_name(name: str) -> tuple[int | None, str | None]:
+    """``'layer-4_mean'`` -> (4, 'mean'); any other name -> (None, None)."""
+    match = _NAME_RE.match(name)
+    return (int(match.group(1)), match.group(2)) if match else (None, None)
+
+
+def _atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file through a temporary file, fsync and an atomic rename, so that readers (and
+    a crash at any moment) see either the old or the new content, never a mix."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, _default_file_mode())
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Atomically write a UTF-8 text file."""
+    _atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
+    """Atomically write an array as ``.npy``."""
+    _atomic_write(path, lambda handle: np.save(handle, np.ascontiguousarray(array), allow_pickle=False))
+
+
+def write_manifest(out_dir: str | Path, manifest: Mapping[str, Any]) -> None:
+    """Atomically (re)write ``manifest.json``."""
+    atomic_write_text(Path(out_dir) / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+
+
+def _default_file_mode() -> int:
+    """0o666 minus the process umask: the mode ``open()`` would give a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of a .npy file without reading its data."""
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+    return tuple(int(s) for s in shape), np.dtype(dtype)
+
+
+class FeatureDir:
+    """A finished feature folder; open it with :func:`open_feature_dir`.
+
+    ``feature(name)`` memory-maps ``{name}.npy`` and, by default, returns only the rows of
+    images that were processed successfully (``valid``); ``labels`` and ``paths`` follow the
+    same rows. Pass ``valid_only=False`` for the raw file (failed rows are zeros there).
+    """
+
+    def __init__(self, path: Path, manifest: dict):
+        self.path = path
+        self.manifest = manifest
+        self._valid: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ description
+    @property
+    def names(self) -> list[str]:
+        """Feature names (file stems), in the manifest's order."""
+        return list(self.manifest["features"])
+
+    @property
+    def num_items(self) -> int:
+        """Rows in the files, failed images included."""
+        return int(self.manifest["num_items"])
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.manifest.get("layers") or [])
+
+    @property
+    def pools(self) -> list[str]:
+        return list(self.manifest.get("pools") or [])
+
+    @property
+    def classes(self) -> list[str] | None:
+        return self.manifest.get("classes")
+
+    def info(self, name: str) -> dict:
+        """The manifest entry of one feature (file, shape, dtype, layer, pool, layout...)."""
+        features = self.manifest["features"]
+        key = name[:-4] if name.endswith(".npy") else name
+        if key not in features:
+            raise FeatureStoreError(f"{self.path}: no feature {name!r}; available: {', '.join(features) or 'none'}")
+        return features[key]
+
+    def name_for(self, layer: int, pool: str) -> str:
+        """The feature name of (layer, pool); negative layers count from the end of the model."""
+        if layer < 0:
+            total = self.manifest.get("num_layers")
+            if total is None:
+                raise FeatureStoreError(f"{self.path}: the manifest has no num_layers, so layer {layer} "
+                                        f"cannot be resolved; use a non-negative index from {self.layers}")
+            layer = layer % (int(total) + 1)
+        name = feature_name(layer, pool)
+        self.info(name)
+        return name
+
+    # ------------------------------------------------------------------ rows
+    @property
+    def valid(self) -> np.ndarray:
+        """(N,) bool: which rows hold features of a successfully processed image."""
+        if self._valid is None:
+            self._valid = np.load(self.path / self.manifest["valid"], mmap_mode="r").astype(bool)
+        return self._valid
+
+    @property
+    def num_valid(self) -> int:
+        return int(self.valid.sum())
+
+    @property
+    def all_valid(self) -> bool:
+        return bool(self.valid.all())
+
+    def _select(self, array: np.ndarray, valid_only: bool) -> np.ndarray:
+        return array if (not valid_only or self.all_valid) else array[self.valid]
+
+    def feature(self, name: str, *, valid_only: bool = True) -> np.ndarray:
+        """The array of a feature, memory-mapped read-only.
+
+        Pooled: (rows, D); grid patch features: (rows, nh, nw, D); native-resolution patch
+        features: concatenated patch rows (sum of patches, D) in image order, see
+        :meth:`patch_offsets`. With ``valid_only`` (default) failed images' rows are dropped
+        (the result is then an in-memory copy unless every row is valid).
+        """
+        info = self.info(name)
+        array = np.load(self.path / info["file"], mmap_mode="r")
+        if info.get("layout") == "rows":
+            if not valid_only or self.all_valid:
+                return array
+            offsets = np.load(self.path / info["offsets"], mmap_mode="r")
+            pieces = [array[offsets[i]:offsets[i + 1]] for i in np.flatnonzero(self.valid)]
+            return np.concatenate(pieces) if pieces else array[:0].copy()
+        return self._select(array, valid_only)
+
+    def patch_offsets(self, name: str, *, valid_only: bool = True) -> np.ndarray:
+        """(rows+1,) int64 offsets into a native-resolution patch feature: image i's patches are
+        rows ``offsets[i]:offsets[i+1]`` of :meth:`feature` (with the same ``valid_only``)."""
+        info = self.info(name)
+        if info.get("layout") != "rows":
+            raise FeatureStoreError(f"{self.path}: feature {name!r} has layout {info.get('layout')!r}; "
+                                    f"only native-resolution patch features have offsets")
+        offsets = np.asarray(np.load(self.path / info["offsets"], mmap_mode="r"), dtype=np.int64)
+        if not valid_only or self.all_valid:
+            return offsets
+        counts = np.diff(offsets)[self.valid]
+        return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    def patch_grids(self, *, valid_only: bool = True) -> np.ndarray | None:
+        """(rows, 2) int (nh, nw) patch grid of each image, when the extraction recorded it."""
+        file = self.manifest.get("patch_grids")
+        if not file:
+            return None
+        return self._select(np.load(self.path / file, mmap_mode="r"), valid_only)
+
+    def patch_maps(self, name: str, index: int, *, valid_only: bool = True) -> np.ndarray:
+        """Patch features of one image as an (nh, nw, D) array, for any patch layout."""
+        info = self.info(name)
+        if info.get("pool") != "patch" and info.get("layout") == "pooled":
+            raise FeatureStoreError(f"{self.path}: feature {name!r} is pooled, not patch features")
+        if info.get("layout") == "grid":
+            return np.asarray(self.feature(name, valid_only=valid_only)[index])
+        grids = self.patch_grids(valid_only=valid_only)
+        if grids is None:
+            raise FeatureStoreError(f"{self.path}: no {PATCH_GRIDS_FILE}; cannot shape native patch rows")
+        rows = np.load(self.path / info["file"], mmap_mode="r")
+        raw_index = int(np.flatnonzero(self.valid)[index]) if (valid_only and not self.all_valid) else index
+        offsets = np.load(self.path / info["offsets"], mmap_mode="r")
+        nh, nw = (int(v) for v in grids[index])
+        return np.asarray(rows[offsets[raw_index]:offsets[raw_index + 1]]).reshape(nh, nw, -1)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """(rows,) int64 labels of the valid rows, or None when the inputs had none."""
+        return self.labels_of(valid_only=True)
+
+    def labels_of(self, *, valid_only: bool = True) -> np.ndarray | None:
+        file = self.manifest.get("labels")
+        if not file:
+            return None
+        return self._select(np.load(self.path / file, mmap_mode="r"), valid_only)
+
+    @property
+    def paths(self) -> list[str]:
+        """Image paths of the valid rows."""
+        return self.paths_of(valid_only=True)
+
+    def paths_of(self, *, valid_only: bool = True) -> list[str]:
+        file = self.manifest.get("paths")
+        if not file:
+            return []
+        lines = (self.path / file).read_text(encoding="utf-8").split("\n")[: self.num_items]
+        if not valid_only or self.all_valid:
+            return lines
+        return [p for p, ok in zip(lines, self.valid) if ok]
+
+    @property
+    def failures(self) -> list[dict]:
+        """The failure records (index, path, reason) of this extraction."""
+        file = self.path / FAILURES_FILE
+        if not file.is_file():
+            return []
+        return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def __repr__(self) -> str:
+        return (f"FeatureDir({str(self.path)!r}, items={self.num_items}, valid={self.num_valid}, "
+                f"features={self.names})")
+
+
+def read_manifest(path: str | Path) -> dict:
+    """Parse ``manifest.json`` of a feature folder (finished or not) and check its format."""
+    folder = Path(path)
+    if not folder.exists():
+        raise FeatureStoreError(f"{folder}: no such feature folder; create it with `sail-vision extract`")
+    if not folder.is_dir():
+        raise FeatureStoreError(f"{folder}: not a folder; pass the --out folder of `sail-vision extract`")
+    manifest_path = folder / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise FeatureStoreError(f"{folder}: no {MANIFEST_FILE}; this is not a sail-vision feature folder "
+                                f"(or its extraction never started)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FeatureStoreError(f"{manifest_path}: malformed JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise FeatureStoreError(f"{manifest_path}: not a sail-vision feature manifest "
+                                f"(expected \"format\": \"{FORMAT_NAME}\")")
+    version = manifest.get("version")
+    if version != FORMAT_VERSION:
+        raise FeatureStoreError(f"{manifest_path}: format version {version!r} is not supported by this "
+                                f"sail-vision (it reads version {FORMAT_VERSION}); upgrade sail-vision or "
+                                f"re-extract")
+    return manifest
+
+
+def _check_manifest(folder: Path, manifest: dict) -> None:
+    where = folder / MANIFEST_FILE
+
+    def fail(message: str):
+        raise FeatureStoreError(f"{where}: {message}")
+
+    num_items = manifest.get("num_items")
+    if not isinstance(num_items, int) or isinstance(num_items, bool) or num_items < 0:
+        fail(f"\"num_items\" must be a non-negative integer, got {num_items!r}")
+    features = manifest.get("features")
+    if not isinstance(features, dict):
+        fail("\"features\" must be an object mapping names to file descriptions")
+    valid_file = manifest.get("valid")
+    if not isinstance(valid_file, str):
+        fail("\"valid\" (the per-row validity file) is missing")
+    _check_array(folder, valid_file, (num_items,), fail, kinds="b")
+    for name, info in features.items():
+        if not isinstance(info, dict) or not isinstance(info.get("file"), str):
+            fail(f"feature {name!r} has no \"file\"")
+        shape, dtype = _check_array(folder, info["file"], None, fail)
+        if list(shape) != list(info.get("shape", shape)) or str(dtype) != info.get("dtype", str(dtype)):
+            fail(f"feature {name!r}: {info['file']} holds {shape} {dtype}, but the manifest says "
+                 f"{info.get('shape')} {info.get('dtype')}")
+        layout = info.get("layout", "pooled")
+        if layout not in LAYOUTS:
+            fail(f"feature {name!r}: unknown layout {layout!r}")
+        if layout == "rows":
+            if not isinstance(info.get("offsets"), str):
+                fail(f"feature {name!r}: native-resolution patch rows need an \"offsets\" file")
+            _check_array(folder, info["offsets"], (num_items + 1,), fail, kinds="iu")
+        elif not shape or shape[0] != num_items:
+            fail(f"feature {name!r}: {info['file']} has {shape[0] if shape else 0} rows, expected {num_items}")
+    if manifest.get("labels"):
+        _check_array(folder, manifest["labels"], (num_items,), fail, kinds="iu")
+    if manifest.get("patch_grids"):
+        _check_array(folder, manifest["patch_grids"], (num_items, 2), fail, kinds="iu")
+    classes = manifest.get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        fail("\"classes\" must be a list of strings or null")
+    if manifest.get("paths"):
+        paths_file = folder / manifest["paths"]
+        if not paths_file.is_file():
+            fail(f"{manifest['paths']} is missing")
+
+
+def _check_array(folder: Path, file: str, shape, fail, kinds: str | None = None):
+    path = folder / file
+    if not path.is_file():
+        fail(f"{file} is missing")
+    try:
+        actual_shape, dtype = _npy_header(path)
+    except (OSError, ValueError) as exc:
+        fail(f"{file} is not a readable .npy file ({exc})")
+    if shape is not None and actual_shape != tuple(shape):
+        fail(f"{file} has shape {actual_shape}, expected {tuple(shape)}")
+    if kinds is not None and dtype.kind not in kinds:
+        fail(f"{file} has dtype {dtype}, expected kind {kinds!r}")
+    return actual_shape, dtype
+
+
+def open_feature_dir(path: str | Path) -> FeatureDir:
+    """Open a finished feature folder, checking its manifest against the files.
+
+    Raises :class:`FeatureStoreError` when the folder or manifest is missing or malformed, or
+    when the extraction that writes it has not finished.
+    """
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    if manifest.get("complete") is not True:
+        raise FeatureStoreError(
+            f"{folder}: the extraction is unfinished (manifest \"complete\": false); rerun the same "
+            f"`sail-vision extract ... --out {folder} --resume` command to finish it")
+    _check_manifest(folder, manifest)
+    return FeatureDir(folder, manifest)
+
+
+def _software_versions() -> dict[str, str]:
+    import platform
+
+    from . import __version__
+
+    versions = {"sail_vision": __version__, "python": platform.python_version(), "numpy": np.__version__}
+    for module in ("torch", "transformers", "PIL"):
+        try:
+            versions[module] = __import__(module).__version__
+        except Exception:  # noqa: BLE001 - versions are informative only
+            pass
+    return versions
+
+
+def write_feature_dir(path: str | Path, features: Mapping[str, np.ndarray], labels=None,
+                      classes: Sequence[str] | None = None, paths: Sequence[str] | None = None, *,
+                      valid=None, overwrite: bool = False, **manifest_extra) -> FeatureDir:
+    """Write plain arrays as a complete feature folder and return it opened.
+
+    ``features`` maps names (``layer-{k}_{pool}`` for extractor-style names, or any identifier)
+    to arrays whose first dimension is the number of items N. ``labels`` (N,) ints, ``classes``
+    names of the label values, ``paths`` (N,) strings and ``valid`` (N,) bools are optional;
+    other keyword arguments go into the manifest as they are.
+    """
+    folder = Path(path)
+    if not features:
+        raise FeatureStoreError("write_feature_dir needs at least one feature array")
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise FeatureStoreError(f"{folder}: exists and is not empty; pass overwrite=True to replace it")
+    arrays = {}
+    for name, array in features.items():
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", name) or name.endswith(".npy"):
+            raise FeatureStoreError(f"feature name {name!r}: use letters, digits, '-', '_', '.', e.g. layer-4_mean")
+        arrays[name] = np.asarray(array)
+    lengths = {name: (a.shape[0] if a.ndim else None) for name, a in arrays.items()}
+    num_items = next(iter(lengths.values()))
+    if num_items is None or any(n != num_items for n in lengths.values()):
+        raise FeatureStoreError(f"every feature needs the same number of rows N; got {lengths}")
+    valid_array = np.ones(num_items, bool) if valid is None else np.asarray(valid, dtype=bool)
+    if valid_array.shape != (num_items,):
+        raise FeatureStoreError(f"valid must have shape ({num_items},), got {valid_array.shape}")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (num_items,) or labels.dtype.kind not in "iu":
+            raise FeatureStoreError(f"labels must be ({num_items},) integers, got {labels.shape} {labels.dtype}")
+        labels = labels.astype(np.int64)
+    if paths is not None:
+        paths = [str(p) for p in paths]
+        if len(paths) != num_items or any("\n" in p for p in paths):
+            raise FeatureStoreError(f"paths must be {num_items} strings without newlines")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MANIFEST_FILE).unlink(missing_ok=True)
+    entries = {}
+    for name, array in arrays.items():
+        file = f"{name}.npy"
+        atomic_save_npy(folder / file, array)
+        layer, pool = parse_feature_name(name)
+        entries[name] = {"file": file, "shape": list(array.shape), "dtype": str(array.dtype), "layer": layer,
+                         "pool": pool, "layout": "grid" if (pool == "patch" and array.ndim == 4) else "pooled"}
+    atomic_save_npy(folder / VALID_FILE, valid_array)
+    if labels is not None:
+        atomic_save_npy(folder / LABELS_FILE, labels)
+    if paths is not None:
+        atomic_write_text(folder / PATHS_FILE, "".join(p + "\n" for p in paths))
+    atomic_write_text(folder / FAILURES_FILE, "")
+    layers = sorted({e["layer"] for e in entries.values() if e["layer"] is not None})
+    pools = list(dict.fromkeys(e["pool"] for e in entries.values() if e["pool"] is not None))
+    manifest = {
+        "format": FORMAT_NAME, "version": FORMAT_VERSION, "complete": True, "num_items": int(num_items),
+        "num_valid": int(valid_array.sum()), "num_failed": int((~valid_array).sum()),
+        "layers": layers, "pools": pools, "features": entries, "valid": VALID_FILE,
+        "labels": LABELS_FILE if labels is not None else None,
+        "classes": list(classes) if classes is not None else None,
+        "paths": PATHS_FILE if paths is not None else None,
+        "failures": {"file": FAILURES_FILE, "count": 0, "items": []}, "software": _software_versions(),
+    }
+    manifest.update(manifest_extra)
+    write_manifest(folder, manifest)
+    return open_feature_dir(folder)

@@ -1,0 +1,81 @@
+"""A real `sail-vision extract` process killed with SIGKILL mid-run, then resumed, gives the bytes
+of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from sail_vision.extraction import extract
+from sail_vision.extraction.runner import DELAY_ENV, rank_status_file, status_files
+from sail_vision.extraction.writer import DONE, PENDING
+
+from .image_factory import save_rgb, write_bad_inputs
+
+OPTIONS = ["--layers", "1", "-1", "--pool", "patch", "mean", "end", "--batch-size", "2", "--workers", "1",
+           "--commit-interval", "0.1", "--no-progress", "--allow-failures"]
+
+
+def _dataset(root):
+    for c, name in enumerate(["n01000000", "n02000000"]):
+        for i in range(12):
+            save_rgb(root / name / f"{i:02d}.png", (16, 24, 32)[i % 3], 16, seed=100 * c + i)
+    bad = write_bad_inputs(root / "tmp")
+    (root / "n01000000" / "05.png").write_bytes(bad["truncated"].read_bytes())  # one failure mid-run
+    for path in bad.values():
+        path.unlink()
+    (root / "tmp").rmdir()
+
+
+def _compare(a, b):
+    """Every file byte for byte; the manifests apart from their "run" record (times, world size)."""
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    for name in names:
+        if name != "manifest.json":
+            assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    manifests = [json.loads((d / "manifest.json").read_text()) for d in (a, b)]
+    for manifest in manifests:
+        assert manifest.pop("run")
+    assert manifests[0] == manifests[1]
+
+
+def test_sigkill_then_resume_is_byte_identical(tiny_checkpoint, tmp_path):
+    images = tmp_path / "train"
+    _dataset(images)
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "sail_vision", "extract", "--checkpoint", str(tiny_checkpoint),
+               "--images", str(images), "--out", str(out), *OPTIONS]
+    process = subprocess.Popen(command, env={**os.environ, DELAY_ENV: "0.25"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    status_file = rank_status_file(out, 0)
+    deadline = time.monotonic() + 90
+    done = 0
+    while done < 6:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "extraction did not make progress"
+        time.sleep(0.05)
+        if status_file.is_file():
+            try:
+                done = int((np.load(status_file, mmap_mode="r") == DONE).sum())
+            except ValueError:  # the status file is being created
+                continue
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    status = np.maximum.reduce([np.load(f) for f in status_files(out)])
+    assert (status == PENDING).sum() > 6, "killed too late to test resuming"
+
+    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "extracted 24 images (23 ok, 1 failed)" in resumed.stdout
+
+    reference = tmp_path / "reference"
+    extract(tiny_checkpoint, images, reference, layers=[1, -1], pools=["patch", "mean", "end"], batch_size=2,
+            workers=0, progress=False)
+    _compare(out, reference)
