@@ -20,6 +20,7 @@ COMMANDS = (
     "sail_vision.cli.extract",
     "sail_vision.cli.pca",
     "sail_vision.cli.demo",
+    "sail_vision.cli.probe",
 )
 
 

@@ -1,0 +1,153 @@
+"""The classification probe under mmengine's Runner, registered in mmseg's registries.
+
+Import this module (configs do it with ``custom_imports``) to register:
+
+- ``LinearProbeClassifier`` (MODELS): one linear softmax head, optionally standardising its input
+  with statistics computed from the training feature folder (kept as buffers in checkpoints);
+- ``ExtractedFeatureDataset`` (DATASETS): rows of a `sail-vision extract` folder (one stored
+  feature or several concatenated) with their labels;
+- ``ProbeAccuracy`` (METRICS): top-1 / top-5 accuracy in percent.
+
+Then ``python tools/train.py configs/probes/<config>.py`` trains, checkpoints, resumes and
+evaluates the probe like any mmseg model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import FeatureInput, ProbeDataError, check_finite, input_stats, load_feature_dir
+
+
+def _registries():
+    """mmseg's MODELS, DATASETS and METRICS, imported after the project's mmcv-lite shim."""
+    import sail_vision.mmseg.compat  # noqa: F401  (before mmseg)
+    from mmseg.registry import DATASETS, METRICS, MODELS
+
+    return MODELS, DATASETS, METRICS
+
+
+MODELS, DATASETS, METRICS = _registries()
+
+from mmengine.evaluator import BaseMetric  # noqa: E402
+from mmengine.model import BaseModel  # noqa: E402
+
+
+def _parts(features: str | Sequence[str]) -> tuple[str, ...]:
+    if isinstance(features, str):
+        return tuple(p for p in features.split("+") if p)
+    return tuple(features)
+
+
+def _resolve(root: str | None, path: str) -> str:
+    return str(Path(root) / path) if root and not Path(path).is_absolute() else str(path)
+
+
+@DATASETS.register_module()
+class ExtractedFeatureDataset(torch.utils.data.Dataset):
+    """Rows of an extraction output folder: ``{"inputs": (D,) float32, "data_samples": {"gt_label": int}}``.
+
+    ``feature_dir`` (relative to ``data_root`` when given) is the folder; ``features`` one name or
+    several (list or ``a+b``) concatenated; labels come from the folder, from ``labels_file`` (.npy)
+    or from file names through ``label_pattern``.
+    """
+
+    def __init__(self, feature_dir: str, features: str | Sequence[str], data_root: str | None = None,
+                 labels_file: str | None = None, label_pattern: str | None = None):
+        self.feature_dir = _resolve(data_root, feature_dir)
+        self.feature_input = FeatureInput(_parts(features))
+        self.data = load_feature_dir(self.feature_dir, self.feature_input.parts,
+                                     labels=_resolve(data_root, labels_file) if labels_file else None,
+                                     label_pattern=label_pattern)
+        if self.data.labels is None:
+            raise ProbeDataError(f"{self.feature_dir}: no labels; set labels_file or label_pattern in the dataset config")
+        check_finite(self.data, self.feature_input.parts)
+        self.metainfo = {"classes": tuple(self.data.classes or [str(i) for i in range(int(self.data.labels.max()) + 1)])}
+
+    def __len__(self) -> int:
+        return self.data.num_rows
+
+    def __getitem__(self, index: int) -> dict:
+        row = np.concatenate([np.asarray(self.data.rows_of(p, index), np.float32) for p in self.feature_input.parts])
+        return {"inputs": torch.from_numpy(row), "data_samples": {"gt_label": int(self.data.labels[index])}}
+
+
+def _stack_inputs(inputs) -> torch.Tensor:
+    return torch.stack(list(inputs)) if isinstance(inputs, (list, tuple)) else inputs
+
+
+def _labels(data_samples, device) -> torch.Tensor:
+    if isinstance(data_samples, dict):  # default_collate
+        return torch.as_tensor(data_samples["gt_label"], device=device).long()
+    return torch.as_tensor([int(s["gt_label"]) for s in data_samples], device=device).long()
+
+
+@MODELS.register_module()
+class LinearProbeClassifier(BaseModel):
+    """A linear softmax head on extracted features (the ``linear`` method of ``sail-vision probe``).
+
+    ``in_dim`` may be left out when ``stats_from`` names the training feature folder; with
+    ``standardize`` the input is standardised with that folder's per-dimension mean and std.
+    """
+
+    def __init__(self, num_classes: int, in_dim: int | None = None, features: str | Sequence[str] | None = None,
+                 stats_from: str | None = None, data_root: str | None = None, standardize: bool = True,
+                 data_preprocessor: dict | None = None, init_cfg: dict | None = None):
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        mean = std = None
+        if stats_from is not None:
+            if features is None:
+                raise ProbeDataError("LinearProbeClassifier: stats_from needs features (the names to read)")
+            feature_input = FeatureInput(_parts(features))
+            data = load_feature_dir(_resolve(data_root, stats_from), feature_input.parts)
+            in_dim = data.dim(feature_input)
+            if standardize:
+                mean, std = input_stats(data, feature_input)
+        if in_dim is None:
+            raise ProbeDataError("LinearProbeClassifier needs in_dim, or stats_from (the training feature folder)")
+        self.fc = nn.Linear(int(in_dim), int(num_classes))
+        nn.init.zeros_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
+        self.register_buffer("mean", torch.zeros(int(in_dim)) if mean is None else torch.from_numpy(mean))
+        self.register_buffer("std", torch.ones(int(in_dim)) if std is None else torch.from_numpy(std))
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.fc((inputs.float() - self.mean) / self.std)
+
+    def forward(self, inputs, data_samples=None, mode: str = "tensor"):
+        logits = self.logits(_stack_inputs(inputs))
+        if mode == "tensor":
+            return logits
+        if mode == "loss":
+            return {"loss": self.loss_fn(logits, _labels(data_samples, logits.device))}
+        if mode == "predict":
+            labels = _labels(data_samples, logits.device) if data_samples is not None else None
+            return [{"pred_score": logits[i].detach(), "pred_label": int(logits[i].argmax()),
+                     "gt_label": None if labels is None else int(labels[i])} for i in range(logits.shape[0])]
+        raise ValueError(f"unknown mode {mode!r}; use 'tensor', 'loss' or 'predict'")
+
+
+@METRICS.register_module()
+class ProbeAccuracy(BaseMetric):
+    """Top-k accuracy (percent) of ``LinearProbeClassifier`` predictions: ``top1``, ``top5``."""
+
+    default_prefix = "probe"
+
+    def __init__(self, topk: Sequence[int] = (1, 5), collect_device: str = "cpu", prefix: str | None = None):
+        super().__init__(collect_device=collect_device, prefix=prefix)
+        self.topk = tuple(int(k) for k in topk)
+
+    def process(self, data_batch, data_samples: Sequence[dict]) -> None:
+        for sample in data_samples:
+            scores = sample["pred_score"].float().cpu()
+            top = scores.topk(min(max(self.topk), scores.numel())).indices
+            self.results.append({f"top{k}": float(sample["gt_label"] in top[:k].tolist()) for k in self.topk})
+
+    def compute_metrics(self, results: list) -> dict:
+        return {key: 100.0 * float(np.mean([r[key] for r in results])) for key in results[0]} if results else {}

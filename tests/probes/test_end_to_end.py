@@ -1,0 +1,43 @@
+"""Extract features of synthetic images with a tiny random checkpoint, then probe them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from sail_vision.cli import main
+
+
+def _write_class_folders(root, per_class=6):
+    """Two classes that differ in colour: reddish and bluish noise images of varied sizes."""
+    rng = np.random.default_rng(0)
+    for label, channel in (("blue", 2), ("red", 0)):
+        for i in range(per_class):
+            h, w = (32, 40) if i % 2 else (40, 32)
+            pixels = rng.integers(0, 90, (h, w, 3), dtype=np.uint8)
+            pixels[..., channel] = rng.integers(160, 256, (h, w), dtype=np.uint8)
+            (root / label).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / label / f"{label}_{i}.png")
+
+
+def test_extract_then_probe(tiny_checkpoint, tmp_path):
+    from sail_vision.extraction import extract
+
+    _write_class_folders(tmp_path / "train")
+    _write_class_folders(tmp_path / "val", per_class=3)
+    for split in ("train", "val"):
+        extract(tiny_checkpoint, tmp_path / split, tmp_path / f"feat-{split}", layers=[-1], pools=["mean", "end"],
+                resolution=32, workers=0, batch_size=8, progress=False, layout="imagenet")
+    for method in ("linear", "knn", "logreg"):
+        out = tmp_path / f"probe-{method}"
+        code = main(["probe", "--train", str(tmp_path / "feat-train"), "--val", str(tmp_path / "feat-val"),
+                     "--features", "layer-4_mean", "layer-4_end", "--method", method, "--ks", "1,3",
+                     "--Cs", "0.1,10", "--epochs", "20", "--batch-size", "4", "--holdout-fraction", "0.34",
+                     "--out", str(out), "--quiet"])
+        assert code == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["num_train"] == 12 and summary["num_val"] == 6 and summary["num_classes"] == 2
+        assert summary["top1"] is not None and 0 <= summary["top1"] <= 100
+        assert (out / "head.json").is_file() and (out / "accuracy.png").is_file()
