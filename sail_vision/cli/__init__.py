@@ -21,6 +21,7 @@ COMMANDS = (
     "sail_vision.cli.pca",
     "sail_vision.cli.demo",
     "sail_vision.cli.probe",
+    "sail_vision.cli.segment",
 )
 
 

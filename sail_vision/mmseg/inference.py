@@ -1,0 +1,81 @@
+"""Single-image inference with a trained segmentor and a colour overlay with a legend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CheckpointError, InputError
+from ..preprocessing import load_image
+
+
+def load_segmentor(config: str | Path, checkpoint: str | Path | None, device: str = "cpu",
+                   cfg_options: dict | None = None):
+    """``mmseg.apis.init_model`` for a config trained with tools/train.py, usable on CPU.
+
+    Registers the SAIL modules, loads the checkpoint (your own training output) with
+    ``compat.trusted_checkpoint_loading`` and turns SyncBN into BN when the device is the CPU.
+    """
+    from . import compat
+
+    compat.ensure_mmseg()
+    import sail_vision.mmseg  # noqa: F401  (registers SAILBackbone / SAILLinearHead)
+    from mmengine.model import revert_sync_batchnorm
+    from mmseg.apis import init_model
+
+    if not Path(config).is_file():
+        raise InputError(f"config file {str(config)!r} not found")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise CheckpointError(f"segmentor checkpoint {str(checkpoint)!r} not found; train one with "
+                              f"`python tools/train.py {config}`")
+    with compat.trusted_checkpoint_loading():
+        model = init_model(str(config), None if checkpoint is None else str(checkpoint), device=device,
+                           cfg_options=cfg_options)
+    if str(device).startswith("cpu"):
+        model = revert_sync_batchnorm(model)
+    return model
+
+
+def segment(model, image) -> np.ndarray:
+    """Predicted class index map (H, W) int64 for one image (path, PIL image or uint8 array)."""
+    from mmseg.apis import inference_model
+
+    rgb = np.asarray(load_image(image))
+    result = inference_model(model, np.ascontiguousarray(rgb[:, :, ::-1]))  # mmseg expects BGR arrays
+    return result.pred_sem_seg.data[0].cpu().numpy().astype(np.int64)
+
+
+def save_overlay(image, prediction: np.ndarray, classes, palette, out: str | Path, *, alpha: float = 0.5,
+                 dpi: int = 100) -> Path:
+    """Write the image with the prediction painted over it and a legend of the classes present."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"alpha={alpha}: use a value in [0, 1]")
+    rgb = np.asarray(load_image(image)).astype(np.float32)
+    if prediction.shape != rgb.shape[:2]:
+        raise InputError(f"prediction shape {prediction.shape} does not match the image {rgb.shape[:2]}")
+    palette = np.asarray(palette, dtype=np.float32)
+    colours = palette[np.clip(prediction, 0, len(palette) - 1)]
+    blended = ((1 - alpha) * rgb + alpha * colours).clip(0, 255).astype(np.uint8)
+    present, counts = np.unique(prediction, return_counts=True)
+    order = np.argsort(-counts)
+    handles = [Patch(color=palette[c] / 255.0, label=f"{classes[c]} ({100 * n / prediction.size:.1f}%)")
+               for c, n in zip(present[order], counts[order])]
+    height, width = prediction.shape
+    fig = plt.figure(figsize=(max(4.0, width / dpi) + 2.5, max(3.0, height / dpi)), dpi=dpi)
+    ax = fig.add_axes([0.0, 0.0, 1.0 - 2.5 / fig.get_figwidth(), 1.0])
+    ax.imshow(blended)
+    ax.set_axis_off()
+    fig.legend(handles=handles[:20], loc="center right", fontsize=8, frameon=False,
+               title="classes" if len(handles) <= 20 else f"top 20 of {len(handles)} classes")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
