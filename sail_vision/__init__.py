@@ -16,3 +16,12 @@ __all__ = [
     "image_to_patches", "native_resize_size",
     "SailVisionError", "CheckpointError", "ImageError", "InputError", "LayerIndexError",
 ]
+
+# mmseg users: when mmseg is already imported, register SAILBackbone / SAILLinearHead now (cheap,
+# since mmseg's import cost is already paid). Otherwise `import sail_vision.mmseg`, or
+# `custom_imports=dict(imports=['sail_vision.mmseg'])` in a config, registers them; plain
+# `import sail_vision` never imports mmseg itself, so it stays fast.
+import sys as _sys
+
+if "mmseg" in _sys.modules:
+    from . import mmseg as _mmseg  # noqa: F401,E402

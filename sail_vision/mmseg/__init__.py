@@ -1,6 +1,7 @@
 """mmsegmentation integration: ``SAILBackbone`` and ``SAILLinearHead`` in ``mmseg.registry.MODELS``.
 
-Importing this package registers them. ``import sail_vision`` alone does not import mmseg, so
+Importing this package registers them (so does ``import sail_vision`` when mmseg is already
+imported). ``import sail_vision`` never imports mmseg itself, so
 users who never segment keep a fast import; configs pull this package in with
 ``custom_imports = dict(imports=['sail_vision.mmseg'], allow_failed_imports=False)``
 (configs/_base_/default_runtime.py does) and Python code does ``import sail_vision.mmseg``.
