@@ -1,0 +1,145 @@
+"""Shared helpers for the benchmark scripts: alternating timing, medians, peak RSS, cached
+checkpoints, machine facts, JSON results and printed tables.
+
+Every comparison alternates its contenders (round robin, the order reversed each round) so that
+noise from other processes on the machine hits all of them alike; the median is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Mapping
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_CACHE_DIR = Path(os.environ.get("SAIL_BENCH_CACHE", "/work/bench-cache"))
+
+
+def median(values) -> float:
+    return float(statistics.median(values))
+
+
+def alternate(contenders: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Time each zero-argument callable ``repeats`` times, interleaved: round r runs the contenders
+    in order (reversed on odd rounds). ``warmup`` untimed rounds come first. Returns seconds per call."""
+    names = list(contenders)
+    for _ in range(warmup):
+        for name in names:
+            contenders[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            start = time.perf_counter()
+            contenders[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size (VmHWM from /proc, else ru_maxrss)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def free_disk_bytes(path: Path) -> int:
+    path = Path(path)
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def machine_info() -> dict:
+    """Facts that explain the numbers: CPU model, cores, bf16 matrix support, library versions."""
+    import torch
+
+    flags = cpu_flags()
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "")
+    except OSError:
+        pass
+    try:
+        import transformers
+        tf_version = transformers.__version__
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        tf_version = None
+    return {
+        "cpu": model or platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "bf16_flags": sorted(f for f in flags if f.startswith("amx") or f == "avx512_bf16"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": tf_version,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "argv": sys.argv,
+    }
+
+
+def cached_checkpoint(cache_dir: Path, preset: str, *, dtype: str = "float32", seed: int = 0,
+                      **overrides) -> Path:
+    """A random checkpoint written once under ``cache_dir`` and reused (checked by loading its index)."""
+    from sail_vision.checkpoint import SailCheckpoint
+    from sail_vision.checkpoint_generator import make_checkpoint
+    from sail_vision.errors import SailVisionError
+
+    extra = "".join(f"-{k}{v}" for k, v in sorted(overrides.items()))
+    path = Path(cache_dir) / f"{preset}-{dtype}-seed{seed}{extra}"
+    if path.is_dir():
+        try:
+            SailCheckpoint(path)
+            return path
+        except SailVisionError:
+            pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return make_checkpoint(path, preset, seed=seed, dtype=dtype, overwrite=True, progress=True, **overrides)
+
+
+def write_results(name: str, payload: dict, quick: bool, results_dir: Path = RESULTS_DIR) -> Path:
+    """Save ``payload`` (plus machine facts) as results/<name>[-quick].json; returns the path."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{name}{'-quick' if quick else ''}.json"
+    data = {"benchmark": name, "quick": quick, "machine": machine_info(), **payload}
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def print_table(rows: list[dict], columns: list[str], title: str | None = None) -> str:
+    """Print (and return) rows as an aligned Markdown table, floats with 3 significant digits."""
+    def fmt(value):
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+        return "" if value is None else str(value)
+
+    cells = [[fmt(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) + " |" for r in cells]
+    text = ("\n" + title + "\n" if title else "") + "\n".join(lines)
+    print(text, flush=True)
+    return text

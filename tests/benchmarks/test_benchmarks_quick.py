@@ -1,0 +1,92 @@
+"""Every benchmark script still runs at CI size and writes sane JSON (no timing assertions)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "benchmarks"
+RESULTS = BENCH / "results"
+
+
+def _run(script: str, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def _load(name: str) -> dict:
+    data = json.loads((RESULTS / f"{name}-quick.json").read_text())
+    assert data["quick"] is True
+    return data
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_throughput_quick():
+    proc = _run("bench_throughput.py", "--quick")
+    assert "speedup" in proc.stdout
+    data = _load("bench_throughput")
+    assert data["machine"]["torch_threads"] >= 1
+    rows = data["rows"]
+    # 2 dtypes x 1 resolution x 2 batches x 2 layers
+    assert len(rows) == 8
+    assert {r["dtype"] for r in rows} == {"bfloat16", "float32"}
+    assert {r["layer_role"] for r in rows} == {"last", "middle"}
+    for row in rows:
+        for key in ("sail_img_s", "baseline_img_s", "speedup", "gflop_per_img", "matmul_gflop_s", "efficiency",
+                    "flop_ratio", "baseline_efficiency"):
+            assert _positive(row[key]), (key, row)
+        assert row["flop_ratio"] > 1  # the baseline does strictly more work than sail-vision
+        assert len(row["times_s"]["sail"]) == data["repeats"]
+    for dtype, per_layer in data["sanity_rel_maxabs"].items():
+        assert all(0 <= v <= 0.05 for v in per_layer.values()), (dtype, per_layer)
+
+
+def test_memory_quick():
+    _run("bench_memory.py", "--quick")
+    data = _load("bench_memory")
+    rows = data["rows"]
+    assert [r["max_layer"] for r in rows] == [1, 4]
+    for row in rows:
+        for key in ("needed_bytes", "peak_rss_bytes", "budget_gb", "load_s", "encode_s", "import_rss_gb"):
+            assert _positive(row[key]), (key, row)
+        assert row["peak_rss_bytes"] > row["needed_bytes"]
+        assert isinstance(row["met"], bool)
+    needed = [r["needed_bytes"] for r in rows]
+    assert needed == sorted(needed) and needed[0] < needed[-1]  # deeper layers need more weights
+
+
+def test_memory_skips_on_small_disk(monkeypatch, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_memory_mod", BENCH / "bench_memory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "free_disk_bytes", lambda path: 5 * module.GB)
+    args = type("Args", (), {"quick": False, "cache_dir": str(tmp_path), "preset": "sail-7b",
+                             "dtype": "bfloat16", "layers": None})()
+    result = module.run(args)
+    assert result["rows"] == [] and "20 GB" in result["skipped"]
+    assert "skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("script", ["bench_extract.py", "bench_probe_grid.py"])
+def test_helper_scripts_quick(script):
+    _run(script, "--quick")
+    data = _load(Path(script).stem)
+    assert data
+
+
+def test_run_all_help():
+    proc = _run("run_all.py", "--help")
+    for name in ("bench_throughput", "bench_memory", "bench_extract", "bench_probe_grid"):
+        assert name in proc.stdout
