@@ -128,6 +128,19 @@ def write_results(name: str, payload: dict, quick: bool, results_dir: Path = RES
     return path
 
 
+def run_and_save(parser, run: Callable[[], dict], name: str, quick: bool) -> Path:
+    """Run a benchmark, turn sail-vision's input errors into a one-line exit 2, save its JSON."""
+    from sail_vision.errors import SailVisionError
+
+    try:
+        payload = run()
+    except SailVisionError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    path = write_results(name, payload, quick)
+    print(f"saved {path}")
+    return path
+
+
 def print_table(rows: list[dict], columns: list[str], title: str | None = None) -> str:
     """Print (and return) rows as an aligned Markdown table, floats with 3 significant digits."""
     def fmt(value):

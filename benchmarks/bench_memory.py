@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_CACHE_DIR, cached_checkpoint, free_disk_bytes, print_table, write_results  # noqa: E402
+from _common import DEFAULT_CACHE_DIR, cached_checkpoint, free_disk_bytes, print_table, run_and_save  # noqa: E402
 
 GB = 1024 ** 3
 MIN_FREE_BYTES = 20 * GB
@@ -134,17 +134,10 @@ def main(argv=None):
     parser.add_argument("--out-name", default="bench_memory", help="results/<name>[-quick].json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from sail_vision.errors import SailVisionError
-
-    try:
-        if args.child:
-            child(json.loads(args.child))
-            return
-        payload = run(args)
-    except SailVisionError as exc:
-        parser.exit(2, f"error: {exc}\n")
-    path = write_results(args.out_name, payload, args.quick)
-    print(f"saved {path}")
+    if args.child:
+        child(json.loads(args.child))
+        return
+    run_and_save(parser, lambda: run(args), args.out_name, args.quick)
 
 
 if __name__ == "__main__":

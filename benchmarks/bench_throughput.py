@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (DEFAULT_CACHE_DIR, alternate, cached_checkpoint, median, print_table,  # noqa: E402
-                     write_results)
+                     run_and_save)
 
 # Hidden-state agreement required between the baseline and sail-vision (max-abs / max |value|).
 SANITY_TOL = {torch.float32: 1e-4, torch.bfloat16: 0.05}
@@ -272,14 +272,7 @@ def main(argv=None):
     args.resolutions = args.resolutions or ([32] if args.quick else [224, 448])
     args.batches = args.batches or ([1, 2] if args.quick else [1, 8])
     args.repeats = args.repeats or (2 if args.quick else 5)
-    from sail_vision.errors import SailVisionError
-
-    try:
-        payload = run(args)
-    except SailVisionError as exc:
-        parser.exit(2, f"error: {exc}\n")
-    path = write_results(args.out_name, payload, args.quick)
-    print(f"saved {path}")
+    run_and_save(parser, lambda: run(args), args.out_name, args.quick)
 
 
 if __name__ == "__main__":
