@@ -40,6 +40,20 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     raise InputError(f"dtype {dtype!r} is not supported; use float32, bfloat16 or float16")
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'auto' / None -> cuda when available, else cpu; 'cpu', 'cuda', 'cuda:N' are checked here, so a
+    bad value or a missing GPU is a clear InputError, not an error from deep inside torch."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"--device {device!r}: expected cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return resolved
+
+
 class SailEncoder(nn.Module):
     """SAIL as a vision backbone: images in, per-token hidden states of chosen layers out.
 

@@ -185,3 +185,16 @@ def test_encode_pixels_matches_encode_patches(tiny_encoder):
     b = tiny_encoder.encode_patches(patches, [2])
     assert a.grid == (3, 4)
     assert torch.equal(a.layer(2), b.layer(2))
+
+
+def test_device_resolution():
+    from sail_vision import InputError
+    from sail_vision.encoder import resolve_device
+
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(InputError, match="--device"):
+        resolve_device("nonsense")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA is not available"):
+            resolve_device("cuda")

@@ -52,12 +52,12 @@ def run(args) -> int:
         shown, maps, titles, name = maps_from_feature_dir(open_feature_dir(args.features), args.layer, args.limit)
         what = f"{name} from {args.features}"
     else:
-        from ..encoder import SailEncoder
+        from ..encoder import SailEncoder, resolve_device
 
         if not args.images:
             raise InputError("no IMAGE given; pass image files to encode (or --features DIR)")
         layer = -1 if args.layer is None else args.layer
-        encoder = SailEncoder.from_pretrained(args.checkpoint, dtype=args.dtype, device=args.device,
+        encoder = SailEncoder.from_pretrained(args.checkpoint, dtype=args.dtype, device=resolve_device(args.device),
                                               max_layer=layer)
         shown, maps = maps_from_images(encoder, args.images, layer, resolution=args.resolution,
                                        max_tokens=args.max_tokens)

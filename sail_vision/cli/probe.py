@@ -129,15 +129,16 @@ def run(args) -> int:
     if args.val_features and len(inputs) == 1 and len(inputs[0].parts) == 1:
         only = inputs[0].parts[0]
         val.features = {only: next(iter(val.features.values()))}  # same input, whatever the file is called
+    from ..encoder import resolve_device
     from ..probes import run_probe
-    from ..probes.linear import LinearConfig, resolve_device
+    from ..probes.linear import LinearConfig
 
     ks = [int(k) for k in args.ks]
     if any(k != float(v) for k, v in zip(ks, args.ks)):
         raise InputError(f"--ks must be whole numbers, got {args.ks}")
     config = LinearConfig(lrs=args.lrs, weight_decays=args.weight_decays, optimizer=args.optimizer,
                           epochs=args.epochs, batch_size=args.batch_size, chunk_rows=max(1, args.chunk_rows),
-                          device=resolve_device(args.device))
+                          device=str(resolve_device(args.device)))
     reference = {"feature_dir": str(Path(args.train).absolute()), "label_pattern": args.label_pattern} \
         if args.train and not args.train_labels else None
     result = run_probe(train, val, inputs, args.out, method=args.method, linear=config, cs=args.Cs,

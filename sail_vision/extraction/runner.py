@@ -87,20 +87,6 @@ def _human_bytes(n: int) -> str:
 
 
 # ---------------------------------------------------------------------------------- options
-def _resolve_device(device):
-    import torch
-
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"--device {device!r}: expected cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return resolved
-
-
 def _resolve_compute_dtype(dtype, device_type: str) -> str:
     from ..encoder import resolve_dtype
 
@@ -434,6 +420,7 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
     :class:`ExtractionResult`; failed images are counted there and in the manifest, not raised.
     """
     from ..checkpoint import SailCheckpoint
+    from ..encoder import resolve_device
     from ..layer_indices import resolve_layer_indices
 
     started = time.monotonic()
@@ -450,7 +437,7 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
     if workers < 0:
         raise InputError(f"--workers must be 0 or more, got {workers}")
     pools = _normalise_pools(pools)
-    device = _resolve_device(device)
+    device = resolve_device(device)
     compute_dtype = _resolve_compute_dtype(dtype, device.type)
     ckpt = SailCheckpoint(checkpoint)
     cfg = ckpt.config

@@ -227,16 +227,3 @@ def evaluate_grid(result: GridResult, data: ProbeData, rows: np.ndarray | None =
                 counts[feature_input.name][0] = counts[feature_input.name][0] + hits[1]
                 counts[feature_input.name][1] = counts[feature_input.name][1] + hits[5]
     return {name: (accuracy_percent(c1, total), accuracy_percent(c5, total)) for name, (c1, c5) in counts.items()}
-
-
-def resolve_device(device: str | None) -> str:
-    """'auto' -> 'cuda' when available, else 'cpu'; other values are checked by torch."""
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.device(device)
-    except RuntimeError as exc:
-        raise ProbeDataError(f"--device {device!r}: {exc}") from None
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ProbeDataError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return str(device)

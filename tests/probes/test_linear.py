@@ -73,16 +73,3 @@ def test_evaluate_grid_counts_top1_and_top5():
     shuffled = load_arrays(x, (y + 1) % 6, name="pixels")
     top1, _ = evaluate_grid(grid, shuffled)["pixels"]
     assert top1 == [0.0]
-
-
-def test_device_resolution():
-    from sail_vision.probes.data import ProbeDataError
-    from sail_vision.probes.linear import resolve_device
-
-    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert resolve_device("cpu") == "cpu"
-    with pytest.raises(ProbeDataError, match="--device"):
-        resolve_device("nonsense")
-    if not torch.cuda.is_available():
-        with pytest.raises(ProbeDataError, match="CUDA is not available"):
-            resolve_device("cuda")
