@@ -103,20 +103,11 @@ def machine_info() -> dict:
 def cached_checkpoint(cache_dir: Path, preset: str, *, dtype: str = "float32", seed: int = 0,
                       **overrides) -> Path:
     """A random checkpoint written once under ``cache_dir`` and reused (checked by loading its index)."""
-    from sail_vision.checkpoint import SailCheckpoint
-    from sail_vision.checkpoint_generator import make_checkpoint
-    from sail_vision.errors import SailVisionError
+    from sail_vision.checkpoint_generator import cached_checkpoint as cached
 
     extra = "".join(f"-{k}{v}" for k, v in sorted(overrides.items()))
     path = Path(cache_dir) / f"{preset}-{dtype}-seed{seed}{extra}"
-    if path.is_dir():
-        try:
-            SailCheckpoint(path)
-            return path
-        except SailVisionError:
-            pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return make_checkpoint(path, preset, seed=seed, dtype=dtype, overwrite=True, progress=True, **overrides)
+    return cached(path, preset, seed=seed, dtype=dtype, progress=True, **overrides)[0]
 
 
 def write_results(name: str, payload: dict, quick: bool, results_dir: Path = RESULTS_DIR) -> Path:

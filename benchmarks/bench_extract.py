@@ -124,14 +124,10 @@ def _linked_folder(folder: Path, sources: list[Path], count: int) -> Path:
 
 
 def _checkpoint(preset: str) -> Path:
-    from sail_vision.checkpoint_generator import make_checkpoint
+    from sail_vision.checkpoint_generator import cached_checkpoint
     from sail_vision.demo import cache_dir
 
-    path = cache_dir() / "checkpoints" / f"bench-{preset}-seed0"
-    if not (path / "config.json").is_file():
-        print(f"writing the random {preset} checkpoint to {path} (once)", flush=True)
-        make_checkpoint(path, preset, seed=0, overwrite=True)
-    return path
+    return cached_checkpoint(cache_dir() / "checkpoints" / f"bench-{preset}-seed0", preset, progress=True)[0]
 
 
 def main() -> None:

@@ -191,3 +191,22 @@ def make_checkpoint(out_dir: str | Path, preset: str = "tiny", *, seed: int = 0,
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     return out_dir
+
+
+def cached_checkpoint(path: str | Path, preset: str = "tiny", *, seed: int = 0,
+                      dtype: str | torch.dtype = torch.float32, progress: bool = False,
+                      **overrides) -> tuple[Path, bool]:
+    """(path, made_now): reuse the random checkpoint at ``path`` if it opens as a SAIL checkpoint,
+    else (missing or damaged) write it there. Used by the demo and the benchmarks."""
+    from .checkpoint import SailCheckpoint
+
+    path = Path(path)
+    if path.is_dir():
+        try:
+            SailCheckpoint(path)
+            return path, False
+        except SailVisionError:
+            pass  # a damaged cache entry: write it again
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return make_checkpoint(path, preset, seed=seed, dtype=dtype, overwrite=True, progress=progress,
+                           **overrides), True

@@ -30,23 +30,14 @@ def cache_dir() -> Path:
 
 def demo_checkpoint(cache: Path | None = None) -> tuple[Path, bool]:
     """(path, made_now): the cached tiny random checkpoint, written on first use or if broken."""
-    from .checkpoint import SailCheckpoint
-    from .checkpoint_generator import make_checkpoint
+    from .checkpoint_generator import cached_checkpoint
 
     path = (cache or cache_dir()) / "checkpoints" / DEMO_CHECKPOINT
-    if path.is_dir():
-        try:
-            SailCheckpoint(path)
-            return path, False
-        except SailVisionError:
-            pass  # a damaged cache entry: write it again
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        make_checkpoint(path, "tiny", seed=0, overwrite=True)
+        return cached_checkpoint(path, "tiny", seed=0)
     except OSError as exc:
         raise SailVisionError(f"cannot write the demo checkpoint under {path.parent} ({exc.strerror}); set "
                               f"SAIL_VISION_CACHE to a writable folder") from None
-    return path, True
 
 
 def write_sample_images(folder: Path) -> list[Path]:

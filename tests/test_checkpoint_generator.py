@@ -91,3 +91,16 @@ def test_sail7b_preset_has_the_real_shape():
     assert cfg.head_dim == 128 and cfg.num_hidden_layers == 32 and cfg.vision_patch_size == 32
     assert 7.2e9 < params < 7.3e9
     assert set(PRESETS) == {"tiny", "small", "sail-7b"}
+
+
+def test_cached_checkpoint_reuses_and_repairs(tmp_path):
+    from sail_vision.checkpoint_generator import cached_checkpoint
+
+    path, made = cached_checkpoint(tmp_path / "cache" / "tiny", "tiny", seed=2)
+    assert made and SailEncoder.from_pretrained(path).num_layers == 4
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    assert cached_checkpoint(path, "tiny", seed=2) == (path, False)
+    assert (path / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rewritten
+    (path / "model.safetensors").write_bytes(b"broken")
+    assert cached_checkpoint(path, "tiny", seed=2) == (path, True)
+    assert SailEncoder.from_pretrained(path).num_layers == 4
