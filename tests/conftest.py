@@ -12,18 +12,19 @@ import torch
 from sail_vision.checkpoint_generator import make_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The upstream outputs the parity tests compare against (kept in the repo; see its README.md).
 REFERENCE_DIR = Path(os.environ.get("SAIL_REFERENCE_FIXTURE",
-                                    ROOT.parent / "shared" / "fixtures" / "sail_reference_tiny"))
+                                    ROOT / "tests" / "fixtures" / "sail_reference_tiny"))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    """The upstream outputs on a tiny checkpoint (../shared/fixtures/sail_reference_tiny)."""
+    """The upstream outputs on a tiny checkpoint (tests/fixtures/sail_reference_tiny)."""
     if not (REFERENCE_DIR / "manifest.json").is_file():
-        pytest.fail(f"reference fixture not found at {REFERENCE_DIR}; CI keeps it in ../shared, or set "
-                    f"SAIL_REFERENCE_FIXTURE")
+        pytest.fail(f"reference fixture not found at {REFERENCE_DIR}: it is part of the repository "
+                    f"(restore it with git), or set SAIL_REFERENCE_FIXTURE to another copy")
     return REFERENCE_DIR
 
 
