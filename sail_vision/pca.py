@@ -87,8 +87,7 @@ def render_pca_figure(images: Sequence[Image.Image], colour_maps: Sequence[np.nd
 def maps_from_images(encoder, images: Sequence[str | Path], layer: int, *, resolution=None, max_tokens: int = 1024,
                      max_pixels: int | None = None):
     """Encode image files; return (display images as encoded, (nh, nw, D) float32 patch maps)."""
-    from .extraction.inputs import DEFAULT_MAX_PIXELS
-    from .extraction.loader import Preprocess
+    from .preprocessing import DEFAULT_MAX_PIXELS, Preprocess
     from .preprocessing import normalize_image, pixels_to_patches
 
     pre = Preprocess.create(encoder.patch_size, resolution, max_tokens, max_pixels or DEFAULT_MAX_PIXELS)
@@ -106,8 +105,7 @@ def maps_from_images(encoder, images: Sequence[str | Path], layer: int, *, resol
 def maps_from_feature_dir(features, layer: int | None = None, limit: int = 8):
     """From an extraction folder: (display images, patch maps, titles, feature name) of the first
     ``limit`` valid images. ``layer`` None picks the deepest extracted patch layer."""
-    from .extraction.inputs import BadImageError, decode_rgb
-    from .extraction.loader import Preprocess
+    from .preprocessing import BadImageError, Preprocess, decode_image
     from .feature_store import FeatureStoreError
 
     patch_layers = [info["layer"] for info in features.manifest["features"].values() if info.get("pool") == "patch"]
@@ -137,7 +135,7 @@ def maps_from_feature_dir(features, layer: int | None = None, limit: int = 8):
         try:
             if path is None:
                 raise BadImageError("<no path>", "missing", "the folder records no image paths")
-            shown.append(pre.rgb_image(path) if pre is not None else decode_rgb(path))
+            shown.append(pre.rgb_image(path) if pre is not None else decode_image(path))
         except BadImageError:  # no path, or the image moved or changed since extraction: a grey tile
             nh, nw = fmap.shape[:2]
             shown.append(Image.new("RGB", (nw * 8, nh * 8), (128, 128, 128)))

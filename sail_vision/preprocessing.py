@@ -1,4 +1,8 @@
-"""Image preprocessing as upstream SAIL does it, without torchvision.
+"""The one image path of sail-vision: decoding any image to RGB, and upstream SAIL's preprocessing.
+
+Everything that reads an image (``SailEncoder.encode``, ``extract``, ``pca``, ``segment``, the
+mmseg inference helpers) goes through :func:`decode_image` and :class:`Preprocess`, so one file
+gives the same pixels, and the same features, whichever way it comes in.
 
 Upstream resizes with torchvision's ``Resize`` on a PIL image (which is PIL's bilinear resize),
 scales to [0, 1], normalises with the ImageNet mean / std and cuts the image into p x p patches,
@@ -7,21 +11,40 @@ each flattened in (channel, row, column) order.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import os
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import ImageError, InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_MAX_TOKENS = 4096
+#: PIL's own default decompression-bomb limit (pixels).
+DEFAULT_MAX_PIXELS = 89_478_485
+#: What transparent pixels are composited over (white, as browsers show transparent images).
+ALPHA_BACKGROUND = (255, 255, 255)
 
-ImageInput = Union[str, Path, Image.Image, np.ndarray]
+ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray]
+
+
+class BadImageError(ImageError):
+    """One input image cannot be used; ``kind`` names the reason class (for failure reports)."""
+
+    def __init__(self, path, kind: str, detail: str):
+        super().__init__(f"{path}: {detail}")
+        self.path = str(path)
+        self.kind = kind
+        self.detail = detail
 
 
 def native_resize_size(size: tuple[int, int], patch_size: int,
@@ -52,34 +75,150 @@ def native_resize_size(size: tuple[int, int], patch_size: int,
     return (new_long, new_short) if width_is_long else (new_short, new_long)
 
 
-def load_image(image: ImageInput) -> Image.Image:
-    """Open a path, PIL image or uint8 HxWx3 / HxW array as an RGB PIL image."""
-    if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3))):
-            raise ImageError(
-                f"array images must be uint8 HxWx3 (or HxW), got dtype {image.dtype} shape {image.shape}")
-        return Image.fromarray(image.reshape(image.shape[:2]) if image.ndim == 3 and image.shape[2] == 1
-                               else image).convert("RGB")
+@contextlib.contextmanager
+def _own_bomb_check():
+    """Disable PIL's global decompression-bomb check (:func:`decode_image` applies its own limit)
+    and make sure truncated files raise even if someone set ``LOAD_TRUNCATED_IMAGES``."""
+    saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+    Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = None, False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def _describe(image) -> str:
+    """How an input is named in error messages: its path, or its kind."""
     if isinstance(image, (str, Path)):
-        path = Path(image)
+        return str(image)
+    return "<bytes>" if isinstance(image, (bytes, bytearray, memoryview)) else "<image>"
+
+
+def _open_checked(image: str | Path | bytes, max_pixels: int | None, name: str) -> Image.Image:
+    """Open (lazily) a file path or encoded bytes, checking size and the pixel limit first."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        if len(image) == 0:
+            raise BadImageError(name, "empty", "zero-byte image data")
+        stream = io.BytesIO(bytes(image))
+    else:
+        path = os.fspath(image)
         try:
-            with Image.open(path) as img:
-                img.load()
-                return img.convert("RGB")
+            size = os.stat(path).st_size
         except FileNotFoundError:
-            raise ImageError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise ImageError(f"{path}: is a directory, not an image") from None
-        except UnidentifiedImageError:
-            raise ImageError(f"{path}: not an image PIL can decode") from None
-        except Image.DecompressionBombError as exc:
-            raise ImageError(f"{path}: {exc}") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageError(f"{path}: cannot decode image ({exc})") from None
-    raise ImageError(f"unsupported image input of type {type(image).__name__}; "
-                     f"pass a path, a PIL image or a uint8 HxWx3 array")
+            raise BadImageError(name, "missing", "no such file") from None
+        except OSError as exc:
+            raise BadImageError(name, "unreadable", f"cannot read ({exc.strerror})") from None
+        if os.path.isdir(path):
+            raise BadImageError(name, "not-image", "is a directory, not an image")
+        if size == 0:
+            raise BadImageError(name, "empty", "zero-byte file")
+        stream = path
+    try:
+        opened = Image.open(stream)
+    except UnidentifiedImageError:
+        raise BadImageError(name, "not-image", "not an image file PIL can identify") from None
+    except PermissionError as exc:
+        raise BadImageError(name, "unreadable", f"cannot read ({exc.strerror})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(name, "corrupt", f"cannot open image ({exc})") from None
+    width, height = opened.size
+    if width <= 0 or height <= 0:
+        opened.close()
+        raise BadImageError(name, "corrupt", f"image header says {width}x{height}")
+    if max_pixels is not None and width * height > max_pixels:
+        opened.close()
+        raise BadImageError(name, "too-large", f"{width}x{height} = {width * height} pixels is over the "
+                                               f"decompression-bomb limit of {max_pixels} (--max-pixels)")
+    return opened
+
+
+def image_size(image: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               name: str | None = None) -> tuple[int, int]:
+    """(width, height) from the header of a file or encoded bytes, with :func:`decode_image`'s checks."""
+    with _own_bomb_check():
+        opened = _open_checked(image, max_pixels, name or _describe(image))
+        with opened:
+            return opened.size
+
+
+def _composite_on_background(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _scale_16bit_gray(image: Image.Image, path: str) -> Image.Image:
+    values = np.asarray(image)
+    if values.dtype.kind not in "iu" or (values.size and (values.min() < 0 or values.max() > 65535)):
+        raise BadImageError(path, "unsupported-mode", f"mode {image.mode} image with values outside 0..65535")
+    scaled = np.rint(values.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+    return Image.fromarray(scaled, mode="L").convert("RGB")
+
+
+def to_rgb(image: Image.Image, path: str = "<image>") -> Image.Image:
+    """An 8-bit RGB image whose pixels mean what the file's pixels mean.
+
+    - RGB: as is. Grayscale (L, 1): replicated to three channels.
+    - 16-bit grayscale (I;16*, or I with values in 0..65535): scaled by 255/65535 (rounded),
+      never clipped as a plain ``convert('RGB')`` would.
+    - Transparency (RGBA, LA, PA, palette with a transparent colour): composited over white.
+    - CMYK, YCbCr, palette: PIL's conversion (what upstream SAIL, timm and torchvision use).
+    - Floating-point (F) and other modes: :class:`BadImageError` (their value range is unknown).
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("L", "1", "CMYK", "YCbCr"):
+        return image.convert("RGB")
+    if mode.startswith("I;16") or mode == "I":
+        return _scale_16bit_gray(image, path)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
+        return _composite_on_background(image)
+    if mode == "P":
+        return image.convert("RGB")
+    raise BadImageError(path, "unsupported-mode", f"image mode {mode!r} has no well-defined RGB meaning "
+                                                  f"(floating-point or exotic); convert it to 8-bit RGB first")
+
+
+def decode_image(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 name: str | None = None) -> Image.Image:
+    """The one image decoder: a path, encoded bytes, a PIL image or an array -> 8-bit RGB PIL image.
+
+    Pixels keep their meaning (see :func:`to_rgb`: alpha over white, 16-bit scaled, CMYK /
+    palette / grayscale converted). Arrays must be uint8 (H, W), (H, W, 1), (H, W, 3) or
+    (H, W, 4) (RGBA, composited over white). Raises :class:`BadImageError` (kinds: missing,
+    unreadable, empty, not-image, too-large, truncated, corrupt, unsupported-mode) instead of
+    returning doubtful pixels; ``name`` is what error messages call the image.
+    """
+    name = name or _describe(image)
+    if isinstance(image, Image.Image):
+        return to_rgb(image, name)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))):
+            raise BadImageError(name, "unsupported-mode",
+                                f"array images must be uint8 HxW, HxWx1, HxWx3 or HxWx4, got dtype {image.dtype} "
+                                f"shape {image.shape}")
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        return to_rgb(Image.fromarray(np.ascontiguousarray(image)), name)
+    if not isinstance(image, (str, Path, bytes, bytearray, memoryview)):
+        raise BadImageError(name, "not-image", f"unsupported image input of type {type(image).__name__}; pass a "
+                                               f"path, encoded bytes, a PIL image or a uint8 HxWx3 array")
+    with _own_bomb_check():
+        opened = _open_checked(image, max_pixels, name)
+        with opened:
+            try:
+                opened.load()
+            except OSError as exc:
+                text = str(exc)
+                kind = "truncated" if "truncated" in text else "corrupt"
+                raise BadImageError(name, kind, f"cannot decode image ({text})") from None
+            except (SyntaxError, ValueError, EOFError) as exc:
+                raise BadImageError(name, "corrupt", f"cannot decode image ({exc})") from None
+            rgb = to_rgb(opened, name)
+            return rgb if rgb is not opened else opened.copy()
 
 
 def normalize_image(image: Image.Image) -> torch.Tensor:
@@ -158,13 +297,76 @@ def _check_multiple(value: int, patch_size: int, what: str) -> None:
         raise InputError(f"{what} {value} must be a positive multiple of the patch size {patch_size}")
 
 
+@dataclass(frozen=True)
+class Preprocess:
+    """How one image file becomes (nh, nw, 3, p, p) patches (see ``preprocessing.resize_image``)."""
+
+    patch_size: int
+    resolution: int | tuple[int, int] | None = None
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+
+    @classmethod
+    def create(cls, patch_size: int, resolution=None, max_tokens: int = DEFAULT_MAX_TOKENS,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "Preprocess":
+        """Validate the options once (bad sizes raise InputError before any work starts)."""
+        if max_tokens <= 0:
+            raise InputError(f"--max-tokens must be positive, got {max_tokens}")
+        if max_pixels is not None and max_pixels <= 0:
+            raise InputError(f"--max-pixels must be positive, got {max_pixels}")
+        pre = cls(patch_size, parse_resolution(resolution), max_tokens, max_pixels)
+        if pre.resolution is not None:
+            resize_image(Image.new("RGB", (patch_size, patch_size)), patch_size, pre.resolution, max_tokens)
+        return pre
+
+    @property
+    def fixed_grid(self) -> tuple[int, int] | None:
+        """The grid every image gets at a fixed resolution; None at native resolution."""
+        if self.resolution is None:
+            return None
+        if isinstance(self.resolution, tuple):
+            return self.resolution[0] // self.patch_size, self.resolution[1] // self.patch_size
+        return self.resolution // self.patch_size, self.resolution // self.patch_size
+
+    def grid_for_size(self, size: tuple[int, int], path: str = "<image>") -> tuple[int, int]:
+        """(nh, nw) for an image of (width, height)."""
+        fixed = self.fixed_grid
+        if fixed is not None:
+            return fixed
+        try:
+            width, height = native_resize_size(size, self.patch_size, self.max_tokens)
+        except InputError as exc:
+            raise BadImageError(path, "bad-size", str(exc)) from None
+        return height // self.patch_size, width // self.patch_size
+
+    def grid_of_file(self, image: str | Path | bytes, name: str | None = None) -> tuple[int, int]:
+        """(nh, nw) from the file header alone (raises BadImageError like decoding would)."""
+        name = name or _describe(image)
+        return self.grid_for_size(image_size(image, self.max_pixels, name), name)
+
+    def rgb_image(self, image: ImageInput, name: str | None = None) -> Image.Image:
+        """The decoded, resized 8-bit RGB image the patches are cut from."""
+        name = name or _describe(image)
+        rgb = decode_image(image, self.max_pixels, name)
+        self.grid_for_size(rgb.size, name)  # elongated images fail the same way as when planning
+        return resize_image(rgb, self.patch_size, self.resolution, self.max_tokens)
+
+    def patches(self, image: ImageInput, name: str | None = None) -> torch.Tensor:
+        """(nh, nw, 3, p, p) float32 patches of one image (path, bytes, PIL image or array)."""
+        return pixels_to_patches(normalize_image(self.rgb_image(image, name)), self.patch_size)
+
+    def describe(self) -> dict:
+        res = self.resolution
+        return {"resolution": "native" if res is None else (list(res) if isinstance(res, tuple) else res),
+                "max_tokens": self.max_tokens, "patch_size": self.patch_size, "max_pixels": self.max_pixels}
+
+
 def image_to_patches(image: ImageInput, patch_size: int, max_tokens: int = DEFAULT_MAX_TOKENS,
-                     resolution=None) -> torch.Tensor:
+                     resolution=None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """Preprocess one image into float32 patches of shape (nh, nw, 3, p, p).
 
-    Accepts a path, a PIL image (any mode; converted to RGB) or a uint8 HxWx3 array. By default the
-    upstream native-resolution rule applies; see :func:`resize_image` for ``resolution``.
+    Accepts a path, encoded bytes, a PIL image (any mode) or a uint8 array, decoded by
+    :func:`decode_image`. By default the upstream native-resolution rule applies; see
+    :func:`resize_image` for ``resolution``.
     """
-    rgb = load_image(image)
-    resized = resize_image(rgb, patch_size, resolution, max_tokens)
-    return pixels_to_patches(normalize_image(resized), patch_size)
+    return Preprocess.create(patch_size, resolution, max_tokens, max_pixels).patches(image)

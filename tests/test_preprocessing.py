@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from sail_vision import ImageError, image_to_patches, native_resize_size
-from sail_vision.preprocessing import (IMAGENET_MEAN, IMAGENET_STD, load_image, normalize_image,
+from sail_vision.preprocessing import (IMAGENET_MEAN, IMAGENET_STD, decode_image, normalize_image,
                                        parse_resolution, pixels_to_patches, resize_image)
 
 
@@ -65,7 +65,7 @@ def test_input_kinds_agree(tmp_path):
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "LA"])
 def test_any_pil_mode_becomes_rgb(mode):
     img = Image.new("RGB", (16, 16), (10, 200, 30)).convert(mode)
-    assert load_image(img).mode == "RGB"
+    assert decode_image(img).mode == "RGB"
     assert image_to_patches(img, 8).shape == (2, 2, 3, 8, 8)
 
 

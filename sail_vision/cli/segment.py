@@ -26,11 +26,11 @@ def run(args) -> int:
     from ..encoder import resolve_device
     from ..errors import InputError
     from ..mmseg.inference import load_segmentor, save_overlay, segment
-    from ..preprocessing import load_image
+    from ..preprocessing import decode_image
 
     if not 0.0 <= args.alpha <= 1.0:
         raise InputError(f"--alpha {args.alpha}: use a value in [0, 1]")
-    image = load_image(args.image)  # fail on a bad image before loading the model
+    image = decode_image(args.image)  # fail on a bad image before loading the model
     model = load_segmentor(args.config, args.checkpoint, device=str(resolve_device(args.device)))
     prediction = segment(model, image)
     meta = model.dataset_meta or {}

@@ -12,8 +12,7 @@ import os
 # first use, so it is set when this package is imported (set MKL_CBWR yourself to override).
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
-from .inputs import BadImageError, ImageSource, decode_rgb, resolve_inputs  # noqa: E402
+from ..sources import ImageSource, resolve_inputs  # noqa: E402
 from .runner import ExtractionError, ExtractionResult, extract  # noqa: E402
 
-__all__ = ["extract", "ExtractionResult", "ExtractionError", "resolve_inputs", "ImageSource", "decode_rgb",
-           "BadImageError"]
+__all__ = ["extract", "ExtractionResult", "ExtractionError", "resolve_inputs", "ImageSource"]

@@ -7,82 +7,16 @@ multi-process run computes exactly the bytes a single uninterrupted run computes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..errors import InputError
-from ..preprocessing import (DEFAULT_MAX_TOKENS, native_resize_size, normalize_image, parse_resolution,
-                             pixels_to_patches, resize_image)
-from .inputs import DEFAULT_MAX_PIXELS, BadImageError, decode_rgb, image_size
+from ..preprocessing import BadImageError, Preprocess
 
 #: Rows whose image failed before any decoding (duplicates, unreadable headers) get this grid.
 NO_GRID = (0, 0)
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How one image file becomes (nh, nw, 3, p, p) patches (see ``preprocessing.resize_image``)."""
-
-    patch_size: int
-    resolution: int | tuple[int, int] | None = None
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    max_pixels: int | None = DEFAULT_MAX_PIXELS
-
-    @classmethod
-    def create(cls, patch_size: int, resolution=None, max_tokens: int = DEFAULT_MAX_TOKENS,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "Preprocess":
-        """Validate the options once (bad sizes raise InputError before any work starts)."""
-        if max_tokens <= 0:
-            raise InputError(f"--max-tokens must be positive, got {max_tokens}")
-        if max_pixels is not None and max_pixels <= 0:
-            raise InputError(f"--max-pixels must be positive, got {max_pixels}")
-        pre = cls(patch_size, parse_resolution(resolution), max_tokens, max_pixels)
-        if pre.resolution is not None:
-            resize_image(Image.new("RGB", (patch_size, patch_size)), patch_size, pre.resolution, max_tokens)
-        return pre
-
-    @property
-    def fixed_grid(self) -> tuple[int, int] | None:
-        """The grid every image gets at a fixed resolution; None at native resolution."""
-        if self.resolution is None:
-            return None
-        if isinstance(self.resolution, tuple):
-            return self.resolution[0] // self.patch_size, self.resolution[1] // self.patch_size
-        return self.resolution // self.patch_size, self.resolution // self.patch_size
-
-    def grid_for_size(self, size: tuple[int, int], path: str = "<image>") -> tuple[int, int]:
-        """(nh, nw) for an image of (width, height)."""
-        fixed = self.fixed_grid
-        if fixed is not None:
-            return fixed
-        try:
-            width, height = native_resize_size(size, self.patch_size, self.max_tokens)
-        except InputError as exc:
-            raise BadImageError(path, "bad-size", str(exc)) from None
-        return height // self.patch_size, width // self.patch_size
-
-    def grid_of_file(self, path: str) -> tuple[int, int]:
-        """(nh, nw) from the file header alone (raises BadImageError like decoding would)."""
-        return self.grid_for_size(image_size(path, self.max_pixels), path)
-
-    def rgb_image(self, path: str) -> Image.Image:
-        """The decoded, resized 8-bit RGB image the patches are cut from."""
-        rgb = decode_rgb(path, self.max_pixels)
-        self.grid_for_size(rgb.size, path)  # elongated images fail the same way as when planning
-        return resize_image(rgb, self.patch_size, self.resolution, self.max_tokens)
-
-    def patches(self, path: str) -> torch.Tensor:
-        """(nh, nw, 3, p, p) float32 patches of one file."""
-        return pixels_to_patches(normalize_image(self.rgb_image(path)), self.patch_size)
-
-    def describe(self) -> dict:
-        res = self.resolution
-        return {"resolution": "native" if res is None else (list(res) if isinstance(res, tuple) else res),
-                "max_tokens": self.max_tokens, "patch_size": self.patch_size, "max_pixels": self.max_pixels}
 
 
 class BatchDecoder(torch.utils.data.Dataset):

@@ -27,10 +27,11 @@ from ..feature_store import (FAILURES_FILE, FORMAT_NAME, FORMAT_VERSION, LABELS_
                              atomic_save_npy, atomic_write_text, feature_name, offsets_file_name, read_manifest,
                              write_manifest)
 from ..outputs import POOLS
-from ..preprocessing import DEFAULT_MAX_TOKENS, IMAGENET_MEAN, IMAGENET_STD
+from ..preprocessing import (ALPHA_BACKGROUND, DEFAULT_MAX_PIXELS, DEFAULT_MAX_TOKENS, IMAGENET_MEAN, IMAGENET_STD,
+                             Preprocess)
 from .distributed import DistContext
-from .inputs import ALPHA_BACKGROUND, DEFAULT_MAX_PIXELS, ImageSource, find_duplicates, resolve_inputs
-from .loader import NO_GRID, Preprocess, batch_loader, plan_batches, scan_grids
+from ..sources import ImageSource, find_duplicates, resolve_inputs
+from .loader import NO_GRID, batch_loader, plan_batches, scan_grids
 from .writer import (DONE, FAILED, PENDING, ArraySpec, BackgroundWriter, FailureLog, OutputArrays, RowStatus,
                      create_array_file, failure_record)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError, InputError
-from ..preprocessing import load_image
+from ..preprocessing import decode_image
 
 
 def load_segmentor(config: str | Path, checkpoint: str | Path | None, device: str = "cpu",
@@ -41,7 +41,7 @@ def segment(model, image) -> np.ndarray:
     """Predicted class index map (H, W) int64 for one image (path, PIL image or uint8 array)."""
     from mmseg.apis import inference_model
 
-    rgb = np.asarray(load_image(image))
+    rgb = np.asarray(decode_image(image))
     result = inference_model(model, np.ascontiguousarray(rgb[:, :, ::-1]))  # mmseg expects BGR arrays
     return result.pred_sem_seg.data[0].cpu().numpy().astype(np.int64)
 
@@ -57,7 +57,7 @@ def save_overlay(image, prediction: np.ndarray, classes, palette, out: str | Pat
 
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"alpha={alpha}: use a value in [0, 1]")
-    rgb = np.asarray(load_image(image)).astype(np.float32)
+    rgb = np.asarray(decode_image(image)).astype(np.float32)
     if prediction.shape != rgb.shape[:2]:
         raise InputError(f"prediction shape {prediction.shape} does not match the image {rgb.shape[:2]}")
     palette = np.asarray(palette, dtype=np.float32)

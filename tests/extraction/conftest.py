@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .image_factory import save_rgb
+from image_factory import save_rgb
 
 
 @pytest.fixture

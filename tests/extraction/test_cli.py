@@ -9,7 +9,7 @@ import pytest
 from sail_vision.cli import build_parser, main
 from sail_vision.feature_store import open_feature_dir
 
-from .image_factory import write_bad_inputs
+from image_factory import write_bad_inputs
 
 
 def _run(capsys, *argv):

@@ -16,7 +16,7 @@ from sail_vision.extraction import extract
 from sail_vision.extraction.runner import DELAY_ENV, rank_status_file, status_files
 from sail_vision.extraction.writer import DONE, PENDING
 
-from .image_factory import save_rgb, write_bad_inputs
+from image_factory import save_rgb, write_bad_inputs
 
 OPTIONS = ["--layers", "1", "-1", "--pool", "patch", "mean", "end", "--batch-size", "2", "--workers", "1",
            "--commit-interval", "0.1", "--no-progress", "--allow-failures"]

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from sail_vision.errors import InputError
-from sail_vision.extraction.loader import NO_GRID, BatchDecoder, Preprocess, batch_loader, plan_batches, scan_grids
-from sail_vision.preprocessing import image_to_patches
+from sail_vision.extraction.loader import NO_GRID, BatchDecoder, batch_loader, plan_batches, scan_grids
+from sail_vision.preprocessing import Preprocess, image_to_patches
 
-from .image_factory import save_rgb, write_bad_inputs
+from image_factory import save_rgb, write_bad_inputs
 
 
 def test_plan_batches_groups_same_grids_in_first_seen_order():

@@ -14,7 +14,7 @@ from sail_vision.extraction.writer import ArraySpec
 from sail_vision.feature_store import FeatureStoreError, open_feature_dir, read_manifest
 from sail_vision.outputs import SailEncoding
 
-from .image_factory import save_rgb, write_bad_inputs, write_convertible_inputs
+from image_factory import save_rgb, write_bad_inputs, write_convertible_inputs
 
 FAST = dict(workers=0, progress=False, batch_size=4)
 

@@ -7,7 +7,7 @@ import sys
 
 from sail_vision.extraction import extract
 
-from .image_factory import save_rgb, write_bad_inputs
+from image_factory import save_rgb, write_bad_inputs
 from .test_crash_resume import _compare
 
 

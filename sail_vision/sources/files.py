@@ -1,47 +1,29 @@
-"""Which images to extract (folder, ImageNet, ADE20K, list file) and how each one is decoded.
+"""Flat sources: a folder, an ImageNet tree, ADE20K, a list file, or explicit paths.
 
 :func:`resolve_inputs` turns ``--images`` (plus ``--layout`` / ``--split`` / ``--labels-file``)
 into an ordered :class:`ImageSource`: absolute paths, optional int labels and class names.
-:func:`decode_rgb` opens one file as an 8-bit RGB PIL image, converting the modes whose meaning
-is clear (16-bit, grayscale, CMYK, transparency) and raising :class:`BadImageError` for the rest.
+Decoding is :func:`sail_vision.preprocessing.decode_image`'s job.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
-
-from ..errors import ImageError, InputError
+from ..errors import InputError
+from .base import Record, Shard
 
 #: File name endings the folder layouts collect (case-insensitive). List files may name anything.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                     ".pbm", ".pnm", ".jfif")
 LAYOUTS = ("auto", "folder", "imagenet", "ade20k", "list")
-#: PIL's own default decompression-bomb limit (pixels).
-DEFAULT_MAX_PIXELS = 89_478_485
-#: What transparent pixels are composited over (white, as browsers show transparent images).
-ALPHA_BACKGROUND = (255, 255, 255)
 
 _SYNSET_RE = re.compile(r"^n\d{8}$")
-
-
-class BadImageError(ImageError):
-    """One input image cannot be used; ``kind`` names the reason class (for failure reports)."""
-
-    def __init__(self, path, kind: str, detail: str):
-        super().__init__(f"{path}: {detail}")
-        self.path = str(path)
-        self.kind = kind
-        self.detail = detail
 
 
 @dataclass
@@ -57,6 +39,18 @@ class ImageSource:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def shards(self) -> list[Shard] | None:
+        """A flat source has no shards (see :class:`sail_vision.sources.base.Source`)."""
+        return None
+
+    def records(self, shard: Shard | None = None) -> Iterator[Record]:
+        """Every image as a :class:`Record`, in order."""
+        if shard is not None:
+            raise InputError(f"{self.root}: a {self.layout} source has no shards (asked for {shard.name})")
+        for index, path in enumerate(self.paths):
+            yield Record(key=path, label=None if self.labels is None else int(self.labels[index]), path=path)
 
     def limited(self, limit: int | None) -> "ImageSource":
         """The first ``limit`` images (all of them when limit is None)."""
@@ -291,117 +285,6 @@ def resolve_inputs(images: str | Path | Sequence[str | Path], *, layout: str = "
         raise InputError(f"{root}: no images found ({source.layout} layout; image files end with "
                          f"{', '.join(IMAGE_EXTENSIONS[:6])}, ...)")
     return source.limited(limit)
-
-
-# ---------------------------------------------------------------------------------- decoding
-@contextlib.contextmanager
-def _own_bomb_check():
-    """Disable PIL's global decompression-bomb check (:func:`decode_rgb` applies its own limit)
-    and make sure truncated files raise even if someone set ``LOAD_TRUNCATED_IMAGES``."""
-    saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
-    Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = None, False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
-
-
-def _open_checked(path: str, max_pixels: int | None) -> Image.Image:
-    try:
-        size = os.stat(path).st_size
-    except FileNotFoundError:
-        raise BadImageError(path, "missing", "no such file") from None
-    except OSError as exc:
-        raise BadImageError(path, "unreadable", f"cannot read ({exc.strerror})") from None
-    if os.path.isdir(path):
-        raise BadImageError(path, "not-image", "is a directory, not an image")
-    if size == 0:
-        raise BadImageError(path, "empty", "zero-byte file")
-    try:
-        image = Image.open(path)
-    except UnidentifiedImageError:
-        raise BadImageError(path, "not-image", "not an image file PIL can identify") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImageError(path, "corrupt", f"cannot open image ({exc})") from None
-    width, height = image.size
-    if width <= 0 or height <= 0:
-        image.close()
-        raise BadImageError(path, "corrupt", f"image header says {width}x{height}")
-    if max_pixels is not None and width * height > max_pixels:
-        image.close()
-        raise BadImageError(path, "too-large", f"{width}x{height} = {width * height} pixels is over the "
-                                               f"decompression-bomb limit of {max_pixels} (--max-pixels)")
-    return image
-
-
-def image_size(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
-    """(width, height) from the file header, with the same checks as :func:`decode_rgb`."""
-    with _own_bomb_check():
-        image = _open_checked(path, max_pixels)
-        with image:
-            return image.size
-
-
-def _composite_on_background(image: Image.Image) -> Image.Image:
-    rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
-    return Image.alpha_composite(background, rgba).convert("RGB")
-
-
-def _scale_16bit_gray(image: Image.Image, path: str) -> Image.Image:
-    values = np.asarray(image)
-    if values.dtype.kind not in "iu" or (values.size and (values.min() < 0 or values.max() > 65535)):
-        raise BadImageError(path, "unsupported-mode", f"mode {image.mode} image with values outside 0..65535")
-    scaled = np.rint(values.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
-    return Image.fromarray(scaled, mode="L").convert("RGB")
-
-
-def to_rgb(image: Image.Image, path: str = "<image>") -> Image.Image:
-    """An 8-bit RGB image whose pixels mean what the file's pixels mean.
-
-    - RGB: as is. Grayscale (L, 1): replicated to three channels.
-    - 16-bit grayscale (I;16*, or I with values in 0..65535): scaled by 255/65535 (rounded),
-      never clipped as a plain ``convert('RGB')`` would.
-    - Transparency (RGBA, LA, PA, palette with a transparent colour): composited over white.
-    - CMYK, YCbCr, palette: PIL's conversion (what upstream SAIL, timm and torchvision use).
-    - Floating-point (F) and other modes: :class:`BadImageError` (their value range is unknown).
-    """
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in ("L", "1", "CMYK", "YCbCr"):
-        return image.convert("RGB")
-    if mode.startswith("I;16") or mode == "I":
-        return _scale_16bit_gray(image, path)
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
-        return _composite_on_background(image)
-    if mode == "P":
-        return image.convert("RGB")
-    raise BadImageError(path, "unsupported-mode", f"image mode {mode!r} has no well-defined RGB meaning "
-                                                  f"(floating-point or exotic); convert it to 8-bit RGB first")
-
-
-def decode_rgb(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open and fully decode one image file as 8-bit RGB (see :func:`to_rgb`).
-
-    Raises :class:`BadImageError` (kinds: missing, unreadable, empty, not-image, too-large,
-    truncated, corrupt, unsupported-mode) instead of returning doubtful pixels.
-    """
-    with _own_bomb_check():
-        image = _open_checked(path, max_pixels)
-        with image:
-            try:
-                image.load()
-            except OSError as exc:
-                text = str(exc)
-                kind = "truncated" if "truncated" in text else "corrupt"
-                raise BadImageError(path, kind, f"cannot decode image ({text})") from None
-            except (SyntaxError, ValueError, EOFError) as exc:
-                raise BadImageError(path, "corrupt", f"cannot decode image ({exc})") from None
-            rgb = to_rgb(image, path)
-            return rgb if rgb is not image else image.copy()
 
 
 def find_duplicates(paths: Sequence[str]) -> dict[int, int]:

@@ -1,0 +1,1 @@
+"""Tests of sail_vision.sources."""
