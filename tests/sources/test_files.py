@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from sail_vision.errors import InputError
-from sail_vision.preprocessing import BadImageError, decode_image
 from sail_vision.sources.files import (detect_layout, find_duplicates,
                                            resolve_inputs)
 
-from image_factory import save_rgb, write_bad_inputs, write_convertible_inputs
+from image_factory import save_rgb
 
 
 def test_folder_layout_is_recursive_sorted_and_skips_non_images(tmp_path):
@@ -119,34 +117,3 @@ def test_missing_or_empty_inputs_raise_clear_errors(tmp_path):
 
 def test_duplicates_are_found_by_path():
     assert find_duplicates(["/a.jpg", "/b.jpg", "/a.jpg", "/b.jpg", "/a.jpg"]) == {2: 0, 3: 1, 4: 0}
-
-
-@pytest.mark.parametrize("kind", ["corrupt", "truncated", "empty", "not-image", "too-large", "unsupported-mode"])
-def test_bad_images_raise_with_their_kind(tmp_path, kind):
-    path = write_bad_inputs(tmp_path)[kind]
-    with pytest.raises(BadImageError) as info:
-        decode_image(str(path))
-    assert info.value.kind == kind and str(path) in str(info.value)
-
-
-def test_decompression_bomb_limit_is_configurable(tmp_path):
-    save_rgb(tmp_path / "big.png", 40, 30)
-    with pytest.raises(BadImageError, match="1200 pixels is over the decompression-bomb limit of 1000"):
-        decode_image(str(tmp_path / "big.png"), max_pixels=1000)
-    assert decode_image(str(tmp_path / "big.png"), max_pixels=1200).size == (40, 30)
-    assert Image.MAX_IMAGE_PIXELS == 89_478_485  # the global limit is restored
-
-
-@pytest.mark.parametrize("kind", ["16-bit", "cmyk", "palette-alpha", "grayscale"])
-def test_convertible_modes_give_the_right_rgb_pixels(tmp_path, kind):
-    path, expected = write_convertible_inputs(tmp_path)[kind]
-    rgb = decode_image(str(path))
-    assert rgb.mode == "RGB"
-    np.testing.assert_array_equal(np.asarray(rgb), expected)
-
-
-def test_16_bit_is_scaled_not_clipped(tmp_path):
-    path, _ = write_convertible_inputs(tmp_path)["16-bit"]
-    pixels = np.asarray(decode_image(str(path)))
-    assert pixels[0, 0, 0] == 255 and pixels[0, 1, 0] == round(40000 * 255 / 65535)
-    assert pixels.std() > 50  # a clipping convert('RGB') would make almost every pixel 255
