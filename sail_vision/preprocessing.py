@@ -26,6 +26,7 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import ImageError, InputError
+from .sources.labels import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -279,8 +280,6 @@ def decode_image(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS,
 
 
 # ---------------------------------------------------------------------------------- masks
-#: The label of pixels that count for nothing (mmseg's ``ignore_index``).
-IGNORE_INDEX = 255
 #: Mask file formats that change pixel values when saving; a label map stored in them is refused.
 _LOSSY_FORMATS = ("JPEG", "MPO", "JPEG2000")
 

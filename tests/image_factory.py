@@ -1,8 +1,11 @@
-"""Image factories for the extraction tests: good images and every bad-input kind."""
+"""Image factories for the tests: good images, every image kind and bad-input kind, and the same
+images as WebDataset shards and Parquet files (written with the real libraries)."""
 
 from __future__ import annotations
 
 import io
+import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -231,3 +234,60 @@ def write_refused_kinds(folder: Path) -> dict[str, Path]:
     # 0..255 stored in 32 bits: scaling it as 16-bit data would make it almost black.
     Image.fromarray(rng.integers(0, 256, (16, 16)).astype(np.int32)).save(out["int32-small-values-tiff"])
     return out
+
+
+# ---------------------------------------------------------------------------------- shards
+def hf_metadata(features: dict) -> dict:
+    """Schema metadata as Hugging Face ``datasets`` writes it (checked against datasets 5.2's output:
+    ``{"info": {"features": {"image": {"_type": "Image"}, "label": {"names": [...], "_type": "ClassLabel"}}}}``)."""
+    return {"huggingface": json.dumps({"info": {"features": features}})}
+
+
+def write_parquet(path: Path, images: list, labels: list | None, classes: list[str] | None = None,
+                  image_column: str = "image", metadata: bool = True, row_group_size: int | None = None) -> Path:
+    """A Parquet file of ``{bytes, path}`` image structs (``images``: (bytes or None, path or None))."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {image_column: pa.array([{"bytes": b, "path": p} for b, p in images],
+                                      pa.struct([("bytes", pa.binary()), ("path", pa.string())]))}
+    features = {image_column: {"_type": "Image"}}
+    if labels is not None:
+        columns["label"] = pa.array(labels, pa.int64())
+        features["label"] = ({"names": classes, "_type": "ClassLabel"} if classes is not None
+                             else {"dtype": "int64", "_type": "Value"})
+    table = pa.table(columns)
+    if metadata:
+        table = table.replace_schema_metadata(hf_metadata(features))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return path
+
+
+def write_tar(path: Path, samples: list[dict]) -> Path:
+    """A WebDataset shard: ``samples`` are dicts like ``{"__key__": "a", "png": bytes, "cls": 1}``."""
+    import webdataset as wds
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wds.TarWriter(str(path)) as writer:
+        for sample in samples:
+            writer.write(sample)
+    return path
+
+
+def records_as_shards(records, folder: Path, classes: list[str], shards: int = 3) -> str:
+    """Write ``records`` (with paths and labels) as ``shards`` WebDataset shards plus classes.txt;
+    returns the brace pattern naming them."""
+    per = -(-len(records) // shards)
+    for s in range(shards):
+        chunk = records[s * per:(s + 1) * per]
+        write_tar(folder / f"train-{s:06d}.tar",
+                  [{"__key__": Path(r.path).stem, Path(r.path).suffix[1:].lower(): Path(r.path).read_bytes(),
+                    "cls": r.label} for r in chunk])
+    (folder / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
+    return str(folder / f"train-{{000000..{shards - 1:06d}}}.tar")
+
+
+def records_as_parquet(records, path: Path, classes: list[str]) -> Path:
+    return write_parquet(path, [(Path(r.path).read_bytes(), os.path.basename(r.path)) for r in records],
+                         [r.label for r in records], classes, row_group_size=2)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from sail_vision.errors import InputError
-from sail_vision.sources.files import (detect_layout, find_duplicates,
+from sail_vision.sources.resolve import (detect_layout,
                                            resolve_inputs)
+from sail_vision.sources.files import find_duplicates
 
 from image_factory import save_rgb
 
