@@ -16,6 +16,7 @@ import contextlib
 import io
 import math
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,13 +108,16 @@ def _open_checked(image: str | Path | bytes, max_pixels: int | None, name: str) 
     else:
         path = os.fspath(image)
         try:
-            size = os.stat(path).st_size
+            info = os.stat(path)
         except FileNotFoundError:
             raise BadImageError(name, "missing", "no such file") from None
         except OSError as exc:
             raise BadImageError(name, "unreadable", f"cannot read ({exc.strerror})") from None
-        if os.path.isdir(path):
+        if stat.S_ISDIR(info.st_mode):
             raise BadImageError(name, "not-image", "is a directory, not an image")
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would block forever, a device is no image
+            raise BadImageError(name, "not-image", "not a regular file (a FIFO, socket or device)")
+        size = info.st_size
         if size == 0:
             raise BadImageError(name, "empty", "zero-byte file")
         stream = path

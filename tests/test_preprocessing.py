@@ -120,6 +120,24 @@ def test_bad_images_raise_with_their_kind(tmp_path, kind):
     assert "\n" not in str(info.value)
 
 
+def test_unreadable_and_special_files_are_failures_not_hangs(tmp_path, monkeypatch):
+    import os
+
+    os.mkfifo(tmp_path / "fifo.png")
+    with pytest.raises(BadImageError, match="not a regular file") as info:
+        decode_image(tmp_path / "fifo.png")  # opening a FIFO would block forever
+    assert info.value.kind == "not-image"
+    save_rgb(tmp_path / "locked.png", 8, 8)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Image, "open", denied)  # chmod cannot lock root (who runs CI) out
+    with pytest.raises(BadImageError, match="locked.png: cannot read \\(Permission denied\\)") as info:
+        decode_image(tmp_path / "locked.png")
+    assert info.value.kind == "unreadable"
+
+
 def test_decompression_bomb_limit_is_configurable(tmp_path):
     save_rgb(tmp_path / "big.png", 40, 30)
     with pytest.raises(BadImageError, match="1200 pixels is over the decompression-bomb limit of 1000"):

@@ -104,9 +104,12 @@ def list_folder(root: Path, why_no_labels: str = "folder layout: images are not 
                        description={"labels": no_labels(why_no_labels, len(paths)), **_walk_description(listing)})
 
 
-def split_folders(folders: Sequence[str]) -> list[str]:
-    """The names among ``folders`` that name a dataset split (train, val, ...)."""
-    return [name for name in folders if name.lower() in SPLIT_NAMES]
+def refuse_split_folders(root: Path, folders: Sequence[str]) -> None:
+    """An :class:`InputError` naming the split folders (train, val, ...) among ``folders``, if any."""
+    splits = [name for name in folders if name.lower() in SPLIT_NAMES]
+    if splits:
+        raise InputError(f"{root}: holds split folders ({', '.join(splits)}), not classes; pass --split "
+                         f"{splits[0]} (or --layout folder to take every image below, without labels)")
 
 
 def _top_folders(listing: Listing, root: Path) -> list[str | None]:
@@ -128,10 +131,7 @@ def list_class_folders(root: Path, listing: Listing | None = None) -> ImageSourc
     classes = subfolders(root)
     if not classes:
         raise InputError(f"{root}: no class folders; the class-folder layout is <root>/<class>/<images>")
-    splits = split_folders(classes)
-    if splits:
-        raise InputError(f"{root}: holds split folders ({', '.join(splits)}), not classes; pass --split "
-                         f"{splits[0]} (or --layout folder to take every image below, without labels)")
+    refuse_split_folders(root, classes)
     listing = listing if listing is not None else walk_files(root, is_image_name)
     tops = _top_folders(listing, root)
     if None in tops:

@@ -116,10 +116,10 @@ def _same_schema(urls: list[str], schemas: list[ParquetSchema]) -> ParquetSchema
     first = schemas[0]
     for url, schema in zip(urls[1:], schemas[1:]):
         if schema != first:
-            what = ("class names" if schema.classes != first.classes else "label column"
-                    if schema.label != first.label else "image column")
-            raise InputError(f"{url}: its {what} differs from {urls[0]}'s; Parquet files with different label sets "
-                             f"or columns cannot be mixed")
+            what = ("its image column differs" if schema.image != first.image else "its label column differs"
+                    if schema.label != first.label else "its class names differ")
+            raise InputError(f"{url}: {what} from {urls[0]}'s; Parquet files with different label sets or "
+                             f"columns cannot be mixed")
     return first
 
 

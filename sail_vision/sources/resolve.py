@@ -17,7 +17,7 @@ from typing import Sequence
 
 from ..errors import InputError
 from .files import (IMAGE_EXTENSIONS, SPLIT_NAMES, ImageSource, class_folder_verdict, files_source, is_image_name,
-                    list_class_folders, list_folder, read_list_file, split_folders)
+                    list_class_folders, list_folder, read_list_file, refuse_split_folders)
 from .parquet import open_parquet
 from .segmentation import list_ade20k, list_pairs
 from .shards import SHARD_SUFFIXES, expand_spec, looks_like_shard_spec, shard_layout
@@ -98,16 +98,9 @@ def _is_ade20k(images: Path) -> bool:
             or (images.name in ("training", "validation") and images.parent.name == "images"))
 
 
-def _refuse_splits(root: Path) -> None:
-    splits = split_folders(subfolders(root))
-    if splits:
-        raise InputError(f"{root}: holds split folders ({', '.join(splits)}); pass --split {splits[0]} (or "
-                         f"--layout folder to take every image below, without labels)")
-
-
 def _auto_folder(root: Path) -> ImageSource:
     """Class folders when ``root`` passes the rule, else every image below without labels."""
-    _refuse_splits(root)
+    refuse_split_folders(root, subfolders(root))
     listing = walk_files(root, is_image_name)
     why_not = class_folder_verdict(root, listing)
     if why_not is None:
@@ -123,7 +116,7 @@ def detect_layout(images: Path, split_given: bool = False) -> str:
     if _is_ade20k(images):
         return "ade20k"
     if not split_given:
-        _refuse_splits(images)
+        refuse_split_folders(images, subfolders(images))
     return "imagenet" if class_folder_verdict(images, walk_files(images, is_image_name)) is None else "folder"
 
 

@@ -107,7 +107,7 @@ def test_split_subfolders_of_shards(class_folder, tmp_path):
     root = tmp_path / "default"
     records_as_parquet(records, root / "train" / "0000.parquet", ["cat", "dog", "zebra"])
     records_as_parquet(records[:2], root / "test" / "0000.parquet", ["cat", "dog", "zebra"])
-    with pytest.raises(InputError, match="split folders \\(test, train\\); pass --split test"):
+    with pytest.raises(InputError, match="split folders \\(test, train\\), not classes; pass --split test"):
         resolve_inputs(root)
     assert len(list(resolve_inputs(root, split="train").records())) == 7
 
