@@ -252,6 +252,15 @@ def test_decoding_rules_are_recorded_by_preprocess():
         assert DECODING_RULES[topic]
 
 
+def test_docs_list_every_decoding_rule():
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "inputs.md").read_text()
+    for rule in DECODING_RULES:
+        if rule not in ("version", "decoder"):
+            assert f"| `{rule}` |" in docs, rule
+
+
 def test_convertible_inputs_used_by_the_extraction_tests_are_right(tmp_path):
     for path, expected in write_convertible_inputs(tmp_path).values():
         np.testing.assert_array_equal(np.asarray(decode_image(path)), expected)

@@ -129,7 +129,20 @@ def _split_dir(root: Path, split: str | None) -> Path:
     return root / split
 
 
+def _auto_layout(root: Path, labels_file, masks) -> str:
+    """The layout ``auto`` means for a folder or list file; ``"auto"`` when only walking can tell
+    (class folders or a plain folder)."""
+    if masks is not None:
+        return "pairs"
+    if root.is_file():
+        return "list"
+    if labels_file is not None:
+        return "imagenet"
+    return "ade20k" if _is_ade20k(root) else "auto"
+
+
 def _flat(root: Path, layout: str, split: str | None, labels_file, masks) -> ImageSource:
+    """The flat source of a folder or list file under ``layout`` (``"auto"``: class folders or folder)."""
     if layout == "list":
         if not root.is_file():
             raise InputError(f"{root}: the list layout needs a text/CSV file of paths, not a folder")
@@ -141,15 +154,13 @@ def _flat(root: Path, layout: str, split: str | None, labels_file, masks) -> Ima
     base = _split_dir(root, split)
     if layout == "pairs":
         return list_pairs(base, Path(masks).expanduser())
-    if layout == "imagenet":
-        if labels_file is None:
-            return list_class_folders(base)
+    if layout == "imagenet" and labels_file is not None:
         source = read_list_file(Path(labels_file), root=base, found_from="labels-file")
         source.layout = "imagenet"
         return source
-    if layout == "folder":
-        return list_folder(base)
-    return _auto_folder(base)
+    if layout == "imagenet":
+        return list_class_folders(base)
+    return list_folder(base) if layout == "folder" else _auto_folder(base)
 
 
 def _check_options(layout: str, labels_file, masks) -> None:
@@ -183,8 +194,8 @@ def resolve_inputs(images: str | Path | Sequence[str | Path], *, layout: str = "
         images = [str(i) for i in images] if len(images) > 1 else str(images[0])
     else:
         images = str(images)
-    urls = _shard_urls(images, split) if masks is None and labels_file is None and layout in ("auto",
-                                                                                             *SHARDED_LAYOUTS) else None
+    may_be_shards = masks is None and labels_file is None and layout in ("auto", *SHARDED_LAYOUTS)
+    urls = _shard_urls(images, split) if may_be_shards else None
     if urls is not None:
         spec = images if isinstance(images, str) else " ".join(images)
         return _sharded(urls, spec, layout, split).limited(limit)
@@ -199,8 +210,7 @@ def resolve_inputs(images: str | Path | Sequence[str | Path], *, layout: str = "
     if root.is_file() and is_image_name(root.name) and layout in ("auto", "folder"):
         return files_source([str(root)]).limited(limit)
     if layout == "auto":
-        layout = "pairs" if masks is not None else "list" if root.is_file() else (
-            "imagenet" if labels_file is not None else "ade20k" if _is_ade20k(root) else "auto")
+        layout = _auto_layout(root, labels_file, masks)
     source = _flat(root, layout, split, labels_file, masks)
     source.description = {"images": str(root), "layout": source.layout, "split": split,
                           "labels_file": str(labels_file) if labels_file else None,

@@ -157,3 +157,11 @@ def test_description_records_the_inputs(class_folder, tmp_path):
                                       "names_from": "class-folders", "why": None}
     single = resolve_inputs(tmp_path / "one.png")
     assert single.layout == "files" and single.description["labels"]["from"] is None
+
+
+def test_docs_describe_every_layout():
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "inputs.md").read_text()
+    for layout in LAYOUTS:
+        assert f"| `{layout}`" in docs, layout
