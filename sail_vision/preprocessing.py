@@ -197,11 +197,17 @@ def _holds_uint16(image: Image.Image) -> bool:
     return image.mode in _UINT16_MODES or (image.mode == "I" and image.format in _UINT16_IN_I_FORMATS)
 
 
-def _uint16_to_8bit(image: Image.Image, path: str) -> Image.Image:
-    """A 16-bit grayscale image as 8-bit L (high byte), or LA when a tRNS value marks transparency."""
+def _uint16_values(image: Image.Image, name: str, kind: str) -> np.ndarray:
+    """The samples of a 16-bit (or 16-bit-in-I) image as int64, checked to lie in 0..65535."""
     values = np.asarray(image).astype(np.int64)
     if values.size and (values.min() < 0 or values.max() > 65535):
-        raise BadImageError(path, "unsupported-mode", f"mode {image.mode} image with values outside 0..65535")
+        raise BadImageError(name, kind, f"mode {image.mode} image with values outside 0..65535")
+    return values
+
+
+def _uint16_to_8bit(image: Image.Image, path: str) -> Image.Image:
+    """A 16-bit grayscale image as 8-bit L (high byte), or LA when a tRNS value marks transparency."""
+    values = _uint16_values(image, path, "unsupported-mode")
     gray = Image.fromarray((values >> 8).astype(np.uint8), mode="L")
     key = image.info.get("transparency")
     if isinstance(key, int):
@@ -296,10 +302,7 @@ def _mask_values(image: Image.Image, name: str) -> np.ndarray:
     if mode == "1":
         return np.asarray(image).astype(np.uint8)  # 0 / 1, not 0 / 255
     if mode in _UINT16_MODES or mode == "I":
-        values = np.asarray(image).astype(np.int64)
-        if values.size and (values.min() < 0 or values.max() > 65535):
-            raise BadImageError(name, "mask-unsupported-mode", f"mode {mode} mask with values outside 0..65535")
-        return values.astype(np.uint16)
+        return _uint16_values(image, name, "mask-unsupported-mode").astype(np.uint16)
     if mode == "RGB":
         rgb = np.asarray(image)
         if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all()):

@@ -14,6 +14,14 @@ import numpy as np
 from PIL import Image
 
 
+def png_bytes(seed: int = 0, width: int = 8, height: int = 6) -> bytes:
+    """A small random RGB PNG, encoded."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buffer,
+                                                                                                          "PNG")
+    return buffer.getvalue()
+
+
 def save_rgb(path: Path, width: int, height: int, seed: int = 0) -> np.ndarray:
     """Write a random RGB image (PNG or JPEG by suffix) and return its pixels."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -58,6 +58,13 @@ def _shard_files(folder: Path, split: str | None) -> list[str]:
     return [str(folder / n) for n in shards]
 
 
+def _no_split_for_files(images, split: str | None) -> None:
+    if split is not None:
+        named = images if isinstance(images, str) else " ".join(images)
+        raise InputError(f"--split {split}: picks a split folder (or a split's shards in a folder), but --images "
+                         f"{named} already names files; drop --split or give the dataset's folder")
+
+
 def _shard_urls(images: str | list[str], split: str | None) -> list[str] | None:
     """The shard URLs ``--images`` names, or None when it names no shards."""
     if isinstance(images, list):
@@ -65,8 +72,12 @@ def _shard_urls(images: str | list[str], split: str | None) -> list[str] | None:
         if any(shard_like) and not all(shard_like):
             odd = images[shard_like.index(False)]
             raise InputError(f"--images: {odd} is not a shard, but other --images are; give shards or image files")
-        return [url for spec in images for url in expand_spec(spec)] if all(shard_like) else None
+        if not all(shard_like):
+            return None
+        _no_split_for_files(images, split)
+        return [url for spec in images for url in expand_spec(spec)]
     if looks_like_shard_spec(images) and not os.path.isdir(images):
+        _no_split_for_files(images, split)
         return expand_spec(images)
     folder = Path(images).expanduser()
     if folder.is_dir():
@@ -203,10 +214,13 @@ def resolve_inputs(images: str | Path | Sequence[str | Path], *, layout: str = "
         raise InputError(f"--images {images}: the {layout} layout needs shards (a .tar / .parquet path, a brace "
                          f"pattern, a pipe: command or a folder of shard files)")
     if isinstance(images, list):
+        _no_split_for_files(images, split)
         return files_source(images).limited(limit)
     root = Path(images).expanduser()
     if not root.exists():
         raise InputError(f"{root}: no such folder or list file (--images)")
+    if root.is_file():
+        _no_split_for_files(images, split)
     if root.is_file() and is_image_name(root.name) and layout in ("auto", "folder"):
         return files_source([str(root)]).limited(limit)
     if layout == "auto":

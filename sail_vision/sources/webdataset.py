@@ -136,7 +136,7 @@ def _open(shard: Shard) -> _Tracked:
         tracked.stream = _decompressed(raw)
     except _STREAM_ERRORS as exc:
         tracked.close()
-        raise InputError(f"shard {shard.url}: cannot read ({tracked.why(exc)})") from None
+        raise InputError(f"shard {shard.url}: not a readable tar file ({tracked.why(exc)})") from None
     return tracked
 
 

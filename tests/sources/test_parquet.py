@@ -11,34 +11,26 @@ from sail_vision.errors import InputError
 from sail_vision.preprocessing import decode_image
 from sail_vision.sources import resolve_inputs
 
-from image_factory import hf_metadata, save_rgb, write_parquet
-
-
-def _png(seed: int = 0) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (6, 8, 3)).astype(np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()
+from image_factory import hf_metadata, png_bytes, save_rgb, write_parquet
 
 
 def test_bytes_paths_and_labels_with_class_names(tmp_path):
     save_rgb(tmp_path / "pics" / "x.png", 8, 6, seed=5)
-    path = write_parquet(tmp_path / "d.parquet", [(_png(1), "a.png"), (None, "pics/x.png"), (None, None)],
+    path = write_parquet(tmp_path / "d.parquet", [(png_bytes(1), "a.png"), (None, "pics/x.png"), (None, None)],
                          [2, 0, 1], ["cat", "dog", "zebra"], row_group_size=1)
     source = resolve_inputs(path)
     assert source.classes == ["cat", "dog", "zebra"] and source.description["columns"] == {"image": "image",
                                                                                               "label": "label"}
     records = list(source.records())
     assert [(r.key, r.label) for r in records] == [("d#0", 2), ("d#1", 0), ("d#2", 1)]
-    assert records[0].data == _png(1) and records[0].path is None
+    assert records[0].data == png_bytes(1) and records[0].path is None
     assert records[1].path == str(tmp_path / "pics" / "x.png") and records[1].data is None  # from the file's folder
     assert records[2].error == ("no-image", "image holds neither bytes nor a path")
     assert source.count(source.shards[0]) == 3
 
 
 def test_without_metadata_an_image_column_and_integer_labels_still_work(tmp_path):
-    path = write_parquet(tmp_path / "d.parquet", [(_png(), None)] * 2, [1, 0], metadata=False, image_column="img")
+    path = write_parquet(tmp_path / "d.parquet", [(png_bytes(), None)] * 2, [1, 0], metadata=False, image_column="img")
     source = resolve_inputs(path)
     assert source.classes is None and [r.label for r in source.records()] == [1, 0]
     assert source.description["labels"]["why"] == "the label column has no ClassLabel names"
@@ -50,7 +42,7 @@ def test_without_metadata_an_image_column_and_integer_labels_still_work(tmp_path
     (3, "bad-label", "not one of the 3 classes"),
 ])
 def test_bad_labels_become_error_records(tmp_path, label, kind, detail):
-    path = write_parquet(tmp_path / "d.parquet", [(_png(), None)] * 3, [0, label, 2], ["a", "b", "c"])
+    path = write_parquet(tmp_path / "d.parquet", [(png_bytes(), None)] * 3, [0, label, 2], ["a", "b", "c"])
     records = list(resolve_inputs(path).records())
     assert records[0].error is None and records[2].error is None
     assert records[1].error[0] == kind and detail in records[1].error[1]
@@ -62,7 +54,7 @@ def test_several_class_label_columns_leave_the_rows_unlabelled_and_say_why(tmp_p
 
     features = {"img": {"_type": "Image"}, "fine_label": {"names": ["a", "b"], "_type": "ClassLabel"},
                 "coarse_label": {"names": ["x"], "_type": "ClassLabel"}}
-    table = pa.table({"img": [{"bytes": _png(), "path": None}], "fine_label": [1], "coarse_label": [0]})
+    table = pa.table({"img": [{"bytes": png_bytes(), "path": None}], "fine_label": [1], "coarse_label": [0]})
     pq.write_table(table.replace_schema_metadata(hf_metadata(features)), tmp_path / "c.parquet")
     source = resolve_inputs(tmp_path / "c.parquet")
     assert source.classes is None and [r.label for r in source.records()] == [None]
@@ -85,9 +77,9 @@ def test_unusable_files_are_one_line_errors_naming_them(tmp_path):
 
 
 def test_files_with_different_label_sets_cannot_be_mixed(tmp_path):
-    write_parquet(tmp_path / "a.parquet", [(_png(), None)], [0], ["cat", "dog"])
-    write_parquet(tmp_path / "b.parquet", [(_png(), None)], [0], ["cat", "zebra"])
-    write_parquet(tmp_path / "c.parquet", [(_png(), None)], None)
+    write_parquet(tmp_path / "a.parquet", [(png_bytes(), None)], [0], ["cat", "dog"])
+    write_parquet(tmp_path / "b.parquet", [(png_bytes(), None)], [0], ["cat", "zebra"])
+    write_parquet(tmp_path / "c.parquet", [(png_bytes(), None)], None)
     with pytest.raises(InputError, match="b.parquet: its class names differ from .*a.parquet's"):
         resolve_inputs(f"{tmp_path}/{{a,b}}.parquet")
     with pytest.raises(InputError, match="c.parquet: its label column differs"):
@@ -97,12 +89,12 @@ def test_files_with_different_label_sets_cannot_be_mixed(tmp_path):
 def test_rows_stream_in_batches_with_bounded_memory(tmp_path):
     from sail_vision.sources import parquet
 
-    images = [(_png(i % 5), None) for i in range(3 * parquet.BATCH_ROWS + 5)]
+    images = [(png_bytes(i % 5), None) for i in range(3 * parquet.BATCH_ROWS + 5)]
     path = write_parquet(tmp_path / "big.parquet", images, [i % 2 for i in range(len(images))], ["a", "b"],
                          row_group_size=50)
     records = resolve_inputs(path).records()
     first = next(records)
-    assert first.key == "big#0" and first.data == _png(0)
+    assert first.key == "big#0" and first.data == png_bytes(0)
     rest = list(records)
     assert len(rest) == len(images) - 1 and rest[-1].key == f"big#{len(images) - 1}"
-    np.testing.assert_array_equal(np.asarray(decode_image(rest[-1].data)), np.asarray(decode_image(_png((len(images) - 1) % 5))))
+    np.testing.assert_array_equal(np.asarray(decode_image(rest[-1].data)), np.asarray(decode_image(png_bytes((len(images) - 1) % 5))))

@@ -140,6 +140,12 @@ def test_options_that_do_not_fit_the_layout_are_refused(class_folder, tmp_path):
         resolve_inputs(class_folder, layout="pairs")
     with pytest.raises(InputError, match="--labels-file or --masks, not both"):
         resolve_inputs(class_folder, labels_file=tmp_path / "x.txt", masks=tmp_path / "m")
+    listing = tmp_path / "list.txt"
+    listing.write_text("a.png\n")
+    tar = write_tar(tmp_path / "a.tar", [{"__key__": "x", "png": b"x"}])
+    for images in (listing, tar, [tar, tar], next(class_folder.rglob("*.png")), [listing, listing]):
+        with pytest.raises(InputError, match="--split train: picks a split folder .* already names files"):
+            resolve_inputs(images, split="train")
 
 
 def test_flat_sources_still_offer_paths_and_labels(class_folder):

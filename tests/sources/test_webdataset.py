@@ -14,15 +14,7 @@ from sail_vision.errors import InputError
 from sail_vision.preprocessing import decode_image
 from sail_vision.sources import resolve_inputs
 
-from image_factory import write_tar
-
-
-def _png(seed: int = 0) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (6, 8, 3)).astype(np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()
+from image_factory import png_bytes, write_tar
 
 
 def _errors(source):
@@ -31,28 +23,28 @@ def _errors(source):
 
 def test_labels_from_cls_or_json_and_images_by_preference(tmp_path):
     tar = write_tar(tmp_path / "s.tar", [
-        {"__key__": "a", "jpg": _png(1), "png": _png(2), "cls": 1},  # jpg is preferred
-        {"__key__": "b", "webp": _png(3), "json": {"label": 0, "caption": "x"}},
-        {"__key__": "c", "jpeg": _png(4), "json": json.dumps({"cls": 2}).encode()},
+        {"__key__": "a", "jpg": png_bytes(1), "png": png_bytes(2), "cls": 1},  # jpg is preferred
+        {"__key__": "b", "webp": png_bytes(3), "json": {"label": 0, "caption": "x"}},
+        {"__key__": "c", "jpeg": png_bytes(4), "json": json.dumps({"cls": 2}).encode()},
     ])
     records = list(resolve_inputs(str(tar)).records())
     assert [(r.key, r.label) for r in records] == [("s#a", 1), ("s#b", 0), ("s#c", 2)]
-    np.testing.assert_array_equal(np.asarray(decode_image(records[0].image)), np.asarray(decode_image(_png(1))))
+    np.testing.assert_array_equal(np.asarray(decode_image(records[0].image)), np.asarray(decode_image(png_bytes(1))))
 
 
 @pytest.mark.parametrize("sample, kind, detail", [
-    ({"png": _png(), "cls": b"three"}, "bad-label", "cls member 'three' is not an integer"),
-    ({"png": _png(), "cls": -2}, "bad-label", "label -2 is negative"),
-    ({"png": _png(), "cls": 7}, "bad-label", "not one of the 3 classes"),
-    ({"png": _png(), "cls": 10**9}, "bad-label", "not one of the 3 classes"),
-    ({"png": _png(), "json": b"{not json"}, "bad-label", "json member is not JSON"),
-    ({"png": _png(), "json": {"label": "dog"}}, "bad-label", "json label: label 'dog' is not an integer"),
-    ({"png": _png(), "txt": "a caption"}, "no-label", "while the source is labelled"),
+    ({"png": png_bytes(), "cls": b"three"}, "bad-label", "cls member 'three' is not an integer"),
+    ({"png": png_bytes(), "cls": -2}, "bad-label", "label -2 is negative"),
+    ({"png": png_bytes(), "cls": 7}, "bad-label", "not one of the 3 classes"),
+    ({"png": png_bytes(), "cls": 10**9}, "bad-label", "not one of the 3 classes"),
+    ({"png": png_bytes(), "json": b"{not json"}, "bad-label", "json member is not JSON"),
+    ({"png": png_bytes(), "json": {"label": "dog"}}, "bad-label", "json label: label 'dog' is not an integer"),
+    ({"png": png_bytes(), "txt": "a caption"}, "no-label", "while the source is labelled"),
     ({"txt": "only text", "cls": 1}, "no-image", "no jpg/jpeg/png/webp member (members: cls, txt)"),
 ])
 def test_bad_samples_become_error_records(tmp_path, sample, kind, detail):
-    write_tar(tmp_path / "s.tar", [{"__key__": "good", "png": _png(), "cls": 0}, {"__key__": "bad", **sample},
-                                   {"__key__": "after", "png": _png(), "cls": 2}])
+    write_tar(tmp_path / "s.tar", [{"__key__": "good", "png": png_bytes(), "cls": 0}, {"__key__": "bad", **sample},
+                                   {"__key__": "after", "png": png_bytes(), "cls": 2}])
     (tmp_path / "classes.txt").write_text("a\nb\nc\n")
     records = list(resolve_inputs(str(tmp_path / "s.tar")).records())
     assert [r.key for r in records] == ["s#good", "s#bad", "s#after"]
@@ -64,7 +56,7 @@ def test_repeated_members_and_keys_are_errors(tmp_path):
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for name in ("a.png", "a.cls", "a.png", "b.png", "b.cls", "a.png", "a.cls"):
-            data = _png() if name.endswith("png") else b"1"
+            data = png_bytes() if name.endswith("png") else b"1"
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -75,7 +67,7 @@ def test_repeated_members_and_keys_are_errors(tmp_path):
 
 
 def _shard(tmp_path, samples=4):
-    return write_tar(tmp_path / "full.tar", [{"__key__": f"k{i}", "png": _png(i), "cls": i % 2}
+    return write_tar(tmp_path / "full.tar", [{"__key__": f"k{i}", "png": png_bytes(i), "cls": i % 2}
                                              for i in range(samples)])
 
 
@@ -136,7 +128,7 @@ def test_a_shard_that_cannot_be_opened_is_a_one_line_error_naming_it(tmp_path, s
 
 
 def test_a_later_shard_that_cannot_be_opened_names_itself(tmp_path):
-    write_tar(tmp_path / "a.tar", [{"__key__": "x", "png": _png(), "cls": 0}])
+    write_tar(tmp_path / "a.tar", [{"__key__": "x", "png": png_bytes(), "cls": 0}])
     (tmp_path / "b.tar").write_text("not a tar file " * 100)
     source = resolve_inputs(f"{tmp_path}/{{a,b}}.tar")
     assert len(list(source.records(source.shards[0]))) == 1
@@ -145,8 +137,8 @@ def test_a_later_shard_that_cannot_be_opened_names_itself(tmp_path):
 
 
 def test_labelled_and_unlabelled_shards_cannot_be_mixed(tmp_path):
-    write_tar(tmp_path / "a.tar", [{"__key__": "x", "png": _png()}])
-    write_tar(tmp_path / "b.tar", [{"__key__": "y", "png": _png(), "cls": 1}])
+    write_tar(tmp_path / "a.tar", [{"__key__": "x", "png": png_bytes()}])
+    write_tar(tmp_path / "b.tar", [{"__key__": "y", "png": png_bytes(), "cls": 1}])
     source = resolve_inputs(f"{tmp_path}/{{a,b}}.tar")
     assert source.classes is None and source.description["labels"]["from"] is None
     with pytest.raises(InputError, match="b.tar: sample b#y has a label but the first sample of this source has none"):
@@ -155,7 +147,7 @@ def test_labelled_and_unlabelled_shards_cannot_be_mixed(tmp_path):
 
 def test_class_names_must_agree_across_shard_folders(tmp_path):
     for folder, classes in (("one", "cat\ndog\n"), ("two", "cat\nzebra\n")):
-        write_tar(tmp_path / folder / "s.tar", [{"__key__": "x", "png": _png(), "cls": 1}])
+        write_tar(tmp_path / folder / "s.tar", [{"__key__": "x", "png": png_bytes(), "cls": 1}])
         (tmp_path / folder / "classes.txt").write_text(classes)
     spec = f"{tmp_path}/{{one,two}}/s.tar"
     with pytest.raises(InputError, match="two/classes.txt: names other classes than .*one/classes.txt"):
@@ -172,7 +164,7 @@ def test_class_names_must_agree_across_shard_folders(tmp_path):
 def test_a_missing_library_is_a_one_line_error(tmp_path, monkeypatch):
     import sys
 
-    write_tar(tmp_path / "a.tar", [{"__key__": "x", "png": _png()}])
+    write_tar(tmp_path / "a.tar", [{"__key__": "x", "png": png_bytes()}])
     monkeypatch.setitem(sys.modules, "webdataset", None)  # as if it were not installed
     with pytest.raises(InputError, match="reading WebDataset shards needs the 'webdataset' library: pip install "
                                          "'sail-vision\\[shards\\]'"):
