@@ -76,7 +76,7 @@ class _Tracked:
         proc = getattr(self.raw, "proc", None)
         if proc is not None:
             try:
-                status = proc.wait(timeout=10)
+                status = proc.wait(timeout=2)  # at end of data it has exited or is exiting
             except Exception:
                 status = None
             if status not in (None, 0, 141):
