@@ -320,7 +320,8 @@ def test_mask_modes_give_label_values(tmp_path):
 
 
 @pytest.mark.parametrize("case, kind", [("colour", "mask-colour"), ("jpeg", "mask-lossy"),
-                                        ("rgba", "mask-unsupported-mode"), ("float", "mask-unsupported-mode"), ("missing", "mask-missing"),
+                                        ("rgba", "mask-unsupported-mode"), ("float", "mask-unsupported-mode"),
+                                        ("missing", "mask-missing"),
                                         ("corrupt", "mask-not-image"), ("array", "mask-unsupported-mode")])
 def test_unusable_masks_are_refused_with_mask_kinds(tmp_path, case, kind):
     labels = np.random.default_rng(7).integers(0, 10, (8, 8, 3)).astype(np.uint8)

@@ -97,4 +97,5 @@ def test_rows_stream_in_batches_with_bounded_memory(tmp_path):
     assert first.key == "big#0" and first.data == png_bytes(0)
     rest = list(records)
     assert len(rest) == len(images) - 1 and rest[-1].key == f"big#{len(images) - 1}"
-    np.testing.assert_array_equal(np.asarray(decode_image(rest[-1].data)), np.asarray(decode_image(png_bytes((len(images) - 1) % 5))))
+    last = png_bytes((len(images) - 1) % 5)
+    np.testing.assert_array_equal(np.asarray(decode_image(rest[-1].data)), np.asarray(decode_image(last)))
