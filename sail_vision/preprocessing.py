@@ -2,7 +2,8 @@
 
 Everything that reads an image (``SailEncoder.encode``, ``extract``, ``pca``, ``segment``, the
 mmseg inference helpers) goes through :func:`decode_image` and :class:`Preprocess`, so one file
-gives the same pixels, and the same features, whichever way it comes in.
+gives the same pixels, and the same features, whichever way it comes in. Segmentation label maps
+go through :func:`decode_mask`.
 
 Upstream resizes with torchvision's ``Resize`` on a PIL image (which is PIL's bilinear resize),
 scales to [0, 1], normalises with the ImageNet mean / std and cuts the image into p x p patches,
@@ -15,6 +16,7 @@ import contextlib
 import io
 import math
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import ImageError, InputError
+from .sources.labels import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -105,13 +108,16 @@ def _open_checked(image: str | Path | bytes, max_pixels: int | None, name: str) 
     else:
         path = os.fspath(image)
         try:
-            size = os.stat(path).st_size
+            info = os.stat(path)
         except FileNotFoundError:
             raise BadImageError(name, "missing", "no such file") from None
         except OSError as exc:
             raise BadImageError(name, "unreadable", f"cannot read ({exc.strerror})") from None
-        if os.path.isdir(path):
+        if stat.S_ISDIR(info.st_mode):
             raise BadImageError(name, "not-image", "is a directory, not an image")
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would block forever, a device is no image
+            raise BadImageError(name, "not-image", "not a regular file (a FIFO, socket or device)")
+        size = info.st_size
         if size == 0:
             raise BadImageError(name, "empty", "zero-byte file")
         stream = path
@@ -143,82 +149,228 @@ def image_size(image: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_P
             return opened.size
 
 
+#: Modes whose RGB meaning PIL's conversion gives exactly (after compositing any transparency).
+_CONVERTIBLE_MODES = ("RGB", "RGBX", "RGBA", "RGBa", "L", "LA", "La", "1", "P", "PA", "CMYK", "YCbCr")
+#: Unsigned 16-bit grayscale modes.
+_UINT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+#: Formats whose 32-bit mode "I" only ever holds 16-bit samples (0..65535): 16-bit PGM/PPM/PNM
+#: (PIL scales any maxval to 0..65535) and 16-bit grayscale PNG (older PIL opens it as "I").
+_UINT16_IN_I_FORMATS = ("PNG", "PPM")
+
+#: How :func:`decode_image` turns a file into RGB pixels. Recorded with the features (it is part of
+#: ``Preprocess.describe()``); bump ``version`` whenever a rule changes the pixels of some file.
+DECODING_RULES = {
+    "version": 2,
+    "decoder": "Pillow",
+    "rgb": "kept as is; ICC profiles ignored (as upstream)",
+    "grayscale": "L replicated to three channels; 1-bit as 0 / 255",
+    "16-bit": "unsigned 16-bit samples (I;16* grayscale, 16-bit RGB / RGBA / LA PNG and TIFF, 16-bit "
+              "PGM / PPM) keep their high byte (v >> 8), PIL's rule for 16-bit colour, so a 16-bit gray image "
+              "and the same image as 16-bit RGB give the same pixels",
+    "32-bit integer": "refused (unsupported-mode): mode I from TIFF or memory declares no white level; "
+                      "only PNG / PGM 16-bit data that PIL opens as mode I is accepted (as 16-bit)",
+    "floating point": "refused (unsupported-mode)",
+    "alpha": f"composited over RGB {list(ALPHA_BACKGROUND)}: RGBA, LA, PA, premultiplied alpha, palette "
+             f"transparency and single-colour (tRNS) transparency",
+    "palette": "PIL's conversion (palette colours, not indices)",
+    "cmyk": "PIL's conversion (no colour management)",
+    "ycbcr": "PIL's conversion",
+    "other modes": "refused (unsupported-mode): LAB, HSV, signed 16-bit and any mode not listed",
+    "exif_orientation": "ignored (as upstream): pixels are used as stored",
+    "multi_frame": "first frame only (animated GIF / PNG / WebP, multi-page TIFF)",
+    "arrays": "uint8 HxW, HxWx1, HxWx3 or HxWx4 (RGBA, composited); any other dtype or shape refused",
+}
+
+
+def decoding_rules() -> dict:
+    """A copy of :data:`DECODING_RULES`, for manifests."""
+    return dict(DECODING_RULES)
+
+
 def _composite_on_background(image: Image.Image) -> Image.Image:
     rgba = image.convert("RGBA")
     background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def _scale_16bit_gray(image: Image.Image, path: str) -> Image.Image:
-    values = np.asarray(image)
-    if values.dtype.kind not in "iu" or (values.size and (values.min() < 0 or values.max() > 65535)):
-        raise BadImageError(path, "unsupported-mode", f"mode {image.mode} image with values outside 0..65535")
-    scaled = np.rint(values.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
-    return Image.fromarray(scaled, mode="L").convert("RGB")
+def _holds_uint16(image: Image.Image) -> bool:
+    return image.mode in _UINT16_MODES or (image.mode == "I" and image.format in _UINT16_IN_I_FORMATS)
+
+
+def _uint16_values(image: Image.Image, name: str, kind: str) -> np.ndarray:
+    """The samples of a 16-bit (or 16-bit-in-I) image as int64, checked to lie in 0..65535."""
+    values = np.asarray(image).astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise BadImageError(name, kind, f"mode {image.mode} image with values outside 0..65535")
+    return values
+
+
+def _uint16_to_8bit(image: Image.Image, path: str) -> Image.Image:
+    """A 16-bit grayscale image as 8-bit L (high byte), or LA when a tRNS value marks transparency."""
+    values = _uint16_values(image, path, "unsupported-mode")
+    gray = Image.fromarray((values >> 8).astype(np.uint8), mode="L")
+    key = image.info.get("transparency")
+    if isinstance(key, int):
+        alpha = Image.fromarray(np.where(values == key, 0, 255).astype(np.uint8), mode="L")
+        return Image.merge("LA", (gray, alpha))
+    return gray
+
+
+def _refuse_mode(image: Image.Image, path: str) -> BadImageError:
+    mode = image.mode
+    if mode == "I" or mode.startswith("I;"):
+        origin = f"a {image.format} file" if image.format else "an in-memory image"
+        detail = (f"{mode!r} integer image ({origin}) declares no white level (is it 0..255, 0..4095, "
+                  f"0..65535?); convert it to 8- or 16-bit unsigned first")
+    elif mode == "F":
+        detail = "floating-point image has no defined 0..255 meaning; convert it to 8-bit RGB first"
+    else:
+        detail = f"image mode {mode!r} has no well-defined RGB meaning here; convert it to 8-bit RGB first"
+    return BadImageError(path, "unsupported-mode", detail)
 
 
 def to_rgb(image: Image.Image, path: str = "<image>") -> Image.Image:
-    """An 8-bit RGB image whose pixels mean what the file's pixels mean.
-
-    - RGB: as is. Grayscale (L, 1): replicated to three channels.
-    - 16-bit grayscale (I;16*, or I with values in 0..65535): scaled by 255/65535 (rounded),
-      never clipped as a plain ``convert('RGB')`` would.
-    - Transparency (RGBA, LA, PA, palette with a transparent colour): composited over white.
-    - CMYK, YCbCr, palette: PIL's conversion (what upstream SAIL, timm and torchvision use).
-    - Floating-point (F) and other modes: :class:`BadImageError` (their value range is unknown).
-    """
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in ("L", "1", "CMYK", "YCbCr"):
-        return image.convert("RGB")
-    if mode.startswith("I;16") or mode == "I":
-        return _scale_16bit_gray(image, path)
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
+    """An 8-bit RGB image whose pixels mean what the file's pixels mean (see :data:`DECODING_RULES`)."""
+    if _holds_uint16(image):
+        image = _uint16_to_8bit(image, path)
+    elif image.mode not in _CONVERTIBLE_MODES:
+        raise _refuse_mode(image, path)
+    if image.has_transparency_data:
         return _composite_on_background(image)
-    if mode == "P":
-        return image.convert("RGB")
-    raise BadImageError(path, "unsupported-mode", f"image mode {mode!r} has no well-defined RGB meaning "
-                                                  f"(floating-point or exotic); convert it to 8-bit RGB first")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _array_to_image(array: np.ndarray, name: str) -> Image.Image:
+    if array.dtype != np.uint8 or array.size == 0 or not (
+            array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))):
+        raise BadImageError(name, "unsupported-mode",
+                            f"array images must be non-empty uint8 HxW, HxWx1, HxWx3 or HxWx4, got dtype "
+                            f"{array.dtype} shape {array.shape} (scale other dtypes to 0..255 uint8 yourself)")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def _load_first_frame(opened: Image.Image, name: str, kind_prefix: str = "") -> None:
+    """Decode the (first) frame of an opened image, mapping decoder failures to BadImageError."""
+    try:
+        opened.load()
+    except OSError as exc:
+        text = str(exc)
+        kind = "truncated" if "truncated" in text else "corrupt"
+        raise BadImageError(name, kind_prefix + kind, f"cannot decode image ({text})") from None
+    except (SyntaxError, ValueError, EOFError) as exc:
+        raise BadImageError(name, kind_prefix + "corrupt", f"cannot decode image ({exc})") from None
 
 
 def decode_image(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  name: str | None = None) -> Image.Image:
     """The one image decoder: a path, encoded bytes, a PIL image or an array -> 8-bit RGB PIL image.
 
-    Pixels keep their meaning (see :func:`to_rgb`: alpha over white, 16-bit scaled, CMYK /
-    palette / grayscale converted). Arrays must be uint8 (H, W), (H, W, 1), (H, W, 3) or
-    (H, W, 4) (RGBA, composited over white). Raises :class:`BadImageError` (kinds: missing,
-    unreadable, empty, not-image, too-large, truncated, corrupt, unsupported-mode) instead of
-    returning doubtful pixels; ``name`` is what error messages call the image.
+    Pixels keep their meaning (:data:`DECODING_RULES`: alpha over white, 16-bit reduced to the high
+    byte, CMYK / palette / grayscale converted, first frame of animations, EXIF orientation
+    ignored). Raises :class:`BadImageError` (kinds: missing, unreadable, empty, not-image,
+    too-large, truncated, corrupt, unsupported-mode) instead of returning doubtful pixels;
+    ``name`` is what error messages call the image.
     """
     name = name or _describe(image)
     if isinstance(image, Image.Image):
         return to_rgb(image, name)
     if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))):
-            raise BadImageError(name, "unsupported-mode",
-                                f"array images must be uint8 HxW, HxWx1, HxWx3 or HxWx4, got dtype {image.dtype} "
-                                f"shape {image.shape}")
-        if image.ndim == 3 and image.shape[2] == 1:
-            image = image[:, :, 0]
-        return to_rgb(Image.fromarray(np.ascontiguousarray(image)), name)
+        return to_rgb(_array_to_image(image, name), name)
     if not isinstance(image, (str, Path, bytes, bytearray, memoryview)):
         raise BadImageError(name, "not-image", f"unsupported image input of type {type(image).__name__}; pass a "
                                                f"path, encoded bytes, a PIL image or a uint8 HxWx3 array")
     with _own_bomb_check():
         opened = _open_checked(image, max_pixels, name)
         with opened:
-            try:
-                opened.load()
-            except OSError as exc:
-                text = str(exc)
-                kind = "truncated" if "truncated" in text else "corrupt"
-                raise BadImageError(name, kind, f"cannot decode image ({text})") from None
-            except (SyntaxError, ValueError, EOFError) as exc:
-                raise BadImageError(name, "corrupt", f"cannot decode image ({exc})") from None
+            _load_first_frame(opened, name)
             rgb = to_rgb(opened, name)
             return rgb if rgb is not opened else opened.copy()
+
+
+# ---------------------------------------------------------------------------------- masks
+#: Mask file formats that change pixel values when saving; a label map stored in them is refused.
+_LOSSY_FORMATS = ("JPEG", "MPO", "JPEG2000")
+
+
+def _mask_values(image: Image.Image, name: str) -> np.ndarray:
+    """The label values of a decoded mask: uint8 for L / P / 1-bit / gray-equal RGB, uint16 for 16-bit."""
+    mode = image.mode
+    if mode in ("L", "P"):
+        return np.asarray(image, dtype=np.uint8)  # palette masks: the indices, not the colours
+    if mode == "1":
+        return np.asarray(image).astype(np.uint8)  # 0 / 1, not 0 / 255
+    if mode in _UINT16_MODES or mode == "I":
+        return _uint16_values(image, name, "mask-unsupported-mode").astype(np.uint16)
+    if mode == "RGB":
+        rgb = np.asarray(image)
+        if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all()):
+            raise BadImageError(name, "mask-colour", "RGB mask whose channels differ: colour-coded masks have no "
+                                                     "label values; save label indices as a mode L or P PNG")
+        return np.ascontiguousarray(rgb[..., 0])
+    raise BadImageError(name, "mask-unsupported-mode", f"mask mode {mode!r}: label maps must be L, P, 1-bit, "
+                                                       f"16-bit grayscale or gray-equal RGB")
+
+
+def apply_reduce_zero_label(labels: np.ndarray, name: str = "<mask>") -> np.ndarray:
+    """mmseg's ``reduce_zero_label``: 0 ("other") -> 255 (ignored), 1..254 -> 0..253, 255 stays 255."""
+    if labels.size and int(labels.max()) > 255:
+        raise BadImageError(name, "mask-label",
+                            f"reduce_zero_label needs labels <= 255, found {int(labels.max())}")
+    reduced = labels.astype(np.int64) - 1
+    reduced[(labels == 0) | (labels == IGNORE_INDEX)] = IGNORE_INDEX
+    return reduced.astype(np.uint8)
+
+
+def _check_mask_labels(labels: np.ndarray, num_classes: int, name: str) -> None:
+    bad = (labels >= num_classes) & (labels != IGNORE_INDEX)
+    if bad.any():
+        raise BadImageError(name, "mask-label", f"label {int(labels[bad].max())} is not a class of {num_classes} "
+                                                f"(0..{num_classes - 1}) nor the ignore index {IGNORE_INDEX}")
+
+
+def decode_mask(mask: str | Path | bytes | np.ndarray, *, reduce_zero_label: bool = False,
+                num_classes: int | None = None, expected_size: tuple[int, int] | None = None,
+                max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | None = None) -> np.ndarray:
+    """The one segmentation-mask decoder: a label-map file, bytes or array -> (H, W) uint8 / uint16 labels.
+
+    Accepts mode L, P (palette indices are the labels), 1-bit (0 / 1), 16-bit grayscale, and RGB
+    whose three channels are equal; refuses colour-coded RGB, alpha and lossy (JPEG) masks.
+    ``reduce_zero_label`` applies :func:`apply_reduce_zero_label` (ADE20K); ``num_classes`` checks every
+    label is a class or :data:`IGNORE_INDEX`; ``expected_size`` is the image's (width, height).
+    Raises :class:`BadImageError` whose kinds start with ``mask-``.
+    """
+    name = name or _describe(mask)
+    if isinstance(mask, np.ndarray):
+        if mask.ndim != 2 or mask.dtype not in (np.uint8, np.uint16):
+            raise BadImageError(name, "mask-unsupported-mode", f"mask arrays must be uint8 or uint16 HxW, got "
+                                                               f"dtype {mask.dtype} shape {mask.shape}")
+        labels = mask
+    else:
+        labels = _read_mask_file(mask, max_pixels, name)
+    if expected_size is not None and (labels.shape[1], labels.shape[0]) != tuple(expected_size):
+        raise BadImageError(name, "mask-size", f"mask is {labels.shape[1]}x{labels.shape[0]} but its image is "
+                                               f"{expected_size[0]}x{expected_size[1]}")
+    if reduce_zero_label:
+        labels = apply_reduce_zero_label(labels, name)
+    if num_classes is not None:
+        _check_mask_labels(labels, num_classes, name)
+    return labels
+
+
+def _read_mask_file(mask: str | Path | bytes, max_pixels: int | None, name: str) -> np.ndarray:
+    with _own_bomb_check():
+        try:
+            opened = _open_checked(mask, max_pixels, name)
+        except BadImageError as exc:
+            raise BadImageError(name, "mask-" + exc.kind, exc.detail) from None
+        with opened:
+            if opened.format in _LOSSY_FORMATS:
+                raise BadImageError(name, "mask-lossy", f"{opened.format} mask: lossy compression changes label "
+                                                        f"values; store masks as PNG")
+            _load_first_frame(opened, name, "mask-")
+            return _mask_values(opened, name)
 
 
 def normalize_image(image: Image.Image) -> torch.Tensor:
@@ -356,9 +508,11 @@ class Preprocess:
         return pixels_to_patches(normalize_image(self.rgb_image(image, name)), self.patch_size)
 
     def describe(self) -> dict:
+        """JSON description of every rule that decides the pixels (resize, limits, decoding)."""
         res = self.resolution
         return {"resolution": "native" if res is None else (list(res) if isinstance(res, tuple) else res),
-                "max_tokens": self.max_tokens, "patch_size": self.patch_size, "max_pixels": self.max_pixels}
+                "max_tokens": self.max_tokens, "patch_size": self.patch_size, "max_pixels": self.max_pixels,
+                "decoding": decoding_rules()}
 
 
 def image_to_patches(image: ImageInput, patch_size: int, max_tokens: int = DEFAULT_MAX_TOKENS,

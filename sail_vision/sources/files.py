@@ -1,34 +1,40 @@
-"""Flat sources: a folder, an ImageNet tree, ADE20K, a list file, or explicit paths.
+"""Flat sources: image files listed up front (a folder, class folders, a list file, explicit paths).
 
-:func:`resolve_inputs` turns ``--images`` (plus ``--layout`` / ``--split`` / ``--labels-file``)
-into an ordered :class:`ImageSource`: absolute paths, optional int labels and class names.
-Decoding is :func:`sail_vision.preprocessing.decode_image`'s job.
+An :class:`ImageSource` holds absolute paths in a fixed order, optional integer labels with their
+class names, optional mask paths (segmentation layouts, see :mod:`.segmentation`) and the rows
+that are already known to be unusable (an unreadable folder, a broken link, an image without its
+mask). Decoding is :func:`sail_vision.preprocessing.decode_image`'s job.
 """
 
 from __future__ import annotations
 
 import csv
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+
 from ..errors import InputError
 from .base import Record, Shard
+from .labels import label_info, label_problem, no_labels, parse_label_text
+from .walk import Listing, subfolders, walk_files
 
 #: File name endings the folder layouts collect (case-insensitive). List files may name anything.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                     ".pbm", ".pnm", ".jfif")
-LAYOUTS = ("auto", "folder", "imagenet", "ade20k", "list")
-
-_SYNSET_RE = re.compile(r"^n\d{8}$")
+#: Folder names that mean "a split of a dataset", never "a class" (compared in lower case).
+SPLIT_NAMES = ("train", "training", "val", "valid", "validation", "test", "testing", "eval", "dev")
 
 
 @dataclass
 class ImageSource:
-    """An ordered list of images to extract, with labels when the layout provides them."""
+    """An ordered list of image files, with labels, masks and known-bad rows when the layout has them.
+
+    ``errors`` maps a row to ``(kind, detail)`` for rows that are recorded as failures without
+    being decoded; ``masks`` (segmentation layouts) holds each row's mask path or None.
+    """
 
     paths: list[str]
     labels: np.ndarray | None = None
@@ -36,6 +42,8 @@ class ImageSource:
     layout: str = "folder"
     root: str = ""
     description: dict = field(default_factory=dict)
+    errors: dict[int, tuple[str, str]] = field(default_factory=dict)
+    masks: list[str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -46,90 +54,123 @@ class ImageSource:
         return None
 
     def records(self, shard: Shard | None = None) -> Iterator[Record]:
-        """Every image as a :class:`Record`, in order."""
+        """Every row as a :class:`Record`, in order (known-bad rows carry their ``error``)."""
         if shard is not None:
             raise InputError(f"{self.root}: a {self.layout} source has no shards (asked for {shard.name})")
-        for index, path in enumerate(self.paths):
-            yield Record(key=path, label=None if self.labels is None else int(self.labels[index]), path=path)
+        for row, path in enumerate(self.paths):
+            label = None if self.labels is None or row in self.errors else int(self.labels[row])
+            mask = None if self.masks is None else self.masks[row]
+            yield Record(key=path, label=label, path=path, mask=mask, error=self.errors.get(row))
 
     def limited(self, limit: int | None) -> "ImageSource":
-        """The first ``limit`` images (all of them when limit is None)."""
+        """The first ``limit`` rows (all of them when limit is None)."""
         if limit is None:
             return self
         if limit <= 0:
             raise InputError(f"--limit must be positive, got {limit}")
-        labels = None if self.labels is None else self.labels[:limit]
-        return ImageSource(self.paths[:limit], labels, self.classes, self.layout, self.root,
-                           {**self.description, "limit": limit})
+        return ImageSource(self.paths[:limit], None if self.labels is None else self.labels[:limit], self.classes,
+                           self.layout, self.root, {**self.description, "limit": limit},
+                           {row: e for row, e in self.errors.items() if row < limit},
+                           None if self.masks is None else self.masks[:limit])
 
 
 # ---------------------------------------------------------------------------------- listing
-def _is_image_name(name: str) -> bool:
+def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _walk_images(root: Path) -> list[str]:
-    """Absolute paths of image files under ``root``, recursively, sorted by relative path."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found.extend(os.path.join(dirpath, f) for f in filenames if not f.startswith(".") and _is_image_name(f))
-    return sorted((os.path.abspath(p) for p in found), key=lambda p: os.path.relpath(p, root).split(os.sep))
-
-
-def _subdirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _has_direct_images(root: Path) -> bool:
-    return any(p.is_file() and _is_image_name(p.name) for p in root.iterdir())
-
-
-def _clean_path(path: str, where: str) -> str:
+def clean_path(path: str, where: str) -> str:
+    """An absolute, normalised path; refuses newlines (``paths.txt`` holds one path per line)."""
     if "\n" in path or "\r" in path:
         raise InputError(f"{where}: path {path!r} contains a newline, which paths.txt cannot hold")
     return os.path.normpath(os.path.abspath(path))
 
 
-def list_folder(root: Path) -> ImageSource:
-    """Every image under ``root`` (recursive), no labels."""
-    paths = _walk_images(root)
-    return ImageSource([_clean_path(p, str(root)) for p in paths], layout="folder", root=str(root))
+def _from_listing(listing: Listing, where: str) -> tuple[list[str], dict[int, tuple[str, str]]]:
+    paths = [clean_path(f.path, where) for f in listing.found]
+    return paths, {row: f.error for row, f in enumerate(listing.found) if f.error is not None}
 
 
-def list_class_folders(root: Path) -> ImageSource:
-    """ImageNet-style ``<root>/<class>/**/*.JPEG``: classes sorted by name, labels 0..C-1."""
-    classes = [d.name for d in _subdirs(root)]
-    if not classes:
-        raise InputError(f"{root}: no class folders; the ImageNet layout is <split>/<class>/*.JPEG")
-    paths, labels = [], []
-    for label, name in enumerate(classes):
-        for path in _walk_images(root / name):
-            paths.append(_clean_path(path, str(root)))
-            labels.append(label)
-    return ImageSource(paths, np.asarray(labels, dtype=np.int64), classes, layout="imagenet", root=str(root))
+def _walk_description(listing: Listing) -> dict:
+    return {"walk": listing.describe()} if listing.repeated_folders else {}
 
 
-def _looks_like_label_token(token: str) -> bool:
-    return bool(token) and not _is_image_name(token)
+def list_folder(root: Path, why_no_labels: str = "folder layout: images are not grouped by class",
+                listing: Listing | None = None) -> ImageSource:
+    """Every image under ``root`` (recursive, see :mod:`.walk`), no labels."""
+    listing = listing if listing is not None else walk_files(root, is_image_name)
+    paths, errors = _from_listing(listing, str(root))
+    return ImageSource(paths, layout="folder", root=str(root), errors=errors,
+                       description={"labels": no_labels(why_no_labels, len(paths)), **_walk_description(listing)})
 
 
-def read_list_file(list_file: Path, root: Path | None = None) -> ImageSource:
-    """A text / CSV list of paths, one per line, each optionally followed by a label.
+def refuse_split_folders(root: Path, folders: Sequence[str]) -> None:
+    """An :class:`InputError` naming the split folders (train, val, ...) among ``folders``, if any."""
+    splits = [name for name in folders if name.lower() in SPLIT_NAMES]
+    if splits:
+        raise InputError(f"{root}: holds split folders ({', '.join(splits)}), not classes; pass --split "
+                         f"{splits[0]} (or --layout folder to take every image below, without labels)")
 
-    Text lines are ``path`` or ``path<TAB or spaces>label`` (the label is the last field); CSV
-    (``.csv``) rows are ``path[,label]`` with an optional header row. Relative paths are taken
-    from ``root`` (default: the list file's folder). Integer labels are kept as they are; other
-    labels are class names, numbered in sorted order. Blank lines and ``#`` comments are skipped.
+
+def _top_folders(listing: Listing, root: Path) -> list[str | None]:
+    """For each listed entry, the sub-folder of ``root`` it lies in (None for entries directly in root)."""
+    tops = []
+    for found in listing.found:
+        parts = os.path.relpath(found.path, root).split(os.sep)
+        tops.append(parts[0] if len(parts) > 1 or found.error is not None and found.error[0] == "unreadable"
+                    else None)
+    return tops
+
+
+def list_class_folders(root: Path, listing: Listing | None = None) -> ImageSource:
+    """``<root>/<class>/**/<image>``: every sub-folder is a class (sorted names -> labels 0..C-1).
+
+    Sub-folders without images stay classes (a class with no rows keeps its label), so two splits
+    listed this way number their classes alike.
     """
-    base = root if root is not None else list_file.parent
-    try:
-        text = list_file.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"{list_file}: not a UTF-8 text list of image paths") from None
-    except OSError as exc:
-        raise InputError(f"{list_file}: cannot read list file ({exc.strerror})") from None
-    rows: list[tuple[str, str | None, int]] = []
+    classes = subfolders(root)
+    if not classes:
+        raise InputError(f"{root}: no class folders; the class-folder layout is <root>/<class>/<images>")
+    refuse_split_folders(root, classes)
+    listing = listing if listing is not None else walk_files(root, is_image_name)
+    tops = _top_folders(listing, root)
+    if None in tops:
+        loose = listing.found[tops.index(None)].path
+        raise InputError(f"{root}: holds {tops.count(None)} image(s) outside class folders (e.g. "
+                         f"{os.path.basename(loose)}); move them into a class folder or use --layout folder")
+    paths, errors = _from_listing(listing, str(root))
+    index = {name: label for label, name in enumerate(classes)}
+    labels = np.asarray([index[name] for name in tops], dtype=np.int64)
+    labelled = len(paths) - len(errors)
+    return ImageSource(paths, labels, classes, layout="imagenet", root=str(root), errors=errors,
+                       description={"labels": label_info("class-folders", labelled=labelled, rows=len(paths),
+                                                         classes=classes, names_from="class-folders"),
+                                    **_walk_description(listing)})
+
+
+def class_folder_verdict(root: Path, listing: Listing) -> str | None:
+    """None when ``root`` (walked into ``listing``) looks like class folders, else why not.
+
+    The rule of ``--layout auto``: ``root`` holds no image itself and at least two non-hidden
+    sub-folders, and every one of them holds at least one image (or an unreadable entry) below it.
+    """
+    folders = subfolders(root)
+    if len(folders) < 2:
+        return f"'{root.name}' has {len(folders)} sub-folder(s); class folders need at least two"
+    tops = _top_folders(listing, root)
+    if None in tops:
+        loose = os.path.basename(listing.found[tops.index(None)].path)
+        return f"'{root.name}' holds images itself (e.g. {loose}), so its sub-folders are not read as classes"
+    empty = sorted(set(folders) - set(tops))
+    if empty:
+        return f"sub-folder '{empty[0]}' holds no image, so the sub-folders are not read as classes"
+    return None
+
+
+# ---------------------------------------------------------------------------------- list files
+def _read_rows(list_file: Path, text: str) -> list[tuple[str, str | None, int]]:
+    """(path, label text or None, line number) for every listed image."""
+    rows = []
     if list_file.suffix.lower() == ".csv":
         for number, record in enumerate(csv.reader(text.splitlines()), 1):
             record = [cell.strip() for cell in record]
@@ -140,151 +181,88 @@ def read_list_file(list_file: Path, root: Path | None = None) -> ImageSource:
             if len(record) > 2:
                 raise InputError(f"{list_file}:{number}: expected 'path' or 'path,label', got {len(record)} fields")
             rows.append((record[0], record[1] if len(record) == 2 and record[1] else None, number))
-    else:
-        for number, line in enumerate(text.splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            if "\t" in line:
-                path, _, label = line.rpartition("\t")
-            else:
-                parts = line.rsplit(None, 1)
-                path, label = (parts[0], parts[1]) if len(parts) == 2 else (line, "")
-            if not _looks_like_label_token(label.strip()):
-                path, label = line, ""
-            rows.append((path.strip(), label.strip() or None, number))
+        return rows
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "\t" in line:
+            path, _, label = line.rpartition("\t")
+        else:
+            parts = line.rsplit(None, 1)
+            path, label = (parts[0], parts[1]) if len(parts) == 2 else (line, "")
+        if not label.strip() or is_image_name(label.strip()):
+            path, label = line, ""
+        rows.append((path.strip(), label.strip() or None, number))
+    return rows
+
+
+def _integer_labels(list_file: Path, rows) -> np.ndarray:
+    labels = []
+    for _, text, number in rows:
+        value = parse_label_text(text)
+        problem = label_problem(value if value is not None else text)
+        if problem:
+            raise InputError(f"{list_file}:{number}: {problem}; labels are 0-based class indices")
+        labels.append(value)
+    return np.asarray(labels, dtype=np.int64)
+
+
+def read_list_file(list_file: Path, root: Path | None = None, found_from: str = "list-file") -> ImageSource:
+    """A text / CSV list of paths, one per line, each optionally followed by a label.
+
+    Text lines are ``path`` or ``path<TAB or spaces>label`` (the label is the last field); CSV
+    (``.csv``) rows are ``path[,label]`` with an optional header row. Relative paths are taken
+    from ``root`` (default: the list file's folder). Blank lines and ``#`` comments are skipped.
+    Labels are either all integers (0-based class indices, kept as they are, no class names) or
+    class names (numbered in sorted order); every line has one or none does.
+    """
+    base = root if root is not None else list_file.parent
+    try:
+        text = list_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{list_file}: not a UTF-8 text list of image paths") from None
+    except OSError as exc:
+        raise InputError(f"{list_file}: cannot read list file ({exc.strerror})") from None
+    rows = _read_rows(list_file, text)
     if not rows:
         raise InputError(f"{list_file}: lists no images")
-    with_label = [r for r in rows if r[1] is not None]
-    if with_label and len(with_label) != len(rows):
-        missing = next(r for r in rows if r[1] is None)
-        raise InputError(f"{list_file}:{missing[2]}: has no label while other lines do; give every line a "
+    unlabelled = [r for r in rows if r[1] is None]
+    if unlabelled and len(unlabelled) != len(rows):
+        raise InputError(f"{list_file}:{unlabelled[0][2]}: has no label while other lines do; give every line a "
                          f"label or none")
-    paths = [_clean_path(str(base / p), f"{list_file}:{n}") for p, _, n in rows]
-    labels = classes = None
-    if with_label:
-        raw = [r[1] for r in rows]
-        if all(re.fullmatch(r"-?\d+", v) for v in raw):
-            labels = np.asarray([int(v) for v in raw], dtype=np.int64)
-            if labels.min() < 0:
-                raise InputError(f"{list_file}: labels must be non-negative, found {labels.min()}")
-        else:
-            classes = sorted(set(raw))
-            index = {name: i for i, name in enumerate(classes)}
-            labels = np.asarray([index[v] for v in raw], dtype=np.int64)
-    return ImageSource(paths, labels, classes, layout="list", root=str(base),
-                       description={"list_file": str(list_file)})
-
-
-def _ade20k_split_dir(root: Path, split: str | None) -> Path:
-    candidates = [root / "ADEChallengeData2016" / "images", root / "images", root]
-    images_dir = next((c for c in candidates if (c / "training").is_dir() or (c / "validation").is_dir()), None)
-    if images_dir is None:
-        if root.parent.name == "images" and root.name in ("training", "validation"):
-            return root
-        raise InputError(f"{root}: not an ADE20K folder; expected ADEChallengeData2016/images/"
-                         f"{{training,validation}} under it")
-    if split is None:
-        raise InputError(f"{root}: ADE20K has two splits; pass --split training or --split validation")
-    if not (images_dir / split).is_dir():
-        raise InputError(f"{images_dir / split}: no such ADE20K split; use training or validation")
-    return images_dir / split
-
-
-def _imagenet_split_dir(root: Path, split: str | None) -> Path:
-    if split is not None:
-        if not (root / split).is_dir():
-            found = ", ".join(d.name for d in _subdirs(root)) or "none"
-            raise InputError(f"{root / split}: no such split folder (folders here: {found})")
-        return root / split
-    return root
-
-
-def _is_synset_tree(root: Path) -> bool:
-    subdirs = _subdirs(root)
-    return bool(subdirs) and all(_SYNSET_RE.match(d.name) for d in subdirs)
-
-
-def detect_layout(images: Path, split_given: bool = False) -> str:
-    """Guess the layout of ``--images``: a list file, ADE20K, ImageNet class folders, or a folder."""
-    if images.is_file():
-        return "list"
-    if ((images / "ADEChallengeData2016").is_dir() or images.name == "ADEChallengeData2016"
-            or (images.name in ("training", "validation") and images.parent.name == "images")):
-        return "ade20k"
-    if _is_synset_tree(images):
-        return "imagenet"
-    splits = [d for d in _subdirs(images) if _is_synset_tree(d)]
-    if splits and not split_given:
-        raise InputError(f"{images}: looks like an ImageNet root with split folders "
-                         f"({', '.join(d.name for d in splits)}); pass --split {splits[0].name} "
-                         f"(or --layout folder to take every image without labels)")
-    return "folder"
-
-
-def _files_source(paths: list[str]) -> ImageSource:
-    return ImageSource(paths, layout="files", root=os.path.dirname(paths[0]),
-                       description={"layout": "files", "count": len(paths)})
-
-
-def resolve_inputs(images: str | Path | Sequence[str | Path], *, layout: str = "auto", split: str | None = None,
-                   labels_file: str | Path | None = None, limit: int | None = None) -> ImageSource:
-    """Turn ``--images`` into an ordered :class:`ImageSource`.
-
-    ``images`` is a folder, a list file, or explicit image paths (a list). Layouts: ``folder``
-    (every image below, recursive, sorted, no labels); ``imagenet`` (``<split>/<class>/*``,
-    classes sorted to labels; with ``labels_file`` a flat folder such as ImageNet val is labelled
-    from a ``path label`` list); ``ade20k`` (``ADEChallengeData2016/images/<split>``); ``list``
-    (see :func:`read_list_file`); ``auto`` guesses among them.
-    """
-    if layout not in LAYOUTS:
-        raise InputError(f"layout {layout!r}: choose from {', '.join(LAYOUTS)}")
-    if isinstance(images, (list, tuple)):
-        if not images:
-            raise InputError("no images given (--images)")
-        if len(images) > 1:
-            paths = [_clean_path(str(p), "--images") for p in images]
-            return _files_source(paths).limited(limit)
-        images = images[0]
-    root = Path(images).expanduser()
-    if not root.exists():
-        raise InputError(f"{root}: no such folder or list file (--images)")
-    if root.is_file() and _is_image_name(root.name) and layout in ("auto", "folder"):
-        return _files_source([_clean_path(str(root), "--images")]).limited(limit)
-    if layout == "auto":
-        if root.is_file() or labels_file:
-            layout = "list" if root.is_file() else "imagenet"
-        else:
-            layout = detect_layout(root, split_given=split is not None)
-            if layout == "folder" and split is not None and (root / split).is_dir():
-                layout = detect_layout(root / split)
-    if layout == "list":
-        if not root.is_file():
-            raise InputError(f"{root}: the list layout needs a text/CSV file of paths, not a folder")
-        source = read_list_file(root)
-    elif not root.is_dir():
-        raise InputError(f"{root}: the {layout} layout needs a folder")
-    elif layout == "ade20k":
-        source = list_folder(_ade20k_split_dir(root, split))
-        source.layout = "ade20k"
-    elif layout == "imagenet":
-        base = _imagenet_split_dir(root, split)
-        if labels_file is not None:
-            source = read_list_file(Path(labels_file), root=base)
-            source.layout = "imagenet"
-        else:
-            source = list_class_folders(base)
+    paths = [clean_path(str(base / p), f"{list_file}:{n}") for p, _, n in rows]
+    description = {"list_file": str(list_file)}
+    if unlabelled:
+        return ImageSource(paths, layout="list", root=str(base),
+                           description={**description, "labels": no_labels(f"{list_file.name} lists paths only",
+                                                                            len(paths))})
+    raw = [r[1] for r in rows]
+    classes = None
+    if all(parse_label_text(v) is not None for v in raw):
+        labels = _integer_labels(list_file, rows)
+        info = label_info(found_from, labelled=len(paths), rows=len(paths), classes=None, names_from=None,
+                          why=f"{list_file.name} gives integer labels")
     else:
-        source = list_folder(_imagenet_split_dir(root, split) if split else root)
-    if labels_file is not None and source.layout not in ("imagenet",):
-        raise InputError("--labels-file works with an ImageNet-style folder (e.g. the flat val folder); for "
-                         "other inputs put the labels in a list file")
-    source.description = {"images": str(root), "layout": source.layout, "split": split,
-                          "labels_file": str(labels_file) if labels_file else None, **source.description}
-    if not source.paths:
-        raise InputError(f"{root}: no images found ({source.layout} layout; image files end with "
-                         f"{', '.join(IMAGE_EXTENSIONS[:6])}, ...)")
-    return source.limited(limit)
+        classes = sorted(set(raw))
+        index = {name: i for i, name in enumerate(classes)}
+        labels = np.asarray([index[v] for v in raw], dtype=np.int64)
+        info = label_info(found_from, labelled=len(paths), rows=len(paths), classes=classes,
+                          names_from=f"{found_from} (sorted names)")
+    return ImageSource(paths, labels, classes, layout="list", root=str(base),
+                       description={**description, "labels": info})
+
+
+def files_source(paths: Sequence[str]) -> ImageSource:
+    """Explicit image files (several ``--images``), in the order given, no labels."""
+    cleaned = [clean_path(str(p), "--images") for p in paths]
+    folders = [p for p in cleaned if os.path.isdir(p)]
+    if folders:
+        raise InputError(f"--images {folders[0]}: is a folder; several --images must all be image files (or "
+                         f"shards); give a single folder instead")
+    return ImageSource(cleaned, layout="files", root=os.path.dirname(cleaned[0]),
+                       description={"count": len(cleaned),
+                                    "labels": no_labels("image files given one by one", len(cleaned))})
 
 
 def find_duplicates(paths: Sequence[str]) -> dict[int, int]:
@@ -298,3 +276,12 @@ def find_duplicates(paths: Sequence[str]) -> dict[int, int]:
         else:
             first[key] = index
     return duplicates
+
+
+def __getattr__(name: str):
+    """``resolve_inputs``, ``detect_layout`` and ``LAYOUTS`` lived here before :mod:`.resolve`."""
+    if name in ("resolve_inputs", "detect_layout", "LAYOUTS"):
+        from . import resolve
+
+        return getattr(resolve, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,164 @@
+"""Segmentation sources: images paired with label-map masks (ADE20K, and any image + mask folders).
+
+Images and masks are paired by relative path without extension (``images/a/b.jpg`` <->
+``masks/a/b.png``). An image without a mask is a row with error ``mask-missing`` (recorded as a
+failure, never silently unlabelled); masks without an image are counted in the description.
+Masks are decoded by :func:`sail_vision.preprocessing.decode_mask`, with the
+``description["segmentation"]`` settings (``reduce_zero_label``, ``num_classes``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import InputError
+from .files import ImageSource, is_image_name, list_folder
+from .labels import CLASSES_FILE, IGNORE_INDEX, label_info, no_labels, read_class_names
+from .walk import Listing, walk_files
+
+ADE20K_SPLITS = ("training", "validation")
+
+
+def _stem_key(path: str, root: str) -> str:
+    return os.path.splitext(os.path.relpath(path, root))[0]
+
+
+def _index_masks(listing: Listing, root: str) -> tuple[dict[str, list[str]], list[str]]:
+    """{relative path without extension: [mask paths]} and the folders that could not be listed."""
+    masks: dict[str, list[str]] = {}
+    unreadable = []
+    for found in listing.found:
+        if found.error is not None and found.error[0] == "unreadable":
+            unreadable.append(found.path)
+        else:
+            masks.setdefault(_stem_key(found.path, root), []).append(found.path)
+    return masks, unreadable
+
+
+def _mask_for(key: str, masks: dict[str, list[str]], unreadable: list[str], masks_root: str):
+    """(mask path, None) or (None, (kind, detail)) for the image whose key is ``key``."""
+    found = masks.get(key, [])
+    if len(found) == 1:
+        return found[0], None
+    if len(found) > 1:
+        names = ", ".join(os.path.basename(p) for p in found)
+        return None, ("mask-ambiguous", f"several masks for this image ({names}); keep one")
+    expected = os.path.join(masks_root, key)
+    blocked = next((u for u in unreadable if expected.startswith(u + os.sep)), None)
+    if blocked:
+        return None, ("unreadable", f"its mask folder {blocked} cannot be listed")
+    return None, ("mask-missing", f"no mask {expected}.<png|tif|...> for this image")
+
+
+def pair_masks(source: ImageSource, images_root: str, masks_root: str) -> dict:
+    """Give every row of ``source`` its mask (or a mask error); returns the pairing's description."""
+    listing = walk_files(masks_root, is_image_name)
+    masks, unreadable = _index_masks(listing, masks_root)
+    source.masks = []
+    used = set()
+    for row, path in enumerate(source.paths):
+        key = _stem_key(path, images_root)
+        mask, error = _mask_for(key, masks, unreadable, masks_root)
+        source.masks.append(mask)
+        used.add(key)
+        if error is not None and row not in source.errors:
+            source.errors[row] = error
+    unpaired = sorted(p for key, paths in masks.items() if key not in used for p in paths)
+    paired = sum(m is not None for m in source.masks)
+    return {"masks": masks_root, "paired": paired, "ignore_index": IGNORE_INDEX,
+            "unpaired_masks": {"count": len(unpaired), "examples": unpaired[:5]}}
+
+
+def _check_separate(images: Path, masks: Path) -> None:
+    images_real, masks_real = os.path.realpath(images), os.path.realpath(masks)
+    if images_real == masks_real or masks_real.startswith(images_real + os.sep):
+        raise InputError(f"--masks {masks}: lies inside --images {images}, so masks would be listed as images; "
+                         f"keep images and masks in separate folders")
+    if images_real.startswith(masks_real + os.sep):
+        raise InputError(f"--images {images}: lies inside --masks {masks}; keep images and masks in separate "
+                         f"folders")
+
+
+def list_pairs(images: Path, masks: Path) -> ImageSource:
+    """Any folder of images with a parallel folder of masks (the ``pairs`` layout).
+
+    Mask values are the labels as they are (no ``reduce_zero_label``; 255 is ignored). Class
+    names come from a ``classes.txt`` in the masks folder when there is one.
+    """
+    if not masks.is_dir():
+        raise InputError(f"--masks {masks}: no such folder")
+    _check_separate(images, masks)
+    source = list_folder(images)
+    pairing = pair_masks(source, str(images), str(masks))
+    if pairing["paired"] == 0:
+        raise InputError(f"--masks {masks}: no image under {images} has a mask (pairs match by relative path "
+                         f"without extension, e.g. a/b.jpg <-> a/b.png)")
+    classes_file = masks / CLASSES_FILE
+    classes = read_class_names(classes_file) if classes_file.is_file() else None
+    source.layout, source.classes = "pairs", classes
+    source.description = {
+        **source.description,
+        "labels": label_info("mask-files", labelled=pairing["paired"], rows=len(source.paths), classes=classes,
+                             names_from=str(classes_file) if classes else None,
+                             why=None if classes else f"no {CLASSES_FILE} in the masks folder"),
+        "segmentation": {**pairing, "reduce_zero_label": False,
+                         "num_classes": len(classes) if classes else None,
+                         "rule": "mask values are the labels; 255 is ignored"}}
+    return source
+
+
+def ade20k_class_names() -> list[str]:
+    """ADE20K's 150 class names as mmsegmentation's ``ADE20KDataset`` has them (so labels mean what
+    mmseg's do)."""
+    from ..mmseg.compat import ensure_mmseg
+
+    ensure_mmseg()
+    from mmseg.datasets.ade import ADE20KDataset
+
+    return list(ADE20KDataset.METAINFO["classes"])
+
+
+def ade20k_split_dir(root: Path, split: str | None) -> Path:
+    """``images/<split>`` of an ADE20K folder (root, ``ADEChallengeData2016``, ``images`` or the split)."""
+    candidates = [root / "ADEChallengeData2016" / "images", root / "images", root]
+    images_dir = next((c for c in candidates if any((c / s).is_dir() for s in ADE20K_SPLITS)), None)
+    if images_dir is None:
+        if root.parent.name == "images" and root.name in ADE20K_SPLITS:
+            if split is not None and split != root.name:
+                raise InputError(f"{root}: is the {root.name} split, but --split {split} was given")
+            return root
+        raise InputError(f"{root}: not an ADE20K folder; expected ADEChallengeData2016/images/"
+                         f"{{training,validation}} under it")
+    if split is None:
+        raise InputError(f"{root}: ADE20K has two splits; pass --split training or --split validation")
+    if not (images_dir / split).is_dir():
+        raise InputError(f"{images_dir / split}: no such ADE20K split; use training or validation")
+    return images_dir / split
+
+
+def list_ade20k(root: Path, split: str | None) -> ImageSource:
+    """ADE20K (``ADEChallengeData2016/images/<split>``), each image with ``annotations/<split>/<stem>.png``.
+
+    Labels follow mmseg's ADE20KDataset (``reduce_zero_label``): mask value 0 ("other") is ignored
+    (255) and values 1..150 are classes 0..149. Without an ``annotations/<split>`` folder the
+    images are listed without masks (and the description says so).
+    """
+    images_dir = ade20k_split_dir(root, split)
+    annotations = images_dir.parent.parent / "annotations" / images_dir.name
+    source = list_folder(images_dir)
+    source.layout = "ade20k"
+    if not annotations.is_dir():
+        source.description["labels"] = no_labels(f"no {annotations} folder beside the images", len(source.paths))
+        return source
+    pairing = pair_masks(source, str(images_dir), str(annotations))
+    classes = ade20k_class_names()
+    source.classes = classes
+    source.description = {
+        **source.description,
+        "labels": label_info("ade20k-masks", labelled=pairing["paired"], rows=len(source.paths), classes=classes,
+                             names_from="mmseg ADE20KDataset"),
+        "segmentation": {**pairing, "reduce_zero_label": True, "num_classes": len(classes),
+                         "rule": "mask value 0 ('other') -> 255 (ignored); 1..150 -> classes 0..149, as mmseg's "
+                                 "ADE20KDataset"}}
+    return source
