@@ -52,6 +52,8 @@ class ProbeData:
     num_items: int | None = None
     failures: dict[int, str] = field(default_factory=dict)
     label_source: str = ""
+    #: Stored features that are not probe inputs (name -> why), named in the error when one is asked for.
+    unusable: dict[str, str] = field(default_factory=dict)
     #: How to open these rows again (``load_feature_dir`` arguments), when they came from a folder and
     #: labels that can be re-read; a saved k-NN head too large to copy refers to its bank this way.
     reload: dict | None = None
@@ -75,6 +77,8 @@ class ProbeData:
     def require(self, feature_input: FeatureInput) -> None:
         """Raise a clear error unless every part of ``feature_input`` is here."""
         for part in feature_input.parts:
+            if part in self.unusable:
+                raise ProbeDataError(f"{self.source}: feature {part!r} {self.unusable[part]}")
             if part not in self.features:
                 raise ProbeDataError(f"{self.source}: no feature {part!r}; available: "
                                      f"{', '.join(self.features) or 'none'}")
@@ -299,13 +303,13 @@ def load_feature_dir(path: str | Path, names: Sequence[str] | None = None, *, la
     entries = folder.manifest["features"]
     pooled = [n for n in folder.names if entries[n].get("layout", "pooled") == "pooled"]
     wanted = list(names) if names is not None else pooled
+    unusable = {n: f"holds patch tokens ({entries[n].get('layout')} layout); probes need one vector per image "
+                   f"such as layer-K_mean or layer-K_end" for n in folder.names if n not in pooled}
     features, files = {}, {}
     for name in wanted:
         array = folder.feature(name, valid_only=False)  # stays memory-mapped; raises for unknown names
-        if name not in pooled or array.ndim != 2:
-            raise ProbeDataError(f"{folder.path}: feature {name!r} holds patch tokens "
-                                 f"({entries[name].get('layout')} layout); probes need one vector per image such "
-                                 f"as layer-K_mean or layer-K_end")
+        if name in unusable or array.ndim != 2:
+            raise ProbeDataError(f"{folder.path}: feature {name!r} {unusable.get(name, 'is not (rows, D)')}")
         features[name] = array
         files[name] = str(folder.path / entries[name]["file"])
     if not features:
@@ -348,7 +352,7 @@ def load_feature_dir(path: str | Path, names: Sequence[str] | None = None, *, la
                   "label_pattern": label_pattern, "classes": list(classes) if classes is not None else None}
     return ProbeData(features, label_array, str(folder.path), class_names if label_array is not None else None,
                      files, row_index, folder_provenance(folder.manifest), folder.paths_of(valid_only=False) or None,
-                     folder.num_items, failures, label_where, reload)
+                     folder.num_items, failures, label_where, unusable, reload)
 
 
 def _load_npy(path, what: str, mmap: bool = False) -> np.ndarray:

@@ -71,7 +71,9 @@ def plot_layers(rows: Sequence[dict], out_file: Path, *, metric: str = "top1", t
     by_pool = defaultdict(list)
     for row in rows:
         by_pool[row["pool"]].append(row)
-    best = max(rows, key=lambda r: (r[f"holdout_{metric}"], -r["layer"]))
+    from .results import best_layer
+
+    best = best_layer(rows, (metric,))
     for pool, points in sorted(by_pool.items()):
         points = sorted(points, key=lambda r: r["layer"])
         axis.plot([r["layer"] for r in points], [r[f"holdout_{metric}"] for r in points], marker="o", label=pool)

@@ -83,7 +83,7 @@ def layer_summary(records: Sequence[dict], metrics: Sequence[str] = ("top1", "to
     """Best grid point of each single stored ``layer-K_pool`` input, by its held-out metrics, sorted by
     pool then layer. Empty unless at least two layers were probed with held-out scores."""
     best: dict[str, dict] = {}
-    for rec in records:
+    for order, rec in enumerate(records):
         feature_input = FeatureInput(tuple(rec["parts"]))
         if feature_input.layer is None or rec.get(f"holdout_{metrics[0]}") is None:
             continue
@@ -92,17 +92,18 @@ def layer_summary(records: Sequence[dict], metrics: Sequence[str] = ("top1", "to
         if current is None or key > tuple(current[f"holdout_{m}"] for m in metrics):
             layer, pool = feature_input.layer
             best[feature_input.name] = {"feature": feature_input.name, "layer": layer, "pool": pool,
-                                        "grid_point": rec["name"], **{f"holdout_{m}": rec[f"holdout_{m}"]
-                                                                      for m in metrics}}
+                                        "grid_point": rec["name"], "order": order,
+                                        **{f"holdout_{m}": rec[f"holdout_{m}"] for m in metrics}}
     rows = sorted(best.values(), key=lambda r: (r["pool"], r["layer"]))
     return rows if len({r["layer"] for r in rows}) >= 2 else []
 
 
 def best_layer(rows: Sequence[dict], metrics: Sequence[str] = ("top1", "top5")) -> dict | None:
-    """The layer-summary row with the highest held-out metrics (the shallowest on ties)."""
+    """The layer-summary row with the highest held-out metrics; on ties the one whose grid point comes first
+    (the same rule that chooses the head, so a single-layer chosen head is also the best layer)."""
     if not rows:
         return None
-    return max(rows, key=lambda r: (tuple(r[f"holdout_{m}"] for m in metrics), -r["layer"]))
+    return max(sorted(rows, key=lambda r: r["order"]), key=lambda r: tuple(r[f"holdout_{m}"] for m in metrics))
 
 
 def format_layer_table(rows: Sequence[dict], metrics: Sequence[str] = ("top1", "top5")) -> str:

@@ -83,6 +83,8 @@ def run_probe(train: ProbeData, val: ProbeData | None, inputs: Sequence[FeatureI
     inputs = list(inputs)
     if not inputs:
         raise ProbeDataError("no feature inputs to probe")
+    if not 0 <= int(seed) < 2 ** 32:
+        raise ProbeDataError(f"--seed must be between 0 and 2**32 - 1, got {seed}")
     grid_size = method.grid_size(inputs)
     if grid_size > 1 and not 0 < holdout_fraction < 1:
         raise ProbeDataError(f"--holdout-fraction must be between 0 and 1, got {holdout_fraction}")

@@ -171,6 +171,8 @@ def test_patch_features_and_unknown_names_are_refused(tmp_path):
         load_feature_dir(folder.path, ["layer-1_patch"])
     data = load_feature_dir(folder.path)  # default: pooled features only
     assert list(data.features) == ["layer-1_mean"]
+    with pytest.raises(ProbeDataError, match="'layer-1_patch' holds patch tokens"):  # asked for later, by name
+        data.subset_features(["layer-1_patch"])
     with pytest.raises(FeatureStoreError, match="no feature 'layer-9_mean'"):
         load_feature_dir(folder.path, ["layer-9_mean"])
 

@@ -134,6 +134,8 @@ def _arrays(tmp_path, case):
         x, y, y_val = x[:4], y[:4] % 2, y_val[:4] % 2
     elif case == "ids":
         y = np.where(y == 2, 10 ** 9, y)
+    elif case == "seed":
+        extra = ["--seed", "-1"]
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
     np.save(tmp_path / "yv.npy", y_val)
@@ -155,6 +157,7 @@ def _arrays(tmp_path, case):
     ("over-classes", "but only 2 class names"),
     ("few-rows", "of 4 training rows holds out 0"),
     ("ids", "labels go up to 1000000000"),
+    ("seed", "--seed must be between 0 and 2**32 - 1"),
 ])
 def test_bad_input_is_a_one_line_error(case, message, tmp_path, capsys):
     code = main(["probe", *_arrays(tmp_path, case), "--out", str(tmp_path / "out"), "--quiet"])

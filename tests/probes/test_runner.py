@@ -125,5 +125,5 @@ def test_layer_summary_keeps_the_best_point_per_layer():
     ]
     rows = layer_summary(records)
     assert [(r["layer"], r["grid_point"]) for r in rows] == [(2, "b"), (10, "c")]
-    assert best_layer(rows)["layer"] == 2  # a tie goes to the shallower layer
+    assert best_layer(rows)["layer"] == 2  # a tie goes to the first in grid order, as for the chosen head
     assert layer_summary(records[:2]) == []  # one layer is not a sweep
