@@ -15,7 +15,8 @@ from .errors import ProbeDataError
 from .inputs import FeatureInput, parse_feature_inputs
 
 _LAZY = {"run_probe": "runner", "build_method": "runner", "ProbeResult": "runner", "load_probe": "results",
-         "LoadedProbe": "results", "predict_features": "predict", "ProbeMethod": "methods", "Standardizer": "standardize"}
+         "LoadedProbe": "results", "predict_features": "predict", "ProbeMethod": "methods",
+         "Standardizer": "standardize"}
 
 __all__ = ["FeatureInput", "ProbeData", "ProbeDataError", "load_arrays", "load_feature_dir",
            "parse_feature_inputs", *_LAZY]

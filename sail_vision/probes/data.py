@@ -251,9 +251,9 @@ def align_classes(train: ProbeData, val: ProbeData) -> ProbeData:
         return val
     if (train.classes is None) != (val.classes is None):
         named, bare = (train, val) if train.classes is not None else (val, train)
+        origin = f" from {bare.label_source}" if bare.label_source else ""
         raise ProbeDataError(f"{named.source} names its classes ({_describe_classes(named.classes)}) but the labels "
-                             f"of {bare.source} are bare numbers{' from ' + bare.label_source if bare.label_source else ''}"
-                             f"; pass --classes FILE (one name per line) to name them, so train and val are matched "
+                             f"of {bare.source} are bare numbers{origin}; pass --classes FILE (one name per line) to name them, so train and val are matched "
                              f"by class name")
     present_train = np.unique(train.labels)
     if train.classes is None:
@@ -311,7 +311,7 @@ def load_feature_dir(path: str | Path, names: Sequence[str] | None = None, *, la
         if name in unusable or array.ndim != 2:
             raise ProbeDataError(f"{folder.path}: feature {name!r} {unusable.get(name, 'is not (rows, D)')}")
         features[name] = array
-        files[name] = str(folder.path / entries[name]["file"])
+        files[name] = str(folder.path / entries[name].get("file", f"{name}.npy"))
     if not features:
         raise ProbeDataError(f"{folder.path}: no pooled features to probe (found {', '.join(folder.names)})")
     valid = np.asarray(folder.valid, dtype=bool)

@@ -75,7 +75,8 @@ def format_table(records: Sequence[dict], chosen: str, summary: dict, metrics: S
         lines.append(f"{mark}{rec['name']:<{width}}" + "".join(f"  {_pct(rec.get(f'holdout_{m}')):>11}"
                                                                for m in metrics))
     lines.append(f"chosen: {chosen}")
-    lines.append("val: " + "  ".join(f"{m} {_pct(summary.get(m))}" for m in metrics) + f"  ({summary.get('num_val')} rows)")
+    val = "  ".join(f"{m} {_pct(summary.get(m))}" for m in metrics)
+    lines.append(f"val: {val}  ({summary.get('num_val')} rows)")
     return "\n".join(lines)
 
 

@@ -214,10 +214,11 @@ def test_label_pattern_from_file_names(tmp_path):
 
 def test_label_patterns_of_train_and_val_are_aligned_by_name(tmp_path):
     x, _ = _data(n=4)
+    pattern = "^(cat|dog)"
     train = load_feature_dir(write_feature_dir(tmp_path / "t", {"layer-1_mean": x},
-                                               paths=["cat_1", "dog_1", "cat_2", "dog_2"]).path, label_pattern="^(cat|dog)")
+                                               paths=["cat_1", "dog_1", "cat_2", "dog_2"]).path, label_pattern=pattern)
     val = load_feature_dir(write_feature_dir(tmp_path / "v", {"layer-1_mean": x},
-                                             paths=["dog_3", "dog_4", "dog_5", "dog_6"]).path, label_pattern="^(cat|dog)")
+                                             paths=["dog_3", "dog_4", "dog_5", "dog_6"]).path, label_pattern=pattern)
     assert val.labels.tolist() == [0, 0, 0, 0]  # "dog" is class 0 of val's own sorted list...
     _, aligned = validate_train_val(train, val, [FeatureInput(("layer-1_mean",))])
     assert aligned.labels.tolist() == [1, 1, 1, 1]  # ...and class 1 of train's

@@ -50,12 +50,17 @@ def test_extract_then_probe(tiny_checkpoint, tmp_path, capsys):
     assert [row["layer"] for row in summary["layers"]] == [1, 2, 4] and (sweep / "layers.png").is_file()
     head = json.loads((sweep / "head.json").read_text())
     assert head["classes"] == ["blue", "red"]
-    assert head["provenance"]["preprocessing"]["resolution"] == 32 and head["provenance"]["checkpoint"]["weights_digest"]
+    provenance = head["provenance"]
+    assert provenance["preprocessing"]["resolution"] == 32 and provenance["checkpoint"]["weights_digest"]
+    layer = int(summary["feature"].removeprefix("layer-").removesuffix("_mean"))
+    assert provenance["features"] == [{"name": summary["feature"], "layer": layer, "pool": "mean", "dim": 256}]
+    assert summary["best_layer"]["feature"] == summary["feature"]  # the chosen head is the best layer's
 
     # the same images extracted at another resolution: the head refuses them, naming the difference
     extract(tiny_checkpoint, tmp_path / "val", tmp_path / "feat-val-64", layers=[1, 2, -1], pools=["mean"],
             resolution=64, workers=0, batch_size=8, progress=False, layout="imagenet")
-    code = main(["probe", "--predict", str(sweep), "--val", str(tmp_path / "feat-val-64"), "--out", str(tmp_path / "p")])
+    code = main(["probe", "--predict", str(sweep), "--val", str(tmp_path / "feat-val-64"), "--out",
+                 str(tmp_path / "p")])
     assert code == 2 and "preprocessing resolution 64 != 32" in capsys.readouterr().err
     assert main(["probe", "--predict", str(sweep), "--val", str(tmp_path / "feat-val"), "--out",
                  str(tmp_path / "p")]) == 0
