@@ -12,7 +12,7 @@ decay under a shared cosine schedule. Chunks of rows move to the device once
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import ClassVar, Mapping, Sequence
 
 import numpy as np
@@ -288,6 +288,10 @@ class LinearMethod:
         self.config = config or LinearConfig()
         self._trained: GridResult | None = None
 
+    @property
+    def chunk_rows(self) -> int:
+        return self.config.chunk_rows
+
     def check(self) -> None:
         self.config.check()
 
@@ -329,6 +333,3 @@ class LinearMethod:
     @classmethod
     def load_head(cls, meta: Mapping, tensors: Mapping[str, np.ndarray], *, device: str = "cpu", **_) -> LinearHead:
         return LinearHead.from_saved(meta, tensors, device=device)
-
-    def with_config(self, **changes) -> "LinearMethod":
-        return LinearMethod(replace(self.config, **changes))

@@ -99,7 +99,7 @@ def run_probe(train: ProbeData, val: ProbeData | None, inputs: Sequence[FeatureI
 
 def _run(train, val, inputs, out, method: ProbeMethod, grid_size, holdout_fraction, seed, refit, progress, verbose,
          started) -> ProbeResult:
-    chunk_rows = getattr(getattr(method, "config", method), "chunk_rows", DEFAULT_CHUNK_ROWS)
+    chunk_rows = getattr(method, "chunk_rows", DEFAULT_CHUNK_ROWS)  # rows per pass of the validation reads
     num_classes, val = validate_train_val(train, val, inputs, chunk_rows)
     all_rows = np.arange(train.num_rows)
     fit_rows, held_rows = split_holdout(train.labels, holdout_fraction, seed) if grid_size > 1 else (all_rows, None)
