@@ -19,7 +19,7 @@ from .data import ProbeData
 from .defaults import DEFAULT_CHUNK_ROWS, DEFAULT_KS, DEFAULT_TEMPERATURE
 from .errors import ProbeDataError
 from .inputs import FeatureInput
-from .methods import record
+from .methods import ClassificationMethod, record
 from .metrics import TopkCounter
 from .streaming import stream_chunks
 
@@ -27,7 +27,6 @@ from .streaming import stream_chunks
 QUERY_CHUNK_ROWS = 2048
 #: A k-NN bank up to this size is copied into head.safetensors; larger ones are reloaded from their folder.
 MAX_SAVED_BANK_BYTES = 2 << 30
-METRICS = ("top1", "top5")
 
 
 def grid_point_name(feature: str, k: int, temperature: float) -> str:
@@ -179,12 +178,11 @@ class KnnHead:
                    int(meta["num_classes"]), device=device)
 
 
-class KnnMethod:
+class KnnMethod(ClassificationMethod):
     """Cosine k-NN over ``ks`` (DINOv2-style); the bank is every training row given to ``refit``."""
 
     name: ClassVar[str] = "knn"
     hyperparameters: ClassVar[tuple[str, ...]] = ("k",)
-    metrics: ClassVar[tuple[str, ...]] = METRICS
 
     def __init__(self, ks: Sequence = DEFAULT_KS, temperature: float = DEFAULT_TEMPERATURE, *,
                  chunk_rows: int = DEFAULT_CHUNK_ROWS, device: str = "cpu", bank_reference: Mapping | None = None):

@@ -23,7 +23,7 @@ from .defaults import (DEFAULT_BATCH_SIZE, DEFAULT_BLOCK_ROWS, DEFAULT_CHUNK_ROW
                        DEFAULT_WEIGHT_DECAYS)
 from .errors import ProbeDataError
 from .inputs import FeatureInput, stored_parts
-from .methods import record
+from .methods import ClassificationMethod, record
 from .metrics import TopkCounter
 from .standardize import Standardizer
 from .streaming import stream_chunks
@@ -31,7 +31,6 @@ from .streaming import stream_chunks
 OPTIMIZERS = ("sgd", "adamw")
 #: Logit values evaluated at once (rows x heads x classes), about 200 MB of float32.
 EVAL_LOGITS = 50_000_000
-METRICS = ("top1", "top5")
 
 
 @dataclass
@@ -277,12 +276,11 @@ class LinearHead:
                    device=device)
 
 
-class LinearMethod:
+class LinearMethod(ClassificationMethod):
     """The one-pass grid of linear heads (DINOv2-style), selection on held-out training rows."""
 
     name: ClassVar[str] = "linear"
     hyperparameters: ClassVar[tuple[str, ...]] = ("lr", "weight_decay")
-    metrics: ClassVar[tuple[str, ...]] = METRICS
 
     def __init__(self, config: LinearConfig | None = None):
         self.config = config or LinearConfig()

@@ -23,14 +23,13 @@ from .defaults import DEFAULT_CHUNK_ROWS, DEFAULT_CS, DEFAULT_MAX_ITER
 from .errors import ProbeDataError
 from .inputs import FeatureInput
 from .linear import LinearHead, linear_logits
-from .methods import record
+from .methods import ClassificationMethod, record
 from .metrics import topk_accuracy
 from .standardize import Standardizer
 
 #: Below this many multiply-adds per L-BFGS step (rows x dims x classes) BLAS runs single-threaded:
 #: threads do not pay off on small problems and busy-wait badly on a loaded machine.
 SMALL_PROBLEM = 50_000_000
-METRICS = ("top1", "top5")
 
 
 def grid_point_name(feature: str, c: float) -> str:
@@ -86,12 +85,11 @@ def head_tensors(model, num_classes: int) -> dict[str, np.ndarray]:
     return {"weight": weight, "bias": bias}
 
 
-class LogregMethod:
+class LogregMethod(ClassificationMethod):
     """A sweep of scikit-learn's L-BFGS logistic regression over C (CLIP-style)."""
 
     name: ClassVar[str] = "logreg"
     hyperparameters: ClassVar[tuple[str, ...]] = ("C",)
-    metrics: ClassVar[tuple[str, ...]] = METRICS
 
     def __init__(self, cs: Sequence[float] = DEFAULT_CS, *, max_iter: int = DEFAULT_MAX_ITER,
                  standardize: bool = False, seed: int = 0, chunk_rows: int = DEFAULT_CHUNK_ROWS):

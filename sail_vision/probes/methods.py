@@ -5,6 +5,8 @@ point, scored on the held-out rows), then trains the chosen point again (``refit
 :class:`Head`; :func:`sail_vision.probes.runner.run_probe` does the selection and the bookkeeping
 around them, identical for every method. A :class:`Head` scores features (``scores``) and saves
 itself (``tensors`` + ``meta``); :func:`load_head` rebuilds one from a saved ``head.json``.
+``validate`` and ``evaluate`` say what the labels are and how val is scored; the classification
+methods share them through :class:`ClassificationMethod` (labels per row, top-1 / top-5).
 
 Records are plain dicts: ``name`` (encodes the hyper-parameters), ``method``, ``feature``,
 ``parts``, the method's hyper-parameters and its selection metrics prefixed with ``holdout_``.
@@ -17,6 +19,7 @@ from typing import ClassVar, Mapping, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from .data import ProbeData
+from .defaults import DEFAULT_CHUNK_ROWS
 from .errors import ProbeDataError
 from .inputs import FeatureInput
 
@@ -54,6 +57,13 @@ class ProbeMethod(Protocol):
     def check(self) -> None:
         """Refuse bad settings (empty or invalid grids) before any data is read."""
 
+    def validate(self, train: ProbeData, val: ProbeData | None, inputs: Sequence[FeatureInput]
+                 ) -> tuple[int, ProbeData | None]:
+        """Refuse unusable data; returns (number of classes, val with its labels in train's numbering)."""
+
+    def evaluate(self, probe, val: ProbeData) -> tuple[dict[str, float], np.ndarray]:
+        """({metric: value} on val, predictions) of the chosen head (a ``results.LoadedProbe``)."""
+
     def grid_size(self, inputs: Sequence[FeatureInput]) -> int:
         """Number of grid points over ``inputs``."""
 
@@ -67,6 +77,24 @@ class ProbeMethod(Protocol):
 
     def settings(self) -> dict:
         """Settings shared by the grid (optimizer, epochs, temperature...), for the summary and head.json."""
+
+
+class ClassificationMethod:
+    """What the classification methods share: one label per row (classes matched by name between train
+    and val) and top-1 / top-5 accuracy. Subclasses set ``chunk_rows`` and implement the rest."""
+
+    metrics: ClassVar[tuple[str, ...]] = ("top1", "top5")
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+
+    def validate(self, train: ProbeData, val: ProbeData | None, inputs: Sequence[FeatureInput]
+                 ) -> tuple[int, ProbeData | None]:
+        from .data import validate_train_val
+
+        return validate_train_val(train, val, inputs, self.chunk_rows)
+
+    def evaluate(self, probe, val: ProbeData) -> tuple[dict[str, float], np.ndarray]:
+        top1, top5, predictions = probe.evaluate(val)
+        return {"top1": top1, "top5": top5}, predictions
 
 
 def method_class(name: str) -> type:

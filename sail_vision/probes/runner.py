@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .data import ProbeData, split_holdout, validate_train_val
+from .data import ProbeData, split_holdout
 from .defaults import (DEFAULT_CHUNK_ROWS, DEFAULT_CS, DEFAULT_HOLDOUT_FRACTION, DEFAULT_KS, DEFAULT_MAX_ITER,
                        DEFAULT_TEMPERATURE)
 from .errors import ProbeDataError
@@ -99,8 +99,7 @@ def run_probe(train: ProbeData, val: ProbeData | None, inputs: Sequence[FeatureI
 
 def _run(train, val, inputs, out, method: ProbeMethod, grid_size, holdout_fraction, seed, refit, progress, verbose,
          started) -> ProbeResult:
-    chunk_rows = getattr(method, "chunk_rows", DEFAULT_CHUNK_ROWS)  # rows per pass of the validation reads
-    num_classes, val = validate_train_val(train, val, inputs, chunk_rows)
+    num_classes, val = method.validate(train, val, inputs)
     all_rows = np.arange(train.num_rows)
     fit_rows, held_rows = split_holdout(train.labels, holdout_fraction, seed) if grid_size > 1 else (all_rows, None)
     records = method.fit_grid(train, inputs, num_classes, fit_rows, held_rows, progress=progress)
@@ -123,8 +122,8 @@ def _run(train, val, inputs, out, method: ProbeMethod, grid_size, holdout_fracti
     scores = {m: None for m in metrics}
     predictions = None
     if val is not None:
-        top1, top5, predictions = probe.evaluate(val)
-        scores.update({"top1": top1, "top5": top5})
+        measured, predictions = method.evaluate(probe, val)
+        scores.update(measured)
     layers = layer_summary(records, metrics)
     top_layer = best_layer(layers, metrics)
     summary = {"method": method.name, "feature": feature_input.name, **scores, **hyper, "hyperparameters": hyper,

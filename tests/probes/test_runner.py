@@ -10,7 +10,7 @@ import pytest
 from sail_vision.probes import FeatureInput, run_probe
 from sail_vision.probes.data import ProbeDataError, load_arrays
 from sail_vision.probes.linear import LinearConfig, LinearHead
-from sail_vision.probes.methods import ProbeMethod, record
+from sail_vision.probes.methods import ClassificationMethod, ProbeMethod, record
 from sail_vision.probes.results import best_layer, layer_summary
 
 
@@ -45,12 +45,12 @@ def test_empty_grids_and_settings_that_do_not_apply(digits_data):
             run_probe(train, val, pixels, None, verbose=False, **kwargs)
 
 
-class NearestCentroid:
-    """A toy method written against the ProbeMethod protocol only: class means, shrunk by ``alpha``."""
+class NearestCentroid(ClassificationMethod):
+    """A toy method written against the ProbeMethod protocol (labels and scoring from ClassificationMethod):
+    class means, shrunk by ``alpha``."""
 
     name: ClassVar[str] = "linear"  # reloads as a linear head (weight = centroids, bias = -|c|^2 / 2)
     hyperparameters: ClassVar[tuple[str, ...]] = ("alpha",)
-    metrics: ClassVar[tuple[str, ...]] = ("top1", "top5")
 
     def __init__(self, alphas):
         self.alphas = alphas
