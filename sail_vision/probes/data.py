@@ -433,7 +433,8 @@ def check_finite(data: ProbeData, names: Sequence[str], chunk_rows: int = DEFAUL
 
 def validate_train_val(train: ProbeData, val: ProbeData | None, inputs: Sequence[FeatureInput],
                        chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple[int, ProbeData | None]:
-    """Check the probe inputs; returns (number of classes, val aligned to train's classes)."""
+    """Check the probe inputs (labels, finite values, widths, and that val's features were made like train's:
+    the same provenance, as ``--predict`` checks); returns (number of classes, val aligned to train's classes)."""
     from .inputs import stored_parts
 
     for data, role in ((train, "train"), (val, "val")):
@@ -451,10 +452,17 @@ def validate_train_val(train: ProbeData, val: ProbeData | None, inputs: Sequence
         raise ProbeDataError(f"train data {train.source}: every row has label {only}; a probe needs at least "
                              f"two classes")
     if val is not None:
+        from .provenance import mismatches
+
         for feature_input in inputs:
             if train.dim(feature_input) != val.dim(feature_input):
                 raise ProbeDataError(f"feature {feature_input.name!r}: {train.dim(feature_input)} dims in train "
                                      f"({train.source}) but {val.dim(feature_input)} in val ({val.source})")
+            found = mismatches(train.input_provenance(feature_input), val.input_provenance(feature_input))
+            if found:
+                raise ProbeDataError(f"val data {val.source}: its {feature_input.name!r} features were not made like "
+                                     f"train's ({train.source}), so a head trained on one cannot be scored on the "
+                                     f"other: {'; '.join(found)}")
         val = align_classes(train, val)
     return num_classes_of(train), val
 

@@ -251,3 +251,17 @@ def test_holdout_split_is_seeded_stratified_and_disjoint():
 def test_too_few_training_rows_to_hold_out():
     with pytest.raises(ProbeDataError, match="of 4 training rows holds out 0"):
         split_holdout(np.array([0, 1, 0, 1]), 0.1, seed=0)
+
+
+def test_val_features_made_unlike_train_features_are_refused(tmp_path, feature_folder):
+    x, y = _data()
+    inputs = [FeatureInput(("layer-1_mean",))]
+    train = load_feature_dir(feature_folder(tmp_path / "t", {"layer-1_mean": x}, labels=y).path)
+    same = load_feature_dir(feature_folder(tmp_path / "s", {"layer-1_mean": x}, labels=y).path)
+    assert validate_train_val(train, same, inputs)[0] == 3
+    other = load_feature_dir(feature_folder(tmp_path / "o", {"layer-1_mean": x}, labels=y,
+                                            checkpoint={"weights_digest": "another model"}).path)
+    with pytest.raises(ProbeDataError, match="were not made like train's .*checkpoint weights_digest another model"):
+        validate_train_val(train, other, inputs)
+    with pytest.raises(ProbeDataError, match="plain arrays with no record"):
+        validate_train_val(train, load_arrays({"layer-1_mean": x}, y), inputs)
