@@ -440,6 +440,9 @@ def validate_train_val(train: ProbeData, val: ProbeData | None, inputs: Sequence
     for data, role in ((train, "train"), (val, "val")):
         if data is None:
             continue
+        if data.num_rows == 0:
+            raise ProbeDataError(f"{role} data {data.source} has no usable rows ({data.total_items} rows, all of "
+                                 f"failed images); see its failures.jsonl")
         if data.labels is None:
             raise ProbeDataError(f"{role} data {data.source} has no labels; extract from class folders or a "
                                  f"labelled list, or pass --{role}-labels / --label-pattern")

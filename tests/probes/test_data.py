@@ -265,3 +265,13 @@ def test_val_features_made_unlike_train_features_are_refused(tmp_path, feature_f
         validate_train_val(train, other, inputs)
     with pytest.raises(ProbeDataError, match="plain arrays with no record"):
         validate_train_val(train, load_arrays({"layer-1_mean": x}, y), inputs)
+
+
+def test_a_folder_whose_images_all_failed_is_refused(tmp_path):
+    x, y = _data(n=4)
+    folder = write_feature_dir(tmp_path / "f", {"layer-1_mean": x}, labels=y, valid=np.zeros(4, bool))
+    data = load_feature_dir(folder.path)
+    with pytest.raises(ProbeDataError, match="has no usable rows \\(4 rows, all of failed images\\)"):
+        validate_train_val(load_arrays({"layer-1_mean": x}, y), data, [FeatureInput(("layer-1_mean",))])
+    with pytest.raises(ProbeDataError, match="train data .* has no usable rows"):
+        validate_train_val(data, None, [FeatureInput(("layer-1_mean",))])
