@@ -100,7 +100,8 @@ def main(argv=None) -> int:
     payload = {"benchmark": "probe_grid", "quick": args.quick, "target_ratio": 2.0, "cases": rows_out,
                "device": device, "gpu": torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
                "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-               "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()}}
+               "machine": {"python": platform.python_version(),
+                           "processor": platform.processor() or platform.machine()}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "" if device == "cpu" else "-" + device.replace(":", "")
     out = RESULTS / (f"bench_probe_grid{suffix}-quick.json" if args.quick else f"bench_probe_grid{suffix}.json")

@@ -56,11 +56,13 @@ def register(subparsers) -> None:
     method = parser.add_argument_group("method")
     method.add_argument("--method", default="linear", choices=("linear", "logreg", "knn"),
                         help="linear: one-pass grid of softmax heads; logreg: scikit-learn LogisticRegression "
-                             "over --Cs; knn: cosine k-NN with temperature-weighted votes over --ks (default: %(default)s)")
+                             "over --Cs; knn: cosine k-NN with temperature-weighted votes over --ks "
+                             "(default: %(default)s)")
     method.add_argument("--holdout-fraction", type=float, default=DEFAULT_HOLDOUT_FRACTION,
                         help="share of the training rows held out (seeded, stratified) to choose hyper-parameters; "
                              "unused when the grid has one point (default: %(default)s)")
-    method.add_argument("--seed", type=int, default=0, help="seed of the held-out split and of shuffling (default: %(default)s)")
+    method.add_argument("--seed", type=int, default=0,
+                        help="seed of the held-out split and of shuffling, 0 .. 2**32-1 (default: %(default)s)")
     method.add_argument("--no-refit", dest="refit", action="store_false",
                         help="keep the chosen head as trained on the non-held-out rows instead of refitting it on "
                              "all training rows (default: refit)")
@@ -78,20 +80,25 @@ def register(subparsers) -> None:
                              "(default: %(default)s)")
     linear = parser.add_argument_group("linear")
     linear.add_argument("--lrs", type=_floats, default=list(DEFAULT_LRS), metavar="LR,...",
-                        help="learning rates of the grid, comma or space separated (default: 13 log-spaced values 1e-4 .. 1)")
+                        help="learning rates of the grid, comma or space separated "
+                             "(default: 13 log-spaced values 1e-4 .. 1)")
     linear.add_argument("--weight-decays", type=_floats, default=list(DEFAULT_WEIGHT_DECAYS), metavar="WD,...",
                         help="weight decays of the grid (default: 0,0.0001)")
     linear.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"),
                         help="sgd (momentum 0.9) or adamw; cosine learning-rate schedule (default: %(default)s)")
-    linear.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="passes over the training features (default: %(default)s)")
-    linear.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="rows per step (default: %(default)s)")
+    linear.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
+                        help="passes over the training features (default: %(default)s)")
+    linear.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help="rows per step (default: %(default)s)")
     other = parser.add_argument_group("logreg and knn")
     other.add_argument("--Cs", type=_floats, default=list(DEFAULT_CS), metavar="C,...",
                        help="inverse regularisation strengths for logreg (default: 13 values 1e-6 .. 1e6)")
-    other.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER, help="L-BFGS iterations for logreg (default: %(default)s)")
+    other.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER,
+                       help="L-BFGS iterations for logreg (default: %(default)s)")
     other.add_argument("--ks", type=_floats, default=list(DEFAULT_KS), metavar="K,...",
                        help="neighbour counts for knn, whole numbers >= 1 (default: 10,20,100,200)")
-    other.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="knn vote temperature T (default: %(default)s)")
+    other.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
+                       help="knn vote temperature T (default: %(default)s)")
     output = parser.add_argument_group("output")
     output.add_argument("--out", metavar="DIR", help="results folder (required; with --predict, where "
                         "predictions.csv, predictions.npy, scores.npy and predictions.json go)")

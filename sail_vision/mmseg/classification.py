@@ -63,7 +63,8 @@ class ExtractedFeatureDataset(torch.utils.data.Dataset):
                                      labels=_resolve(data_root, labels_file) if labels_file else None,
                                      label_pattern=label_pattern)
         if self.data.labels is None:
-            raise ProbeDataError(f"{self.feature_dir}: no labels; set labels_file or label_pattern in the dataset config")
+            raise ProbeDataError(f"{self.feature_dir}: no labels; set labels_file or label_pattern in the dataset "
+                                 f"config")
         if classes_from is not None:
             reference = load_feature_dir(_resolve(data_root, classes_from), self.feature_input.parts,
                                          label_pattern=label_pattern)

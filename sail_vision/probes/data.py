@@ -253,8 +253,8 @@ def align_classes(train: ProbeData, val: ProbeData) -> ProbeData:
         named, bare = (train, val) if train.classes is not None else (val, train)
         origin = f" from {bare.label_source}" if bare.label_source else ""
         raise ProbeDataError(f"{named.source} names its classes ({_describe_classes(named.classes)}) but the labels "
-                             f"of {bare.source} are bare numbers{origin}; pass --classes FILE (one name per line) to name them, so train and val are matched "
-                             f"by class name")
+                             f"of {bare.source} are bare numbers{origin}; pass --classes FILE (one name per line) "
+                             f"to name them, so train and val are matched by class name")
     present_train = np.unique(train.labels)
     if train.classes is None:
         unseen = np.setdiff1d(np.unique(val.labels), present_train)

@@ -147,7 +147,8 @@ class HeadStack:
         correction1 = 1.0 - beta1 ** self.steps
         correction2 = 1.0 - beta2 ** self.steps
         self.weight.mul_(1.0 - lr * self.weight_decays)
-        for param, grad, m, v, rate in ((self.weight, grad_weight, m_w, v_w, lr), (self.bias, grad_bias, m_b, v_b, lr[0])):
+        for param, grad, m, v, rate in ((self.weight, grad_weight, m_w, v_w, lr),
+                                        (self.bias, grad_bias, m_b, v_b, lr[0])):
             m.mul_(beta1).add_(grad, alpha=1.0 - beta1)
             v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
             denom = (v / correction2).sqrt_().add_(1e-8)
