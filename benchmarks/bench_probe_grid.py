@@ -5,8 +5,9 @@ output) and streamed in shuffled chunks by the same code `sail-vision probe` use
 timed end to end (statistics pass + training epochs + evaluation). Prints a table and saves JSON
 under benchmarks/results/.
 
-    python benchmarks/bench_probe_grid.py            # a few cases, about a minute or two on 2 cores
-    python benchmarks/bench_probe_grid.py --quick    # seconds, for CI
+    python benchmarks/bench_probe_grid.py                  # a few cases, about a minute or two on 2 cores
+    python benchmarks/bench_probe_grid.py --quick          # seconds, for CI
+    python benchmarks/bench_probe_grid.py --device cuda    # the same cases on a GPU (chunks moved once, float16)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sail_vision.probes.data import FeatureInput, load_arrays
+from sail_vision.probes import FeatureInput, load_arrays
 from sail_vision.probes.linear import LinearConfig, evaluate_grid, train_grid
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -42,15 +43,17 @@ def make_features(folder: Path, rows: int, dim: int, classes: int, seed: int = 0
     return load_arrays(path, labels, name="feat")
 
 
-def time_case(data, classes: int, grid, epochs: int, batch: int, repeats: int) -> dict:
-    config = LinearConfig(epochs=epochs, batch_size=batch, standardize=True)
+def time_case(data, classes: int, grid, epochs: int, batch: int, repeats: int, device: str = "cpu") -> dict:
+    config = LinearConfig(epochs=epochs, batch_size=batch, standardize=True, device=device)
     rows = np.arange(data.num_rows)
     inputs = [FeatureInput(("feat",))]
     best = None
     for _ in range(repeats):
         started = time.perf_counter()
         result = train_grid(data, inputs, classes, rows, config, grid=grid, progress=False)
-        top1 = evaluate_grid(result, data, rows)["feat"][0]
+        top1 = evaluate_grid(result, data, rows)["feat"]["top1"]
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - started
         best = seconds if best is None else min(best, seconds)
     return {"seconds": round(best, 4), "heads": len(grid), "best_train_top1": round(max(top1), 2)}
@@ -61,7 +64,11 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="one small case, seconds (CI)")
     parser.add_argument("--repeats", type=int, default=None, help="timing repeats, best kept (default 3, quick 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="where the grid trains: cpu, cuda, cuda:N (default: cpu)")
     args = parser.parse_args(argv)
+    from sail_vision.encoder import resolve_device
+
+    device = str(resolve_device(args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (2 if args.quick else 3)
@@ -75,8 +82,8 @@ def main(argv=None) -> int:
         for rows, dim, classes, epochs, batch in cases:
             data = make_features(Path(tmp), rows, dim, classes)
             case_repeats = 1 if dim * classes >= 1_000_000 else repeats  # the largest case takes minutes
-            one = time_case(data, classes, single, epochs, batch, case_repeats)
-            grid = time_case(data, classes, full_grid, epochs, batch, case_repeats)
+            one = time_case(data, classes, single, epochs, batch, case_repeats, device)
+            grid = time_case(data, classes, full_grid, epochs, batch, case_repeats, device)
             print(f"case rows={rows} dim={dim} classes={classes}: one {one['seconds']:.3f} s, "
                   f"grid {grid['seconds']:.3f} s", flush=True)
             rows_out.append({"rows": rows, "dim": dim, "classes": classes, "epochs": epochs, "batch_size": batch,
@@ -91,10 +98,13 @@ def main(argv=None) -> int:
         print(f"{r['rows']:>6} {r['dim']:>5} {r['classes']:>5} {r['epochs']:>3} {r['one_config_s']:>10.3f} "
               f"{r['grid_s']:>11.3f} {r['ratio']:>6.2f} {r['separate_runs_estimate_s']:>9.2f}")
     payload = {"benchmark": "probe_grid", "quick": args.quick, "target_ratio": 2.0, "cases": rows_out,
+               "device": device, "gpu": torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
                "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-               "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()}}
+               "machine": {"python": platform.python_version(),
+                           "processor": platform.processor() or platform.machine()}}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / ("bench_probe_grid-quick.json" if args.quick else "bench_probe_grid.json")
+    suffix = "" if device == "cpu" else "-" + device.replace(":", "")
+    out = RESULTS / (f"bench_probe_grid{suffix}-quick.json" if args.quick else f"bench_probe_grid{suffix}.json")
     out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"saved {out}")
     return 0

@@ -12,6 +12,7 @@ The mmcv-lite fix in :mod:`sail_vision.mmseg.compat` is applied first. Submodule
 
 from . import compat  # noqa: F401  (must run before mmseg is imported)
 from .backbone import SAILBackbone
+from . import classification  # noqa: F401  (registers the classification probe: model, dataset, metric)
 from .heads import SAILLinearHead
 
 __all__ = ["SAILBackbone", "SAILLinearHead"]

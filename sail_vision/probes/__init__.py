@@ -2,13 +2,21 @@
 logistic regression (CLIP protocol) and cosine k-NN (DINOv2 protocol), with honest selection of
 hyper-parameters on a split held out from the training features.
 
-Entry points: :func:`run_probe` (``sail-vision probe``), :func:`load_probe` (saved best head ->
-predictions), and :mod:`sail_vision.probes.mmseg_registry` (the same probe under mmengine's Runner).
+Modules, in the order data flows through them: :mod:`.inputs` (which features a head reads),
+:mod:`.data` (the only reader of feature folders; labels and class names), :mod:`.standardize`,
+:mod:`.streaming` (chunks onto the device), :mod:`.methods` (the ``ProbeMethod`` interface) with
+:mod:`.linear`, :mod:`.logreg`, :mod:`.knn`, :mod:`.metrics`, :mod:`.runner` (``run_probe``),
+:mod:`.results` (output folder, saved heads), :mod:`.predict` and :mod:`.plot`. The same linear
+probe under mmengine's Runner lives in :mod:`sail_vision.mmseg.classification`.
 """
 
-from .data import FeatureInput, ProbeData, ProbeDataError, load_arrays, load_feature_dir, parse_feature_inputs
+from .data import ProbeData, load_arrays, load_feature_dir
+from .errors import ProbeDataError
+from .inputs import FeatureInput, parse_feature_inputs
 
-_LAZY = {"run_probe": "runner", "ProbeResult": "runner", "load_probe": "results", "LoadedProbe": "results"}
+_LAZY = {"run_probe": "runner", "build_method": "runner", "ProbeResult": "runner", "load_probe": "results",
+         "LoadedProbe": "results", "predict_features": "predict", "ProbeMethod": "methods",
+         "Standardizer": "standardize"}
 
 __all__ = ["FeatureInput", "ProbeData", "ProbeDataError", "load_arrays", "load_feature_dir",
            "parse_feature_inputs", *_LAZY]

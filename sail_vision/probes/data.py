@@ -1,84 +1,44 @@
-"""Features and labels for probes: loading, validation, statistics and shuffled chunked streaming.
+"""Features, labels and class names for probes: the one module that reads feature folders.
 
-Features stay memory-mapped: every pass reads them in chunks of rows, so a training set larger
-than RAM (ImageNet: 1.28 M x 4096 float16, about 10 GB) streams from disk. A *feature input* is
-one stored feature or a concatenation of several (``layer-29_end+layer-32_end+layer-32_mean``).
+Features stay memory-mapped: every pass reads rows in chunks, so a training set larger than RAM
+(ImageNet: 1.28 M x 4096 float16, about 10 GB) streams from disk. Everything the probes take
+from a feature folder goes through :func:`load_feature_dir` (the store's reader:
+``open_feature_dir``, ``FeatureDir.feature / labels / classes / paths / valid / manifest``) and
+:meth:`ProbeData.read`, so a change of the store's layout is a change here only.
+
+Labels are class *indices* into ``ProbeData.classes`` (the class names) when names are known:
+from the folder's manifest, from ``--label-pattern`` or from a ``--classes`` file. Train and val
+are aligned by class name (:func:`align_classes`); labels without names are compared as numbers,
+and only when neither side has names.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..errors import SailVisionError
+from .defaults import DEFAULT_CHUNK_ROWS
+from .errors import ProbeDataError
+from .inputs import FeatureInput
+from .provenance import arrays_provenance, folder_provenance, input_provenance
 
-from .defaults import DEFAULT_BLOCK_ROWS, DEFAULT_CHUNK_ROWS  # noqa: F401 - re-exported
-
-
-class ProbeDataError(SailVisionError, ValueError):
-    """Features or labels given to a probe are missing, inconsistent or not finite."""
-
-
-@dataclass(frozen=True)
-class FeatureInput:
-    """What one family of heads reads: a stored feature, or several concatenated along D."""
-
-    parts: tuple[str, ...]
-
-    @property
-    def name(self) -> str:
-        return "+".join(self.parts)
-
-
-def parse_feature_inputs(specs: Sequence[str]) -> list[FeatureInput]:
-    """``['layer-4_mean', 'layer-3_end+layer-4_end']`` -> feature inputs (duplicates removed)."""
-    inputs: list[FeatureInput] = []
-    for spec in specs:
-        for item in str(spec).split(","):
-            parts = tuple(p.strip() for p in item.split("+") if p.strip())
-            if not item.strip():
-                continue
-            if not parts:
-                raise ProbeDataError(f"--features {spec!r}: empty feature name")
-            if len(set(parts)) != len(parts):
-                raise ProbeDataError(f"--features {item!r}: a feature appears twice in one concatenation")
-            feature_input = FeatureInput(parts)
-            if feature_input not in inputs:
-                inputs.append(feature_input)
-    if not inputs:
-        raise ProbeDataError("no feature inputs given; pass --features NAME [NAME+NAME ...]")
-    return inputs
-
-
-def concat_last_layers(available: Sequence[str], n: int, token: str = "end") -> FeatureInput:
-    """DINOv2's input: the ``token`` feature of the last ``n`` layers plus the mean of the last layer's
-    patch tokens, built from the stored feature names (``layer-{k}_{pool}``)."""
-    from ..feature_store import parse_feature_name
-
-    layers = sorted({layer for layer, pool in map(parse_feature_name, available) if pool == token})
-    if n < 1:
-        raise ProbeDataError(f"--concat-last must be at least 1, got {n}")
-    if len(layers) < n:
-        raise ProbeDataError(f"--concat-last {n}: only {len(layers)} layers have a {token!r} feature "
-                             f"({', '.join(map(str, layers)) or 'none'}); extract more layers with --pool {token}")
-    chosen = layers[-n:]
-    mean = f"layer-{chosen[-1]}_mean"
-    if mean not in available:
-        raise ProbeDataError(f"--concat-last {n}: no feature {mean!r} (the last layer's mean of patch tokens); "
-                             f"extract it with --pool mean")
-    return FeatureInput(tuple(f"layer-{k}_{token}" for k in chosen) + (mean,))
+#: Labels without class names are refused as "ids, not indices" above this value when they are also
+#: more than UNNAMED_SPREAD times the number of distinct labels (a 10^9 label would need a 10^9-way head).
+UNNAMED_MAX_LABEL = 1000
+UNNAMED_SPREAD = 10
 
 
 @dataclass
 class ProbeData:
-    """Pooled features (name -> (rows, D) array, usually a memmap), labels and where they came from.
+    """Pooled features (name -> (rows, D) array, usually a memmap), labels, class names and origin.
 
     ``row_index`` (when set) maps row i to row ``row_index[i]`` of the arrays: an extraction folder
-    with failed images stays memory-mapped and its failed rows are skipped on reading.
+    with failed images stays memory-mapped and its failed rows are skipped on reading. ``num_items``,
+    ``paths`` and ``failures`` describe every row of the folder, failed ones included.
     """
 
     features: dict[str, np.ndarray]
@@ -87,6 +47,16 @@ class ProbeData:
     classes: list[str] | None = None
     feature_files: dict[str, str] = field(default_factory=dict)
     row_index: np.ndarray | None = None
+    provenance: dict = field(default_factory=lambda: arrays_provenance([]))
+    paths: list[str] | None = None
+    num_items: int | None = None
+    failures: dict[int, str] = field(default_factory=dict)
+    label_source: str = ""
+    #: Stored features that are not probe inputs (name -> why), named in the error when one is asked for.
+    unusable: dict[str, str] = field(default_factory=dict)
+    #: How to open these rows again (``load_feature_dir`` arguments), when they came from a folder and
+    #: labels that can be re-read; a saved k-NN head too large to copy refers to its bank this way.
+    reload: dict | None = None
 
     @property
     def num_rows(self) -> int:
@@ -94,16 +64,21 @@ class ProbeData:
             return int(self.row_index.size)
         return int(next(iter(self.features.values())).shape[0])
 
-    def rows_of(self, name: str, rows) -> np.ndarray:
-        """Rows (an index array, a slice or an int) of one feature as stored (no dtype change)."""
-        array = self.features[name]
-        if self.row_index is None:
-            return array[rows]
-        return array[self.row_index[rows]]
+    @property
+    def item_of_row(self) -> np.ndarray:
+        """(rows,) index of each usable row among all the folder's items (failed items skipped)."""
+        return np.arange(self.num_rows) if self.row_index is None else self.row_index
+
+    @property
+    def total_items(self) -> int:
+        """Rows of the folder, failed items included."""
+        return self.num_rows if self.num_items is None else int(self.num_items)
 
     def require(self, feature_input: FeatureInput) -> None:
         """Raise a clear error unless every part of ``feature_input`` is here."""
         for part in feature_input.parts:
+            if part in self.unusable:
+                raise ProbeDataError(f"{self.source}: feature {part!r} {self.unusable[part]}")
             if part not in self.features:
                 raise ProbeDataError(f"{self.source}: no feature {part!r}; available: "
                                      f"{', '.join(self.features) or 'none'}")
@@ -112,20 +87,67 @@ class ProbeData:
         self.require(feature_input)
         return int(sum(self.features[p].shape[1] for p in feature_input.parts))
 
-    def read(self, names: Sequence[str], rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """float32 copies of the given features (all rows, or the sorted ``rows``)."""
+    def part_dims(self, feature_input: FeatureInput) -> list[int]:
+        self.require(feature_input)
+        return [int(self.features[p].shape[1]) for p in feature_input.parts]
+
+    def stored_dtype(self, name: str) -> np.dtype:
+        return self.features[name].dtype
+
+    def read(self, names: Sequence[str], rows=None, dtype=np.float32) -> dict[str, np.ndarray]:
+        """Copies of the given features for ``rows`` (sorted indices, a slice, or None for all), as
+        ``dtype`` (None keeps the stored dtype, e.g. float16 for transport to a GPU)."""
+        rows = slice(None) if rows is None else rows
         out = {}
         for name in names:
-            block = self.rows_of(name, slice(None) if rows is None else rows)
-            out[name] = np.asarray(block, dtype=np.float32)
+            array = self.features[name]
+            block = array[rows] if self.row_index is None else array[self.row_index[rows]]
+            out[name] = np.asarray(block, dtype=dtype if dtype is not None else block.dtype)
+        return out
+
+    def read_into(self, name: str, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Copy one feature's ``rows`` (indices) into ``out`` ((len(rows), D), any dtype) without a
+        temporary copy; returns ``out``."""
+        array = self.features[name]
+        index = np.asarray(rows) if self.row_index is None else self.row_index[rows]
+        if out.dtype == array.dtype:
+            np.take(array, index, axis=0, out=out, mode="clip")
+        else:
+            out[...] = array[index]
+        return out
+
+    def read_pinned(self, name: str, rows: np.ndarray):
+        """One feature's ``rows`` as a torch tensor in pinned host memory (CUDA only), in the stored dtype
+        when that is a float (nothing is rounded; float16 stays half the bytes of float32), else float32."""
+        import torch
+
+        stored = self.features[name].dtype
+        dtype = stored if stored.kind == "f" else np.dtype(np.float32)
+        out = torch.empty((len(rows), self.features[name].shape[1]),
+                          dtype=torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=True)
+        self.read_into(name, rows, out.numpy())
         return out
 
     def gather(self, feature_input: FeatureInput, rows: np.ndarray | None = None) -> np.ndarray:
         """The (rows, D) float32 matrix of one feature input (parts concatenated); loads into RAM."""
-        parts = self.read(feature_input.parts, rows)
-        return np.concatenate([parts[p] for p in feature_input.parts], axis=1)
+        return feature_input.concat(self.read(feature_input.parts, rows))
+
+    def input_provenance(self, feature_input: FeatureInput) -> dict:
+        """Where the features of ``feature_input`` came from (see :mod:`.provenance`)."""
+        return input_provenance(self.provenance, feature_input.parts, self.part_dims(feature_input))
+
+    def class_name(self, label: int) -> str:
+        return self.classes[label] if self.classes else str(label)
+
+    def subset_features(self, names: Sequence[str]) -> "ProbeData":
+        """The same data keeping only ``names`` (each must be here)."""
+        for name in names:
+            self.require(FeatureInput((name,)))
+        return replace(self, features={n: self.features[n] for n in names},
+                       feature_files={n: f for n, f in self.feature_files.items() if n in names})
 
 
+# ------------------------------------------------------------------------------------------- labels
 def _as_labels(labels, where: str, num_rows: int) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 1:
@@ -147,6 +169,53 @@ def _as_labels(labels, where: str, num_rows: int) -> np.ndarray:
     return labels
 
 
+def _check_label_range(labels: np.ndarray | None, classes: list[str] | None, where: str, names_from: str) -> None:
+    """Named labels must index the names; unnamed ones must look like class indices, not ids."""
+    if labels is None or not labels.size:
+        return
+    top = int(labels.max())
+    if classes is not None:
+        if top >= len(classes):
+            row = int(np.flatnonzero(labels >= len(classes))[0])
+            raise ProbeDataError(f"{where}: label {top} (first such row {row}) but only {len(classes)} class "
+                                 f"names in {names_from} (labels 0..{len(classes) - 1}); the labels and the "
+                                 f"class names do not belong together")
+        return
+    distinct = int(np.unique(labels).size)
+    if top >= UNNAMED_MAX_LABEL and top + 1 > UNNAMED_SPREAD * distinct:
+        raise ProbeDataError(f"{where}: labels go up to {top} but only {distinct} distinct values occur; labels "
+                             f"must be class indices 0..C-1 (a probe has one output per index): renumber them, "
+                             f"or name them with --classes FILE")
+
+
+def read_classes_file(path: str | Path) -> list[str]:
+    """Class names, one per line (label i is line i); blank lines at the end are ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProbeDataError(f"--classes {path}: no such file (one class name per line, label i on line i)")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProbeDataError(f"--classes {path}: not a readable UTF-8 text file ({exc})") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    names = [line.strip() for line in lines]
+    _check_class_names(names, f"--classes {path}")
+    return names
+
+
+def _check_class_names(names: Sequence[str], where: str) -> None:
+    if not names:
+        raise ProbeDataError(f"{where}: no class names")
+    if any(not n for n in names):
+        raise ProbeDataError(f"{where}: class name {names.index('')} is empty")
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if name in seen:
+            raise ProbeDataError(f"{where}: class name {name!r} appears twice (labels {seen[name]} and {index})")
+        seen[name] = index
+
+
 def labels_from_paths(paths: Sequence[str], pattern: str, where: str) -> tuple[np.ndarray, list[str]]:
     """Class of each path from the first group of ``pattern`` searched in its file name; classes sorted."""
     try:
@@ -159,47 +228,131 @@ def labels_from_paths(paths: Sequence[str], pattern: str, where: str) -> tuple[n
         if match is None:
             raise ProbeDataError(f"{where}: --label-pattern {pattern!r} does not match the file name of {path}")
         names.append(match.group(1) if regex.groups else match.group(0))
+    if not names:
+        raise ProbeDataError(f"{where}: no image paths to apply --label-pattern to")
     classes = sorted(set(names))
     index = {c: i for i, c in enumerate(classes)}
     return np.asarray([index[n] for n in names], dtype=np.int64), classes
 
 
+def _describe_classes(classes: Sequence[str], limit: int = 12) -> str:
+    shown = ", ".join(classes[:limit])
+    return f"{shown}, ... ({len(classes)} in all)" if len(classes) > limit else shown
+
+
+def align_classes(train: ProbeData, val: ProbeData) -> ProbeData:
+    """``val`` with its labels renumbered to train's class indices, matched by class *name*.
+
+    A val class that train does not name, or names but has no training row for, is refused with
+    both lists. Labels without names are compared as numbers, and only when neither side has
+    names; one side named and the other not is refused (name the numbers with ``--classes``).
+    """
+    if val.labels is None:
+        return val
+    if (train.classes is None) != (val.classes is None):
+        named, bare = (train, val) if train.classes is not None else (val, train)
+        origin = f" from {bare.label_source}" if bare.label_source else ""
+        raise ProbeDataError(f"{named.source} names its classes ({_describe_classes(named.classes)}) but the labels "
+                             f"of {bare.source} are bare numbers{origin}; pass --classes FILE (one name per line) "
+                             f"to name them, so train and val are matched by class name")
+    present_train = np.unique(train.labels)
+    if train.classes is None:
+        unseen = np.setdiff1d(np.unique(val.labels), present_train)
+        if unseen.size:
+            raise ProbeDataError(f"val data {val.source}: labels {', '.join(map(str, unseen[:10].tolist()))} never "
+                                 f"occur in train {train.source} (train labels: "
+                                 f"{', '.join(map(str, present_train[:20].tolist()))}); without class names the "
+                                 f"labels are compared as numbers, so train and val must share their numbering")
+        return val
+    position = {name: i for i, name in enumerate(train.classes)}
+    val_present = [val.classes[i] for i in np.unique(val.labels)]
+    unknown = [name for name in val_present if name not in position]
+    if unknown:
+        raise ProbeDataError(f"val data {val.source}: classes {_describe_classes(unknown)} are not train classes; "
+                             f"val classes: {_describe_classes(val_present)}; train classes "
+                             f"({train.source}): {_describe_classes(train.classes)}")
+    trained = {train.classes[i] for i in present_train}
+    empty = [name for name in val_present if name not in trained]
+    if empty:
+        raise ProbeDataError(f"val data {val.source}: classes {_describe_classes(empty)} have no training row in "
+                             f"{train.source} (train rows cover: {_describe_classes(sorted(trained))})")
+    mapping = np.asarray([position.get(name, -1) for name in val.classes], dtype=np.int64)
+    return replace(val, labels=mapping[val.labels], classes=list(train.classes))
+
+
+def num_classes_of(train: ProbeData) -> int:
+    """Outputs of a head trained on ``train``: its class names, or the largest label + 1."""
+    if train.classes is not None:
+        return len(train.classes)
+    return int(train.labels.max()) + 1
+
+
+# ------------------------------------------------------------------------------------------- loading
 def load_feature_dir(path: str | Path, names: Sequence[str] | None = None, *, labels=None,
-                     label_pattern: str | None = None) -> ProbeData:
+                     label_pattern: str | None = None, classes: Sequence[str] | None = None) -> ProbeData:
     """Open an extraction output (``sail-vision extract --out``) for probing.
 
     ``names``: the stored features needed (default: every pooled feature). ``labels`` (array or
-    ``.npy`` path) replaces the stored labels; ``label_pattern`` derives them from file names.
-    Only valid rows (images that were processed) are used.
+    ``.npy`` path) replaces the stored labels; ``label_pattern`` derives them (and their class names)
+    from file names; ``classes`` names labels that have no names (given ``labels``, or a folder whose
+    manifest has none). Only valid rows (images that were processed) are used.
     """
     from ..feature_store import open_feature_dir
 
     folder = open_feature_dir(path)
-    wanted = list(names) if names is not None else [
-        n for n in folder.names if folder.info(n).get("layout", "pooled") == "pooled"]
+    entries = folder.manifest["features"]
+    pooled = [n for n in folder.names if entries[n].get("layout", "pooled") == "pooled"]
+    wanted = list(names) if names is not None else pooled
+    unusable = {n: f"holds patch tokens ({entries[n].get('layout')} layout); probes need one vector per image "
+                   f"such as layer-K_mean or layer-K_end" for n in folder.names if n not in pooled}
     features, files = {}, {}
     for name in wanted:
-        info = folder.info(name)
-        if info.get("layout", "pooled") != "pooled" or len(info.get("shape", [])) != 2:
-            raise ProbeDataError(f"{folder.path}: feature {name!r} holds patch tokens ({info.get('layout')} "
-                                 f"layout); probes need one vector per image such as layer-K_mean or layer-K_end")
-        features[name] = folder.feature(name, valid_only=False)  # stays memory-mapped
-        files[name] = str(folder.path / info["file"])
+        array = folder.feature(name, valid_only=False)  # stays memory-mapped; raises for unknown names
+        if name in unusable or array.ndim != 2:
+            raise ProbeDataError(f"{folder.path}: feature {name!r} {unusable.get(name, 'is not (rows, D)')}")
+        features[name] = array
+        files[name] = str(folder.path / entries[name].get("file", f"{name}.npy"))
     if not features:
         raise ProbeDataError(f"{folder.path}: no pooled features to probe (found {', '.join(folder.names)})")
-    row_index = None if folder.all_valid else np.flatnonzero(folder.valid)
-    num_rows = folder.num_valid
-    classes = folder.classes
+    valid = np.asarray(folder.valid, dtype=bool)
+    row_index = None if valid.all() else np.flatnonzero(valid)
+    num_rows = int(valid.sum())
+    folder_classes = folder.classes
+    class_names = list(folder_classes) if folder_classes is not None else None
+    if class_names is not None:
+        _check_class_names(class_names, f"{folder.path / 'manifest.json'} \"classes\"")
+    names_from = f"{folder.path / 'manifest.json'}"
     if labels is not None:
-        labels = _as_labels(_load_npy(labels, "labels") if isinstance(labels, (str, Path)) else labels,
-                            str(labels) if isinstance(labels, (str, Path)) else f"{folder.path} labels", num_rows)
-        classes = None
+        label_where = str(labels) if isinstance(labels, (str, Path)) else f"labels given for {folder.path}"
+        raw = _load_npy(labels, "labels") if isinstance(labels, (str, Path)) else labels
+        label_array, class_names, names_from = _as_labels(raw, label_where, num_rows), None, "--classes"
     elif label_pattern:
-        labels, classes = labels_from_paths(folder.paths, label_pattern, str(folder.path))
+        label_where = f"--label-pattern on {folder.path}"
+        label_array, class_names = labels_from_paths(folder.paths, label_pattern, str(folder.path))
+        names_from = "--label-pattern"
     else:
         stored = folder.labels
-        labels = None if stored is None else _as_labels(stored, str(folder.path / "labels.npy"), num_rows)
-    return ProbeData(features, labels, str(folder.path), classes, files, row_index)
+        label_where = str(folder.path / "labels.npy")
+        label_array = None if stored is None else _as_labels(stored, label_where, num_rows)
+    if classes is not None:
+        if class_names is not None and list(classes) != class_names:
+            raise ProbeDataError(f"--classes names labels that have no names, but the labels of {folder.path} are "
+                                 f"already named by {names_from}; drop --classes or replace the labels with "
+                                 f"--train-labels / --val-labels")
+        class_names, names_from = list(classes), "--classes"
+    _check_label_range(label_array, class_names, label_where, names_from)
+    failures = {}
+    for record in folder.failures:
+        if isinstance(record, dict) and isinstance(record.get("index"), int):
+            failures[int(record["index"])] = str(record.get("reason", "failed"))
+    reload = None
+    if not (labels is not None and not isinstance(labels, (str, Path))):
+        reload = {"feature_dir": str(folder.path.absolute()),
+                  "labels": str(Path(labels).absolute()) if labels is not None else None,
+                  "label_pattern": label_pattern, "classes": list(classes) if classes is not None else None}
+    return ProbeData(features, label_array, str(folder.path), class_names if label_array is not None else None,
+                     files, row_index, folder_provenance(folder.manifest), folder.paths_of(valid_only=False) or None,
+                     folder.num_items, failures, label_where, unusable, reload)
 
 
 def _load_npy(path, what: str, mmap: bool = False) -> np.ndarray:
@@ -213,10 +366,10 @@ def _load_npy(path, what: str, mmap: bool = False) -> np.ndarray:
 
 
 def load_arrays(features: str | Path | np.ndarray | Mapping[str, str | Path | np.ndarray], labels=None,
-                *, name: str | None = None) -> ProbeData:
+                *, name: str | None = None, classes: Sequence[str] | None = None) -> ProbeData:
     """Plain arrays as probe data: ``features`` an (N, D) array or ``.npy`` path (memory-mapped), or a
-    mapping of names to those; ``labels`` an (N,) array or ``.npy`` path. A single file's feature is
-    named after its file stem (or ``name``)."""
+    mapping of names to those; ``labels`` an (N,) array or ``.npy`` path; ``classes`` the names of the
+    label indices. A single file's feature is named after its file stem (or ``name``)."""
     if not isinstance(features, Mapping):
         default = name or (Path(features).stem if isinstance(features, (str, Path)) else "features")
         features = {default: features}
@@ -238,14 +391,27 @@ def load_arrays(features: str | Path | np.ndarray | Mapping[str, str | Path | np
     if len(set(lengths.values())) != 1:
         raise ProbeDataError(f"feature arrays have different numbers of rows: {lengths}")
     where = ", ".join(source)
-    label_array = None
+    label_array, label_where = None, ""
     if labels is not None:
         label_where = str(labels) if isinstance(labels, (str, Path)) else f"labels of {where}"
         raw = _load_npy(labels, "labels") if isinstance(labels, (str, Path)) else labels
         label_array = _as_labels(raw, label_where, next(iter(lengths.values())))
-    return ProbeData(arrays, label_array, where, None, files)
+    class_names = list(classes) if classes is not None and label_array is not None else None
+    _check_label_range(label_array, class_names, label_where, "--classes")
+    return ProbeData(arrays, label_array, where, class_names, files,
+                     provenance=arrays_provenance(sorted(files.values())), label_source=label_where)
 
 
+def renamed_single(data: ProbeData, name: str) -> ProbeData:
+    """Plain arrays of one feature under another name (``--val-features`` read as the input trained on)."""
+    if len(data.features) != 1:
+        raise ProbeDataError(f"{data.source}: expected one feature array, got {', '.join(data.features)}")
+    array = next(iter(data.features.values()))
+    file = next(iter(data.feature_files.values()), None)
+    return replace(data, features={name: array}, feature_files={name: file} if file else {})
+
+
+# ------------------------------------------------------------------------------------------- checks
 def check_finite(data: ProbeData, names: Sequence[str], chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
     """Raise if any feature holds NaN or Inf, saying how many values and the first row."""
     for name in names:
@@ -253,7 +419,7 @@ def check_finite(data: ProbeData, names: Sequence[str], chunk_rows: int = DEFAUL
             continue
         bad_values, first_row = 0, None
         for start in range(0, data.num_rows, chunk_rows):
-            block = np.asarray(data.rows_of(name, slice(start, start + chunk_rows)))
+            block = data.read([name], slice(start, start + chunk_rows), dtype=None)[name]
             finite = np.isfinite(block)
             if not finite.all():
                 bad_values += int(finite.size - finite.sum())
@@ -266,35 +432,42 @@ def check_finite(data: ProbeData, names: Sequence[str], chunk_rows: int = DEFAUL
 
 
 def validate_train_val(train: ProbeData, val: ProbeData | None, inputs: Sequence[FeatureInput],
-                       chunk_rows: int = DEFAULT_CHUNK_ROWS) -> int:
-    """Check the probe inputs; returns the number of classes (max train label + 1, or len(classes))."""
+                       chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple[int, ProbeData | None]:
+    """Check the probe inputs (labels, finite values, widths, and that val's features were made like train's:
+    the same provenance, as ``--predict`` checks); returns (number of classes, val aligned to train's classes)."""
+    from .inputs import stored_parts
+
     for data, role in ((train, "train"), (val, "val")):
         if data is None:
             continue
+        if data.num_rows == 0:
+            raise ProbeDataError(f"{role} data {data.source} has no usable rows ({data.total_items} rows, all of "
+                                 f"failed images); see its failures.jsonl")
         if data.labels is None:
             raise ProbeDataError(f"{role} data {data.source} has no labels; extract from class folders or a "
                                  f"labelled list, or pass --{role}-labels / --label-pattern")
         for feature_input in inputs:
             data.require(feature_input)
-        check_finite(data, sorted({p for fi in inputs for p in fi.parts}), chunk_rows)
+        check_finite(data, stored_parts(inputs), chunk_rows)
     present = np.unique(train.labels)
     if present.size < 2:
-        raise ProbeDataError(f"train data {train.source}: every row has label {int(present[0]) if present.size else '-'}; "
-                             f"a probe needs at least two classes")
-    num_classes = int(present.max()) + 1
-    if train.classes:
-        num_classes = max(num_classes, len(train.classes))
+        only = train.class_name(int(present[0])) if present.size else "-"
+        raise ProbeDataError(f"train data {train.source}: every row has label {only}; a probe needs at least "
+                             f"two classes")
     if val is not None:
+        from .provenance import mismatches
+
         for feature_input in inputs:
             if train.dim(feature_input) != val.dim(feature_input):
                 raise ProbeDataError(f"feature {feature_input.name!r}: {train.dim(feature_input)} dims in train "
                                      f"({train.source}) but {val.dim(feature_input)} in val ({val.source})")
-        unseen = np.setdiff1d(np.unique(val.labels), present)
-        if unseen.size:
-            raise ProbeDataError(f"val data {val.source}: {unseen.size} classes never seen in train "
-                                 f"(e.g. {', '.join(map(str, unseen[:5].tolist()))}); the train and val "
-                                 f"folders must share their class numbering")
-    return num_classes
+            found = mismatches(train.input_provenance(feature_input), val.input_provenance(feature_input))
+            if found:
+                raise ProbeDataError(f"val data {val.source}: its {feature_input.name!r} features were not made like "
+                                     f"train's ({train.source}), so a head trained on one cannot be scored on the "
+                                     f"other: {'; '.join(found)}")
+        val = align_classes(train, val)
+    return num_classes_of(train), val
 
 
 def split_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -306,11 +479,12 @@ def split_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
     rows = np.arange(labels.shape[0])
     counts = np.bincount(labels)
     num_holdout = int(round(fraction * rows.size))
+    if num_holdout < 1 or num_holdout >= rows.size:
+        raise ProbeDataError(f"--holdout-fraction {fraction} of {rows.size} training rows holds out {num_holdout}, "
+                             f"leaving no rows to select on or to train on; use more training rows, another "
+                             f"--holdout-fraction, or a single grid point (no selection)")
     present = int((counts > 0).sum())
     stratify = labels if (counts[counts > 0].min() >= 2 and present <= num_holdout <= rows.size - present) else None
-    if num_holdout < 1 or num_holdout >= rows.size:
-        raise ProbeDataError(f"--holdout-fraction {fraction} of {rows.size} train rows leaves no rows to "
-                             f"select on or to train on")
     fit, held = train_test_split(rows, test_size=num_holdout, random_state=seed, stratify=stratify)
     return np.sort(fit), np.sort(held)
 
@@ -323,7 +497,7 @@ def feature_stats(data: ProbeData, name: str, rows: np.ndarray | None = None,
     total = np.zeros(dim, np.float64)
     square = np.zeros(dim, np.float64)
     for start in range(0, rows.size, chunk_rows):
-        block = np.asarray(data.rows_of(name, rows[start:start + chunk_rows]), dtype=np.float64)
+        block = data.read([name], rows[start:start + chunk_rows], dtype=np.float64)[name]
         total += block.sum(0)
         square += np.square(block).sum(0)
     mean = total / max(rows.size, 1)
@@ -331,47 +505,3 @@ def feature_stats(data: ProbeData, name: str, rows: np.ndarray | None = None,
     std = np.sqrt(var)
     std[std < 1e-6 * max(float(std.max(initial=0.0)), 1e-12)] = 1.0  # constant dimensions stay as they are
     return mean.astype(np.float32), std.astype(np.float32)
-
-
-def input_stats(data: ProbeData, feature_input: FeatureInput, rows: np.ndarray | None = None,
-                chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) of a feature input: its parts' statistics, concatenated."""
-    stats = [feature_stats(data, part, rows, chunk_rows) for part in feature_input.parts]
-    return np.concatenate([s[0] for s in stats]), np.concatenate([s[1] for s in stats])
-
-
-def shuffled_chunks(rows: np.ndarray, rng: np.random.Generator, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                    block_rows: int = DEFAULT_BLOCK_ROWS) -> Iterator[np.ndarray]:
-    """One epoch's order: ``rows`` cut into contiguous blocks, blocks shuffled and grouped into chunks of
-    about ``chunk_rows``; each yielded chunk is sorted (for fast memmap reads) and shuffled later."""
-    block_rows = max(1, min(block_rows, chunk_rows))
-    blocks = [rows[i:i + block_rows] for i in range(0, rows.size, block_rows)]
-    order = rng.permutation(len(blocks))
-    per_chunk = max(1, chunk_rows // block_rows)
-    for start in range(0, len(order), per_chunk):
-        yield np.sort(np.concatenate([blocks[i] for i in order[start:start + per_chunk]]))
-
-
-def stream_batches(data: ProbeData, names: Sequence[str], rows: np.ndarray, batch_size: int,
-                   rng: np.random.Generator, *, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                   block_rows: int = DEFAULT_BLOCK_ROWS, drop_last: bool = False
-                   ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-    """Shuffled mini-batches ({name: (B, D) float32}, labels) of one epoch, reading one chunk at a time."""
-    for chunk in shuffled_chunks(rows, rng, chunk_rows, block_rows):
-        arrays = data.read(names, chunk)
-        labels = data.labels[chunk]
-        order = rng.permutation(chunk.size)
-        for start in range(0, chunk.size, batch_size):
-            pick = order[start:start + batch_size]
-            if drop_last and pick.size < batch_size:
-                break
-            yield {n: a[pick] for n, a in arrays.items()}, labels[pick]
-
-
-def ordered_chunks(data: ProbeData, names: Sequence[str], rows: np.ndarray | None = None,
-                   chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """(row indices, {name: float32 block}) in file order, for evaluation and statistics."""
-    rows = np.arange(data.num_rows) if rows is None else rows
-    for start in range(0, rows.size, chunk_rows):
-        chunk = rows[start:start + chunk_rows]
-        yield chunk, data.read(names, chunk)

@@ -15,3 +15,5 @@ DEFAULT_HOLDOUT_FRACTION = 0.1
 #: Rows read from the memory maps at once (one shuffled chunk), and contiguous rows per shuffled block.
 DEFAULT_CHUNK_ROWS = 16384
 DEFAULT_BLOCK_ROWS = 512
+#: Classes (and probabilities) listed per row by --predict.
+DEFAULT_TOP_K = 5

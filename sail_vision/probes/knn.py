@@ -1,64 +1,81 @@
-"""Cosine k-NN with temperature-weighted votes (the DINOv2 protocol), computed in chunks.
+"""Cosine k-NN with temperature-weighted votes (the DINOv2 protocol), computed in chunks on ``--device``.
 
 Queries and the training bank are L2-normalised; for each chunk of queries the bank is scanned
 chunk by chunk keeping a running top-kmax of cosine similarities, so neither the full similarity
-matrix nor the whole bank has to be in memory at once. Each neighbour votes for its class with
-weight ``exp(similarity / T)``.
+matrix nor the whole bank has to be in memory at once. The products, normalisation and top-k run
+on the chosen device; a bank that fits in one chunk is moved there once. Each neighbour votes for
+its class with weight ``exp(similarity / T)``.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import hashlib
+from typing import ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from .data import DEFAULT_CHUNK_ROWS, FeatureInput, ProbeData, ProbeDataError, ordered_chunks
-from .metrics import accuracy_percent, topk_correct
+from .data import ProbeData
+from .defaults import DEFAULT_CHUNK_ROWS, DEFAULT_KS, DEFAULT_TEMPERATURE
+from .errors import ProbeDataError
+from .inputs import FeatureInput
+from .methods import ClassificationMethod, record
+from .metrics import TopkCounter
+from .streaming import stream_chunks
 
-from .defaults import DEFAULT_KS, DEFAULT_TEMPERATURE  # noqa: F401 - re-exported
 #: Queries compared with the bank at once (the similarity block is QUERY_CHUNK_ROWS x chunk_rows).
 QUERY_CHUNK_ROWS = 2048
+#: A k-NN bank up to this size is copied into head.safetensors; larger ones are reloaded from their folder.
+MAX_SAVED_BANK_BYTES = 2 << 30
 
 
 def grid_point_name(feature: str, k: int, temperature: float) -> str:
     return f"knn_{feature}_k{k}_T{temperature:.3g}"
 
 
-def _normalised(block: np.ndarray) -> torch.Tensor:
-    return torch.nn.functional.normalize(torch.from_numpy(np.ascontiguousarray(block, np.float32)), dim=1)
-
-
-def _input_block(arrays: dict[str, np.ndarray], feature_input: FeatureInput) -> np.ndarray:
-    parts = [arrays[p] for p in feature_input.parts]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+def check_ks(ks: Sequence, temperature: float) -> list[int]:
+    """The neighbour counts as ints; refuses an empty list, non-integers and values below 1."""
+    if not len(ks):
+        raise ProbeDataError("--ks: the grid is empty; give at least one neighbour count")
+    if any(float(k) != int(float(k)) or int(float(k)) < 1 for k in ks):
+        raise ProbeDataError(f"--ks must be whole numbers >= 1, got {list(ks)}")
+    if not (temperature > 0 and np.isfinite(temperature)):
+        raise ProbeDataError(f"--temperature must be a positive number, got {temperature}")
+    return [int(float(k)) for k in ks]
 
 
 def nearest_neighbours(bank: ProbeData, bank_rows: np.ndarray, queries: ProbeData, query_rows: np.ndarray | None,
-                       feature_input: FeatureInput, k: int, chunk_rows: int = DEFAULT_CHUNK_ROWS
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(similarities, bank labels) of the ``k`` nearest bank rows of every query row, best first."""
+                       feature_input: FeatureInput, k: int, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                       device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(similarities, bank labels) of the ``k`` nearest bank rows of every query row, best first (on the CPU)."""
     names = list(feature_input.parts)
+    device = torch.device(device)
     k = min(k, bank_rows.size)
-    bank_blocks = None
-    if bank_rows.size <= chunk_rows:  # small bank: keep it normalised in memory
-        bank_blocks = [(bank_rows, _normalised(_input_block(bank.read(names, bank_rows), feature_input)))]
+    bank_labels = torch.from_numpy(bank.labels).to(device)
+
+    def bank_blocks():
+        for chunk in stream_chunks(bank, names, bank_rows, device=device, chunk_rows=chunk_rows, labels=False):
+            yield (torch.from_numpy(chunk.rows).to(device),
+                   torch.nn.functional.normalize(feature_input.concat(chunk.features), dim=1))
+
+    resident = list(bank_blocks()) if bank_rows.size <= chunk_rows else None  # small bank: moved once
     sims_out, labels_out = [], []
-    for _, arrays in ordered_chunks(queries, names, query_rows, min(chunk_rows, QUERY_CHUNK_ROWS)):
-        query = _normalised(_input_block(arrays, feature_input))
-        best_sims = torch.full((query.shape[0], 0), -2.0)
-        best_rows = torch.zeros((query.shape[0], 0), dtype=torch.long)
-        blocks = bank_blocks or ((rows, _normalised(_input_block(a, feature_input)))
-                                 for rows, a in ordered_chunks(bank, names, bank_rows, chunk_rows))
-        for rows, keys in blocks:
+    for chunk in stream_chunks(queries, names, query_rows, device=device, chunk_rows=min(chunk_rows, QUERY_CHUNK_ROWS),
+                               labels=False):
+        query = torch.nn.functional.normalize(feature_input.concat(chunk.features), dim=1)
+        best_sims = torch.full((query.shape[0], 0), -2.0, device=device)
+        best_rows = torch.zeros((query.shape[0], 0), dtype=torch.long, device=device)
+        for rows, keys in (resident if resident is not None else bank_blocks()):
             sims = query @ keys.t()
             top = sims.topk(min(k, sims.shape[1]), dim=1)
             best_sims = torch.cat([best_sims, top.values], dim=1)
-            best_rows = torch.cat([best_rows, torch.from_numpy(rows)[top.indices]], dim=1)
+            best_rows = torch.cat([best_rows, rows[top.indices]], dim=1)
             keep = best_sims.topk(min(k, best_sims.shape[1]), dim=1)
             best_sims, best_rows = keep.values, best_rows.gather(1, keep.indices)
-        sims_out.append(best_sims)
-        labels_out.append(torch.from_numpy(bank.labels)[best_rows])
+        sims_out.append(best_sims.cpu())
+        labels_out.append(bank_labels[best_rows].cpu())
+    if not sims_out:
+        return torch.zeros((0, k)), torch.zeros((0, k), dtype=torch.long)
     return torch.cat(sims_out), torch.cat(labels_out)
 
 
@@ -73,24 +90,137 @@ def vote(similarities: torch.Tensor, neighbour_labels: torch.Tensor, k: int, num
 
 def evaluate_knn(bank: ProbeData, bank_rows: np.ndarray, queries: ProbeData, query_rows: np.ndarray | None,
                  feature_input: FeatureInput, ks: Sequence[int], num_classes: int,
-                 temperature: float = DEFAULT_TEMPERATURE, chunk_rows: int = DEFAULT_CHUNK_ROWS
-                 ) -> dict[int, tuple[float, float]]:
-    """{k: (top1, top5)} in percent for the query rows against the bank rows."""
-    if any(int(k) < 1 for k in ks):
-        raise ProbeDataError(f"--ks must be positive integers, got {list(ks)}")
-    if not temperature > 0:
-        raise ProbeDataError(f"--temperature must be positive, got {temperature}")
-    sims, labels = nearest_neighbours(bank, bank_rows, queries, query_rows, feature_input, max(ks), chunk_rows)
+                 temperature: float = DEFAULT_TEMPERATURE, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                 device: str | torch.device = "cpu") -> dict[int, dict[str, float]]:
+    """{k: {"top1": ..., "top5": ...}} in percent for the query rows against the bank rows."""
+    ks = check_ks(ks, temperature)
+    sims, labels = nearest_neighbours(bank, bank_rows, queries, query_rows, feature_input, max(ks), chunk_rows,
+                                      device)
     truth = torch.from_numpy(queries.labels if query_rows is None else queries.labels[query_rows])
     results = {}
     for k in ks:
-        hits = topk_correct(vote(sims, labels, int(k), num_classes, temperature), truth)
-        results[int(k)] = (accuracy_percent(hits[1], truth.numel()), accuracy_percent(hits[5], truth.numel()))
+        counter = TopkCounter()
+        counter.add(vote(sims, labels, k, num_classes, temperature), truth)
+        results[k] = counter.percent()
     return results
 
 
-def predict_knn(bank: ProbeData, feature_input: FeatureInput, queries: ProbeData, k: int, num_classes: int,
-                temperature: float = DEFAULT_TEMPERATURE, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> torch.Tensor:
-    """(N, C) vote scores of every query row against the whole bank."""
-    sims, labels = nearest_neighbours(bank, np.arange(bank.num_rows), queries, None, feature_input, k, chunk_rows)
-    return vote(sims, labels, k, num_classes, temperature)
+def _labels_digest(labels: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+class KnnHead:
+    """The chosen k-NN: a bank (training rows and labels), ``k`` and the vote temperature."""
+
+    def __init__(self, feature_input: FeatureInput, bank: ProbeData, bank_rows: np.ndarray, k: int,
+                 temperature: float, num_classes: int, *, device: str = "cpu", chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                 reference: Mapping | None = None):
+        self.feature_input = feature_input
+        self.bank, self.bank_rows = bank, np.asarray(bank_rows)
+        self.k, self.temperature, self.num_classes = int(k), float(temperature), int(num_classes)
+        self.device, self.chunk_rows = device, chunk_rows
+        self.reference = dict(reference) if reference else None
+
+    def scores(self, data: ProbeData, rows: np.ndarray | None = None) -> np.ndarray:
+        sims, labels = nearest_neighbours(self.bank, self.bank_rows, data, rows, self.feature_input, self.k,
+                                          self.chunk_rows, self.device)
+        return vote(sims, labels, self.k, self.num_classes, self.temperature).numpy()
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        scores = np.asarray(scores, np.float64)
+        return (scores / np.maximum(scores.sum(1, keepdims=True), 1e-300)).astype(np.float32)
+
+    def _bank_bytes(self) -> int:
+        return int(self.bank_rows.size) * self.bank.dim(self.feature_input) * 4
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        if self._bank_bytes() > MAX_SAVED_BANK_BYTES:
+            return {}
+        return {"bank": self.bank.gather(self.feature_input, self.bank_rows),
+                "bank_labels": self.bank.labels[self.bank_rows].astype(np.int64)}
+
+    def meta(self) -> dict:
+        labels = self.bank.labels[self.bank_rows]
+        if self._bank_bytes() <= MAX_SAVED_BANK_BYTES:
+            bank = {"saved": True}
+        elif self.reference and self.bank_rows.size == self.bank.num_rows:
+            bank = {"saved": False, **self.reference}
+        else:
+            raise ProbeDataError(f"the k-NN bank of {self.feature_input.name!r} ({self._bank_bytes() >> 20} MiB) is "
+                                 f"too large to save and cannot be reloaded from a feature folder "
+                                 f"(plain arrays, in-memory labels or --no-refit); probe a `sail-vision extract` "
+                                 f"folder with its own, --label-pattern or .npy labels, without --no-refit")
+        return {"bank": {**bank, "rows": int(self.bank_rows.size), "labels_sha256": _labels_digest(labels)},
+                "bank_rows": int(self.bank_rows.size)}
+
+    @classmethod
+    def from_saved(cls, meta: Mapping, tensors: Mapping[str, np.ndarray], *, device: str = "cpu",
+                   bank: ProbeData | None = None) -> "KnnHead":
+        from .data import load_feature_dir
+
+        feature_input = FeatureInput(tuple(meta["parts"]))
+        info = meta.get("bank") or {}
+        if "bank" in tensors:
+            edges = np.cumsum([0] + list(meta["part_dims"]))
+            parts = {p: tensors["bank"][:, edges[i]:edges[i + 1]] for i, p in enumerate(feature_input.parts)}
+            bank = ProbeData(parts, np.asarray(tensors["bank_labels"], np.int64), "<saved k-NN bank>")
+        elif bank is None:
+            if not info.get("feature_dir"):
+                raise ProbeDataError("this k-NN head has no saved bank and no feature folder to reload it from")
+            bank = load_feature_dir(info["feature_dir"], feature_input.parts, labels=info.get("labels"),
+                                    label_pattern=info.get("label_pattern"), classes=info.get("classes"))
+        if bank.labels is None or bank.num_rows != info.get("rows", bank.num_rows) or \
+                ("labels_sha256" in info and _labels_digest(bank.labels) != info["labels_sha256"]):
+            raise ProbeDataError(f"{bank.source}: the k-NN bank no longer matches the one this head was trained with "
+                                 f"({bank.num_rows} rows now, {info.get('rows')} then, or different labels)")
+        hp = meta["hyperparameters"]
+        return cls(feature_input, bank, np.arange(bank.num_rows), int(hp["k"]), float(hp["temperature"]),
+                   int(meta["num_classes"]), device=device)
+
+
+class KnnMethod(ClassificationMethod):
+    """Cosine k-NN over ``ks`` (DINOv2-style); the bank is every training row given to ``refit``."""
+
+    name: ClassVar[str] = "knn"
+    hyperparameters: ClassVar[tuple[str, ...]] = ("k",)
+
+    def __init__(self, ks: Sequence = DEFAULT_KS, temperature: float = DEFAULT_TEMPERATURE, *,
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS, device: str = "cpu", bank_reference: Mapping | None = None):
+        self.ks = list(ks)
+        self.temperature = float(temperature)
+        self.chunk_rows = chunk_rows
+        self.device = device
+        self.bank_reference = bank_reference
+
+    def check(self) -> None:
+        self.ks = check_ks(self.ks, self.temperature)
+
+    def grid_size(self, inputs: Sequence[FeatureInput]) -> int:
+        return len(inputs) * len(self.ks)
+
+    def fit_grid(self, train: ProbeData, inputs: Sequence[FeatureInput], num_classes: int, fit_rows: np.ndarray,
+                 held_rows: np.ndarray | None, *, progress: bool = True) -> list[dict]:
+        records = []
+        for feature_input in inputs:
+            scores = {}
+            if held_rows is not None:
+                scores = evaluate_knn(train, fit_rows, train, held_rows, feature_input, self.ks, num_classes,
+                                      self.temperature, self.chunk_rows, self.device)
+            for k in self.ks:
+                records.append(record(grid_point_name(feature_input.name, k, self.temperature), self.name,
+                                      feature_input, scores.get(k), self.metrics, k=k, temperature=self.temperature))
+        return records
+
+    def refit(self, train: ProbeData, chosen: Mapping, num_classes: int, rows: np.ndarray, *,
+              progress: bool = True) -> KnnHead:
+        return KnnHead(FeatureInput(tuple(chosen["parts"])), train, rows, int(chosen["k"]), self.temperature,
+                       num_classes, device=self.device, chunk_rows=self.chunk_rows,
+                       reference=self.bank_reference or train.reload)
+
+    def settings(self) -> dict:
+        return {"temperature": self.temperature, "device": str(self.device)}
+
+    @classmethod
+    def load_head(cls, meta: Mapping, tensors: Mapping[str, np.ndarray], *, device: str = "cpu",
+                  bank: ProbeData | None = None) -> KnnHead:
+        return KnnHead.from_saved(meta, tensors, device=device, bank=bank)

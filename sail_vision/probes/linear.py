@@ -2,25 +2,31 @@
 
 All heads of one feature input (every learning rate x weight decay) live in one stacked
 (D, H, C) weight, so each mini-batch costs one (B, D) x (D, H*C) matrix product forward and
-one back, and the features are read from disk once for the whole grid. Gradients are written
-out by hand (softmax cross-entropy) and SGD-with-momentum / AdamW updates use a per-head
-learning rate and weight decay under a shared cosine schedule.
+one back, and the features are read from disk once for the whole grid; every feature input
+is trained from the same mini-batches. Gradients are written out by hand (softmax
+cross-entropy) and SGD-with-momentum / AdamW updates use a per-head learning rate and weight
+decay under a shared cosine schedule. Chunks of rows move to the device once
+(:mod:`.streaming`); mini-batches are indexed there.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from .data import (DEFAULT_BLOCK_ROWS, DEFAULT_CHUNK_ROWS, FeatureInput, ProbeData, ProbeDataError, input_stats,
-                   ordered_chunks, stream_batches)
-from .metrics import accuracy_percent, topk_correct
-
-from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LRS, DEFAULT_WEIGHT_DECAYS
+from .data import ProbeData
+from .defaults import (DEFAULT_BATCH_SIZE, DEFAULT_BLOCK_ROWS, DEFAULT_CHUNK_ROWS, DEFAULT_EPOCHS, DEFAULT_LRS,
+                       DEFAULT_WEIGHT_DECAYS)
+from .errors import ProbeDataError
+from .inputs import FeatureInput, stored_parts
+from .methods import ClassificationMethod, record
+from .metrics import TopkCounter
+from .standardize import Standardizer
+from .streaming import stream_chunks
 
 OPTIMIZERS = ("sgd", "adamw")
 #: Logit values evaluated at once (rows x heads x classes), about 200 MB of float32.
@@ -49,13 +55,15 @@ class LinearConfig:
             raise ProbeDataError(f"--optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
         for name, values in (("--lrs", self.lrs), ("--weight-decays", self.weight_decays)):
             if not len(values):
-                raise ProbeDataError(f"{name}: give at least one value")
+                raise ProbeDataError(f"{name}: the grid is empty; give at least one value")
         if any(not (lr > 0 and math.isfinite(lr)) for lr in self.lrs):
             raise ProbeDataError(f"--lrs must be positive numbers, got {list(self.lrs)}")
         if any(not (wd >= 0 and math.isfinite(wd)) for wd in self.weight_decays):
             raise ProbeDataError(f"--weight-decays must be >= 0, got {list(self.weight_decays)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ProbeDataError(f"--epochs and --batch-size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if self.chunk_rows < 1:
+            raise ProbeDataError(f"--chunk-rows must be >= 1, got {self.chunk_rows}")
 
     @property
     def grid(self) -> list[tuple[float, float]]:
@@ -73,19 +81,23 @@ def cosine_factor(step: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
+def linear_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """(N, C) logits of one head with ``weight`` (C, D) and ``bias`` (C,) for prepared features (N, D)."""
+    return x @ weight.t() + bias
+
+
 class HeadStack:
     """H linear softmax heads over one feature input, as one (D, H, C) weight and an (H, C) bias."""
 
     def __init__(self, dim: int, num_classes: int, lrs: Sequence[float], weight_decays: Sequence[float],
-                 mean: np.ndarray | None, std: np.ndarray | None, config: LinearConfig):
+                 standardizer: Standardizer | None, config: LinearConfig):
         heads = len(lrs)
         self.dim, self.num_classes, self.heads = dim, num_classes, heads
         self.config = config
         self.device = device = torch.device(config.device)
         self.lrs = torch.tensor(lrs, dtype=torch.float32, device=device).view(1, heads, 1)
         self.weight_decays = torch.tensor(weight_decays, dtype=torch.float32, device=device).view(1, heads, 1)
-        self.mean = None if mean is None else torch.as_tensor(np.asarray(mean, np.float32), device=device)
-        self.inv_std = None if std is None else torch.as_tensor(1.0 / np.asarray(std, np.float32), device=device)
+        self.standardizer = standardizer
         self.weight = torch.zeros(dim, heads, num_classes, device=device)
         self.bias = torch.zeros(heads, num_classes, device=device)
         self._state = [torch.zeros_like(self.weight), torch.zeros_like(self.bias)]
@@ -95,9 +107,7 @@ class HeadStack:
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Standardise with the training statistics (when they were computed)."""
-        if self.mean is not None:
-            x = (x - self.mean) * self.inv_std
-        return x
+        return x if self.standardizer is None else self.standardizer.apply(x)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, C) logits of every head for prepared features (B, D)."""
@@ -137,7 +147,8 @@ class HeadStack:
         correction1 = 1.0 - beta1 ** self.steps
         correction2 = 1.0 - beta2 ** self.steps
         self.weight.mul_(1.0 - lr * self.weight_decays)
-        for param, grad, m, v, rate in ((self.weight, grad_weight, m_w, v_w, lr), (self.bias, grad_bias, m_b, v_b, lr[0])):
+        for param, grad, m, v, rate in ((self.weight, grad_weight, m_w, v_w, lr),
+                                        (self.bias, grad_bias, m_b, v_b, lr[0])):
             m.mul_(beta1).add_(grad, alpha=1.0 - beta1)
             v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
             denom = (v / correction2).sqrt_().add_(1e-8)
@@ -147,25 +158,19 @@ class HeadStack:
         """Tensors of one head in the saved format: weight (C, D), bias (C,), mean/std (D,)."""
         tensors = {"weight": self.weight[:, index, :].t().contiguous().cpu().numpy(),
                    "bias": self.bias[index].clone().cpu().numpy()}
-        if self.mean is not None:
-            tensors["mean"] = self.mean.cpu().numpy()
-            tensors["std"] = (1.0 / self.inv_std).cpu().numpy()
+        if self.standardizer is not None:
+            tensors.update(self.standardizer.tensors())
         return tensors
 
 
 @dataclass
 class GridResult:
-    """Accuracy of every head (holdout or evaluation rows) and the trained stacks."""
+    """The trained stacks of every feature input."""
 
     inputs: list[FeatureInput]
     stacks: dict[str, HeadStack]
-    points: list[dict] = field(default_factory=list)
     steps: int = 0
-
-
-def _batch_input(arrays: dict[str, np.ndarray], feature_input: FeatureInput, device) -> torch.Tensor:
-    parts = [arrays[p] for p in feature_input.parts]
-    return torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)).to(device)
+    rows: np.ndarray | None = field(default=None, repr=False)
 
 
 def train_grid(data: ProbeData, inputs: Sequence[FeatureInput], num_classes: int, rows: np.ndarray,
@@ -180,10 +185,9 @@ def train_grid(data: ProbeData, inputs: Sequence[FeatureInput], num_classes: int
     wds = [wd for _, wd in grid]
     stacks = {}
     for feature_input in inputs:
-        mean, std = (input_stats(data, feature_input, rows, config.chunk_rows) if config.standardize
-                     else (None, None))
-        stacks[feature_input.name] = HeadStack(data.dim(feature_input), num_classes, lrs, wds, mean, std, config)
-    names = sorted({p for fi in inputs for p in fi.parts})
+        standardizer = Standardizer.fit(data, feature_input, rows, config.chunk_rows) if config.standardize else None
+        stacks[feature_input.name] = HeadStack(data.dim(feature_input), num_classes, lrs, wds, standardizer, config)
+    names = stored_parts(inputs)
     steps_per_epoch = math.ceil(rows.size / config.batch_size)
     total = steps_per_epoch * config.epochs
     rng = np.random.default_rng(config.seed)
@@ -191,39 +195,140 @@ def train_grid(data: ProbeData, inputs: Sequence[FeatureInput], num_classes: int
     with tqdm(total=total, desc=f"linear grid ({len(inputs)} inputs x {len(grid)} heads)", unit="step",
               disable=not progress, leave=False) as bar:
         for _ in range(config.epochs):
-            for arrays, labels in stream_batches(data, names, rows, config.batch_size, rng,
-                                                 chunk_rows=config.chunk_rows, block_rows=config.block_rows):
-                factor = cosine_factor(step, total)
-                target = torch.from_numpy(labels).to(config.device)
-                losses = []
-                for feature_input in inputs:
-                    stack = stacks[feature_input.name]
-                    x = stack.prepare(_batch_input(arrays, feature_input, stack.device))
-                    losses.append(stack.step(x, target, factor))
-                step += 1
-                bar.update(1)
-                if progress and step % 20 == 0:
-                    bar.set_postfix(loss=f"{float(torch.stack(losses).min()):.3f}")
-    return GridResult(list(inputs), stacks, steps=step)
+            for chunk in stream_chunks(data, names, rows, device=config.device, rng=rng, chunk_rows=config.chunk_rows,
+                                       block_rows=config.block_rows):
+                for pick in chunk.batches(config.batch_size):
+                    factor = cosine_factor(step, total)
+                    target = chunk.labels.index_select(0, pick)
+                    losses = [stacks[fi.name].step(stacks[fi.name].prepare(fi.concat(chunk.features, pick)),
+                                                   target, factor) for fi in inputs]
+                    step += 1
+                    bar.update(1)
+                    if progress and step % 20 == 0:
+                        bar.set_postfix(loss=f"{float(torch.stack(losses).min()):.3f}")
+    return GridResult(list(inputs), stacks, steps=step, rows=rows)
 
 
 def evaluate_grid(result: GridResult, data: ProbeData, rows: np.ndarray | None = None,
-                  chunk_rows: int = DEFAULT_CHUNK_ROWS) -> dict[str, tuple[list[float], list[float]]]:
-    """{feature input: (top1 per head, top5 per head)} in percent on ``rows`` of ``data``."""
-    names = sorted({p for fi in result.inputs for p in fi.parts})
-    counts = {fi.name: [0, 0] for fi in result.inputs}
-    total = 0
+                  chunk_rows: int = DEFAULT_CHUNK_ROWS) -> dict[str, dict[str, list[float]]]:
+    """{feature input: {"top1": per head, "top5": per head}} in percent on ``rows`` of ``data``."""
+    names = stored_parts(result.inputs)
+    counters = {fi.name: TopkCounter() for fi in result.inputs}
     widest = max(s.heads * s.num_classes for s in result.stacks.values())
     chunk_rows = max(64, min(chunk_rows, EVAL_LOGITS // widest))  # bounds the (rows, H, C) logits
+    device = next(iter(result.stacks.values())).device
     with torch.no_grad():
-        for chunk, arrays in ordered_chunks(data, names, rows, chunk_rows):
-            labels = None
-            total += chunk.size
+        for chunk in stream_chunks(data, names, rows, device=device, chunk_rows=chunk_rows):
             for feature_input in result.inputs:
                 stack = result.stacks[feature_input.name]
-                if labels is None:
-                    labels = torch.from_numpy(data.labels[chunk]).to(stack.device)
-                hits = topk_correct(stack.logits(stack.prepare(_batch_input(arrays, feature_input, stack.device))), labels)
-                counts[feature_input.name][0] = counts[feature_input.name][0] + hits[1]
-                counts[feature_input.name][1] = counts[feature_input.name][1] + hits[5]
-    return {name: (accuracy_percent(c1, total), accuracy_percent(c5, total)) for name, (c1, c5) in counts.items()}
+                counters[feature_input.name].add(stack.logits(stack.prepare(feature_input.concat(chunk.features))),
+                                                 chunk.labels)
+    return {name: counter.percent() for name, counter in counters.items()}
+
+
+class LinearHead:
+    """One linear softmax head: ``weight`` (C, D), ``bias`` (C,), optional standardiser; scores on ``device``."""
+
+    def __init__(self, feature_input: FeatureInput, weight: np.ndarray, bias: np.ndarray,
+                 standardizer: Standardizer | None, *, device: str = "cpu", chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                 extra_meta: Mapping | None = None):
+        self.feature_input = feature_input
+        self.weight = np.ascontiguousarray(weight, dtype=np.float32)
+        self.bias = np.ascontiguousarray(bias, dtype=np.float32)
+        self.num_classes = int(self.weight.shape[0])
+        self.standardizer = standardizer
+        self.device = torch.device(device)
+        self.chunk_rows = chunk_rows
+        self.extra_meta = dict(extra_meta or {})
+        self._on_device: dict = {}
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C) logits for raw (N, D) features on any device (standardised here when trained so)."""
+        if x.device not in self._on_device:  # moved once per device, not once per chunk
+            self._on_device[x.device] = (torch.from_numpy(self.weight).to(x.device),
+                                         torch.from_numpy(self.bias).to(x.device))
+        weight, bias = self._on_device[x.device]
+        return linear_logits(x if self.standardizer is None else self.standardizer.apply(x), weight, bias)
+
+    def scores(self, data: ProbeData, rows: np.ndarray | None = None) -> np.ndarray:
+        outputs = []
+        with torch.no_grad():
+            for chunk in stream_chunks(data, self.feature_input.parts, rows, device=self.device,
+                                       chunk_rows=self.chunk_rows, labels=False):
+                outputs.append(self.logits(self.feature_input.concat(chunk.features)).cpu().numpy())
+        return np.concatenate(outputs) if outputs else np.zeros((0, self.num_classes), np.float32)
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        return torch.softmax(torch.from_numpy(np.asarray(scores, np.float32)), dim=1).numpy()
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        tensors = {"weight": self.weight, "bias": self.bias}
+        if self.standardizer is not None:
+            tensors.update(self.standardizer.tensors())
+        return tensors
+
+    def meta(self) -> dict:
+        return dict(self.extra_meta)
+
+    @classmethod
+    def from_saved(cls, meta: Mapping, tensors: Mapping[str, np.ndarray], *, device: str = "cpu") -> "LinearHead":
+        feature_input = FeatureInput(tuple(meta["parts"]))
+        return cls(feature_input, tensors["weight"], tensors["bias"], Standardizer.from_tensors(tensors),
+                   device=device)
+
+
+class LinearMethod(ClassificationMethod):
+    """The one-pass grid of linear heads (DINOv2-style), selection on held-out training rows."""
+
+    name: ClassVar[str] = "linear"
+    hyperparameters: ClassVar[tuple[str, ...]] = ("lr", "weight_decay")
+
+    def __init__(self, config: LinearConfig | None = None):
+        self.config = config or LinearConfig()
+        self._trained: GridResult | None = None
+
+    @property
+    def chunk_rows(self) -> int:
+        return self.config.chunk_rows
+
+    def check(self) -> None:
+        self.config.check()
+
+    def grid_size(self, inputs: Sequence[FeatureInput]) -> int:
+        return len(inputs) * len(self.config.grid)
+
+    def fit_grid(self, train: ProbeData, inputs: Sequence[FeatureInput], num_classes: int, fit_rows: np.ndarray,
+                 held_rows: np.ndarray | None, *, progress: bool = True) -> list[dict]:
+        scores = {}
+        if held_rows is not None:
+            self._trained = train_grid(train, inputs, num_classes, fit_rows, self.config, progress=progress)
+            scores = evaluate_grid(self._trained, train, held_rows, self.config.chunk_rows)
+        records = []
+        for feature_input in inputs:
+            for index, (lr, wd) in enumerate(self.config.grid):
+                point = ({m: scores[feature_input.name][m][index] for m in self.metrics} if scores else None)
+                records.append(record(grid_point_name(feature_input.name, lr, wd), self.name, feature_input, point,
+                                      self.metrics, lr=lr, weight_decay=wd))
+        return records
+
+    def refit(self, train: ProbeData, chosen: Mapping, num_classes: int, rows: np.ndarray, *,
+              progress: bool = True) -> LinearHead:
+        feature_input = FeatureInput(tuple(chosen["parts"]))
+        point = (chosen["lr"], chosen["weight_decay"])
+        trained = self._trained
+        if trained is not None and trained.rows is not None and np.array_equal(trained.rows, rows) \
+                and feature_input.name in trained.stacks:
+            tensors = trained.stacks[feature_input.name].head(self.config.grid.index(point))  # already fit on rows
+        else:
+            again = train_grid(train, [feature_input], num_classes, rows, self.config, grid=[point], progress=progress)
+            tensors = again.stacks[feature_input.name].head(0)
+        return LinearHead(feature_input, tensors["weight"], tensors["bias"], Standardizer.from_tensors(tensors),
+                          device=self.config.device, chunk_rows=self.config.chunk_rows, extra_meta=self.settings())
+
+    def settings(self) -> dict:
+        c = self.config
+        return {"optimizer": c.optimizer, "epochs": c.epochs, "batch_size": c.batch_size, "device": str(c.device)}
+
+    @classmethod
+    def load_head(cls, meta: Mapping, tensors: Mapping[str, np.ndarray], *, device: str = "cpu", **_) -> LinearHead:
+        return LinearHead.from_saved(meta, tensors, device=device)

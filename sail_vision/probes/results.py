@@ -1,158 +1,176 @@
-"""What a probe run leaves behind, and loading the saved best head for prediction.
+"""What a probe run leaves behind, the output folder's safety, and the saved best head reloaded.
 
-An output folder holds ``grid.jsonl`` (one JSON object per grid point), ``summary.json``,
-``head.safetensors`` + ``head.json`` (the chosen head), ``val_predictions.npy`` and
-``accuracy.png``.
+An output folder holds ``grid.jsonl`` (one JSON object per grid point), ``head.safetensors`` +
+``head.json`` (the chosen head and the provenance of its features), ``val_predictions.npy``,
+``accuracy.png``, for a layer sweep ``layers.png``, and ``summary.json``, written last (a folder
+without it holds an interrupted run). One process writes a folder at a time (an exclusive lock on
+``.sail-vision-probe.lock``), and only the files named here are ever replaced or removed.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
+import socket
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
-import torch
-
-from .data import DEFAULT_CHUNK_ROWS, FeatureInput, ProbeData, ProbeDataError, ordered_chunks
-from .metrics import accuracy_percent, topk_correct
+from .data import ProbeData, align_classes
+from .errors import ProbeDataError
+from .inputs import FeatureInput
+from .methods import Head, load_head
+from .metrics import topk_accuracy
+from .provenance import mismatches
 
 HEAD_FORMAT = "sail-vision-probe-head"
-HEAD_VERSION = 1
+HEAD_VERSION = 2
 GRID_FILE = "grid.jsonl"
 SUMMARY_FILE = "summary.json"
 HEAD_TENSORS_FILE = "head.safetensors"
 HEAD_JSON_FILE = "head.json"
 PREDICTIONS_FILE = "val_predictions.npy"
 PLOT_FILE = "accuracy.png"
-#: A k-NN bank up to this size is copied into head.safetensors; larger ones are referenced.
-MAX_SAVED_BANK_BYTES = 2 << 30
+LAYERS_PLOT_FILE = "layers.png"
+LOCK_FILE = ".sail-vision-probe.lock"
+#: Every file a probe run writes (and the only ones ``--overwrite`` removes).
+RUN_FILES = (GRID_FILE, SUMMARY_FILE, HEAD_TENSORS_FILE, HEAD_JSON_FILE, PREDICTIONS_FILE, PLOT_FILE, LAYERS_PLOT_FILE)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomically write a UTF-8 text file (readers never see half of it)."""
+    from ..feature_store import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def write_json_lines(path: Path, records: Sequence[dict]) -> None:
-    from ..feature_store import atomic_write_text
-
-    atomic_write_text(path, "".join(json.dumps(r, sort_keys=False) + "\n" for r in records))
+    write_text(path, "".join(json.dumps(r, sort_keys=False) + "\n" for r in records))
 
 
 def write_json(path: Path, payload: dict) -> None:
-    from ..feature_store import atomic_write_text
-
-    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+    write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
-def format_table(records: Sequence[dict], chosen: str, summary: dict) -> str:
-    """A plain-text table of every grid point's selection accuracy, the chosen one starred."""
-    width = max([len(r["name"]) for r in records] + [4])
-    lines = [f"{'':2}{'name':<{width}}  {'select top1':>11}  {'select top5':>11}"]
-    for record in records:
-        top1, top5 = record.get("holdout_top1"), record.get("holdout_top5")
-        mark = "* " if record["name"] == chosen else "  "
-        lines.append(f"{mark}{record['name']:<{width}}  {_pct(top1):>11}  {_pct(top5):>11}")
-    lines.append(f"chosen: {chosen}")
-    lines.append(f"val: top1 {_pct(summary.get('top1'))}  top5 {_pct(summary.get('top5'))}  "
-                 f"({summary.get('num_val')} rows)")
-    return "\n".join(lines)
+def save_npy(path: Path, array: np.ndarray) -> None:
+    from ..feature_store import atomic_save_npy
+
+    atomic_save_npy(path, array)
 
 
+# ---------------------------------------------------------------------------------- tables
 def _pct(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _data_block(arrays: dict[str, np.ndarray], feature_input: FeatureInput) -> np.ndarray:
-    parts = [arrays[p] for p in feature_input.parts]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+def format_table(records: Sequence[dict], chosen: str, summary: dict, metrics: Sequence[str] = ("top1", "top5")
+                 ) -> str:
+    """A plain-text table of every grid point's selection metrics, the chosen one starred."""
+    width = max([len(r["name"]) for r in records] + [4])
+    lines = [f"{'':2}{'name':<{width}}" + "".join(f"  {'select ' + m:>11}" for m in metrics)]
+    for rec in records:
+        mark = "* " if rec["name"] == chosen else "  "
+        lines.append(f"{mark}{rec['name']:<{width}}" + "".join(f"  {_pct(rec.get(f'holdout_{m}')):>11}"
+                                                               for m in metrics))
+    lines.append(f"chosen: {chosen}")
+    val = "  ".join(f"{m} {_pct(summary.get(m))}" for m in metrics)
+    lines.append(f"val: {val}  ({summary.get('num_val')} rows)")
+    return "\n".join(lines)
 
 
-def _as_probe_data(features, feature_input: FeatureInput) -> ProbeData:
-    if isinstance(features, ProbeData):
-        return features
-    if isinstance(features, dict):
-        return ProbeData(dict(features), None, "<arrays>")
-    array = np.asarray(features)
-    if len(feature_input.parts) != 1:
-        raise ProbeDataError(f"this head reads {feature_input.name!r}; pass a dict of those features, not one array")
-    return ProbeData({feature_input.parts[0]: array}, None, "<array>")
+def layer_summary(records: Sequence[dict], metrics: Sequence[str] = ("top1", "top5")) -> list[dict]:
+    """Best grid point of each single stored ``layer-K_pool`` input, by its held-out metrics, sorted by
+    pool then layer. Empty unless at least two layers were probed with held-out scores."""
+    best: dict[str, dict] = {}
+    for order, rec in enumerate(records):
+        feature_input = FeatureInput(tuple(rec["parts"]))
+        if feature_input.layer is None or rec.get(f"holdout_{metrics[0]}") is None:
+            continue
+        key = tuple(rec[f"holdout_{m}"] for m in metrics)
+        current = best.get(feature_input.name)
+        if current is None or key > tuple(current[f"holdout_{m}"] for m in metrics):
+            layer, pool = feature_input.layer
+            best[feature_input.name] = {"feature": feature_input.name, "layer": layer, "pool": pool,
+                                        "grid_point": rec["name"], "order": order,
+                                        **{f"holdout_{m}": rec[f"holdout_{m}"] for m in metrics}}
+    rows = sorted(best.values(), key=lambda r: (r["pool"], r["layer"]))
+    return rows if len({r["layer"] for r in rows}) >= 2 else []
 
 
-@dataclass
-class LoadedProbe:
-    """A saved best head: ``scores(features)`` -> (N, C) and ``predict(features)`` -> (N,) labels."""
-
-    meta: dict
-    tensors: dict[str, torch.Tensor]
-    bank: ProbeData | None = None
-
-    @property
-    def method(self) -> str:
-        return self.meta["method"]
-
-    @property
-    def feature_input(self) -> FeatureInput:
-        return FeatureInput(tuple(self.meta["parts"]))
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.meta["num_classes"])
-
-    def _check_dim(self, data: ProbeData) -> None:
-        expected = int(self.meta["dim"])
-        if data.dim(self.feature_input) != expected:
-            raise ProbeDataError(f"{data.source}: {self.feature_input.name!r} has {data.dim(self.feature_input)} "
-                                 f"dims but this head was trained on {expected}")
-
-    def scores(self, features, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray:
-        """(N, C) class scores (logits, or k-NN votes) for a ProbeData, a {name: array} dict or an array."""
-        data = _as_probe_data(features, self.feature_input)
-        data.require(self.feature_input)
-        self._check_dim(data)
-        if self.method == "knn":
-            from .knn import predict_knn
-
-            hp = self.meta["hyperparameters"]
-            return predict_knn(self._bank(), self.feature_input, data, int(hp["k"]), self.num_classes,
-                               float(hp["temperature"]), chunk_rows).numpy()
-        outputs = []
-        with torch.no_grad():
-            for _, arrays in ordered_chunks(data, self.feature_input.parts, None, chunk_rows):
-                outputs.append(self.logits(torch.from_numpy(_data_block(arrays, self.feature_input))).numpy())
-        return np.concatenate(outputs) if outputs else np.zeros((0, self.num_classes), np.float32)
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C) logits of a linear head for raw (N, D) features (standardised here if it was trained so)."""
-        if "mean" in self.tensors:
-            x = (x - self.tensors["mean"]) / self.tensors["std"]
-        return x @ self.tensors["weight"].t() + self.tensors["bias"]
-
-    def predict(self, features, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray:
-        """(N,) predicted labels."""
-        return self.scores(features, chunk_rows).argmax(axis=1).astype(np.int64)
-
-    def evaluate(self, data: ProbeData, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple[float, float, np.ndarray]:
-        """(top1, top5 in percent, predictions) on labelled data."""
-        if data.labels is None:
-            raise ProbeDataError(f"{data.source} has no labels to evaluate against")
-        scores = torch.from_numpy(self.scores(data, chunk_rows))
-        hits = topk_correct(scores, torch.from_numpy(data.labels))
-        total = int(data.labels.shape[0])
-        return (accuracy_percent(hits[1], total), accuracy_percent(hits[5], total),
-                scores.argmax(1).numpy().astype(np.int64))
-
-    def _bank(self) -> ProbeData:
-        if self.bank is None:
-            reference = self.meta.get("bank") or {}
-            if reference.get("feature_dir"):
-                from .data import load_feature_dir
-
-                self.bank = load_feature_dir(reference["feature_dir"], self.feature_input.parts,
-                                             label_pattern=reference.get("label_pattern"))
-            else:
-                raise ProbeDataError("this k-NN head has no saved bank and no feature folder to reload it from")
-        return self.bank
+def best_layer(rows: Sequence[dict], metrics: Sequence[str] = ("top1", "top5")) -> dict | None:
+    """The layer-summary row with the highest held-out metrics; on ties the one whose grid point comes first
+    (the same rule that chooses the head, so a single-layer chosen head is also the best layer)."""
+    if not rows:
+        return None
+    return max(sorted(rows, key=lambda r: r["order"]), key=lambda r: tuple(r[f"holdout_{m}"] for m in metrics))
 
 
-def save_head(out: Path, meta: dict, tensors: dict[str, np.ndarray]) -> None:
+def format_layer_table(rows: Sequence[dict], metrics: Sequence[str] = ("top1", "top5")) -> str:
+    """Held-out accuracy of each layer (best hyper-parameters), the best layer starred."""
+    top = best_layer(rows, metrics)
+    width = max(len(r["feature"]) for r in rows)
+    lines = [f"{'':2}{'layer':>5}  {'feature':<{width}}" + "".join(f"  {'select ' + m:>11}" for m in metrics)
+             + "  best grid point"]
+    for r in rows:
+        mark = "* " if r is top else "  "
+        lines.append(f"{mark}{r['layer']:>5}  {r['feature']:<{width}}"
+                     + "".join(f"  {_pct(r[f'holdout_{m}']):>11}" for m in metrics) + f"  {r['grid_point']}")
+    lines.append(f"best layer: {top['feature']} (layer {top['layer']}, held-out {metrics[0]} "
+                 f"{_pct(top[f'holdout_{metrics[0]}'])})")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- output folder
+@contextmanager
+def claim_output(out: Path, *, result_file: str, own_files: Sequence[str], overwrite: bool,
+                 what: str = "probe result") -> Iterator[Path]:
+    """Hold ``out`` for one writer: an exclusive lock (a second process is refused, naming the holder),
+    a refusal when ``result_file`` is already there (unless ``overwrite``), and removal of this
+    command's own leftover files (``own_files``) before new ones are written. Nothing else in the
+    folder is touched."""
+    import fcntl
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ProbeDataError(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ProbeDataError(f"--out {out}: cannot create the folder ({exc.strerror}); choose another --out") from None
+    lock_path = out / LOCK_FILE
+    try:
+        handle = open(lock_path, "a+", encoding="utf-8")
+    except OSError as exc:
+        raise ProbeDataError(f"--out {out}: cannot write there ({exc.strerror}); choose another --out") from None
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ProbeDataError(f"--out {out}: another sail-vision command is writing there ({holder}); wait for "
+                                 f"it to finish or choose another --out") from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            handle.flush()
+            if (out / result_file).exists() and not overwrite:
+                raise ProbeDataError(f"--out {out}: already holds a {what} ({result_file}); pass --overwrite to "
+                                     f"replace it or choose another folder")
+            for name in own_files:
+                (out / name).unlink(missing_ok=True)
+            yield out
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------------------- saved heads
+def save_head(out: Path, meta: dict, tensors: Mapping[str, np.ndarray]) -> None:
     """Write ``head.safetensors`` (when there are tensors) and ``head.json``."""
     from safetensors.numpy import save_file
 
@@ -166,7 +184,91 @@ def save_head(out: Path, meta: dict, tensors: dict[str, np.ndarray]) -> None:
     write_json(out / HEAD_JSON_FILE, meta)
 
 
-def load_probe(path: str | Path) -> LoadedProbe:
+def _as_probe_data(features, feature_input: FeatureInput) -> ProbeData:
+    if isinstance(features, ProbeData):
+        return features
+    if isinstance(features, dict):
+        return ProbeData(dict(features), None, "<arrays>")
+    array = np.asarray(features)
+    if len(feature_input.parts) != 1:
+        raise ProbeDataError(f"this head reads {feature_input.name!r}; pass a dict of those features, not one array")
+    return ProbeData({feature_input.parts[0]: array}, None, "<array>")
+
+
+class LoadedProbe:
+    """A saved best head: ``scores(features)`` -> (N, C), ``predict(features)`` -> (N,) class indices,
+    ``check_features(data)`` refuses features unlike those it was trained on."""
+
+    def __init__(self, meta: dict, head: Head):
+        self.meta = meta
+        self.head = head
+
+    @property
+    def method(self) -> str:
+        return self.meta["method"]
+
+    @property
+    def feature_input(self) -> FeatureInput:
+        return FeatureInput(tuple(self.meta["parts"]))
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    @property
+    def classes(self) -> list[str] | None:
+        return self.meta.get("classes")
+
+    def class_name(self, index: int) -> str:
+        return self.classes[index] if self.classes else str(index)
+
+    def check_features(self, data: ProbeData) -> None:
+        """Refuse ``data`` unless its features come from the same checkpoint, layers, pools, preprocessing
+        and widths as the head's training features (see :mod:`.provenance`)."""
+        data.require(self.feature_input)
+        found = mismatches(self.meta["provenance"], data.input_provenance(self.feature_input))
+        if found:
+            raise ProbeDataError(f"{data.source}: these features do not match the ones the head in "
+                                 f"{self.meta.get('folder', 'this probe')} was trained on: {'; '.join(found)}")
+
+    def _check_dim(self, data: ProbeData) -> None:
+        expected = int(self.meta["dim"])
+        if data.dim(self.feature_input) != expected:
+            raise ProbeDataError(f"{data.source}: {self.feature_input.name!r} has {data.dim(self.feature_input)} "
+                                 f"dims but this head was trained on {expected}")
+
+    def scores(self, features, rows: np.ndarray | None = None) -> np.ndarray:
+        """(N, C) class scores (logits, or k-NN votes) for a ProbeData, a {name: array} dict or an array.
+        Arrays are not checked against the head's provenance (use :meth:`check_features` for folders)."""
+        data = _as_probe_data(features, self.feature_input)
+        data.require(self.feature_input)
+        self._check_dim(data)
+        return self.head.scores(data, rows)
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        return self.head.probabilities(scores)
+
+    def predict(self, features) -> np.ndarray:
+        """(N,) predicted class indices (names: ``probe.classes``)."""
+        return self.scores(features).argmax(axis=1).astype(np.int64)
+
+    def evaluate(self, data: ProbeData) -> tuple[float, float, np.ndarray]:
+        """(top1, top5 in percent, predictions) on labelled data, its classes matched to the head's by name."""
+        if data.labels is None:
+            raise ProbeDataError(f"{data.source} has no labels to evaluate against")
+        labels = self.aligned_labels(data)
+        scores = self.scores(data)
+        accuracy = topk_accuracy(scores, labels)
+        return accuracy["top1"], accuracy["top5"], scores.argmax(1).astype(np.int64)
+
+    def aligned_labels(self, data: ProbeData) -> np.ndarray:
+        """``data``'s labels as the head's class indices (matched by name; refused when a class is unknown)."""
+        trained = np.asarray(self.meta.get("trained_labels", range(self.num_classes)), dtype=np.int64)
+        reference = ProbeData({}, trained, self.meta.get("train", "the training data"), self.classes)
+        return align_classes(reference, data).labels
+
+
+def load_probe(path: str | Path, *, device: str = "cpu", bank: ProbeData | None = None) -> LoadedProbe:
     """Load the best head saved by ``sail-vision probe --out PATH`` (the folder or its head.json)."""
     from safetensors.numpy import load_file
 
@@ -177,26 +279,20 @@ def load_probe(path: str | Path) -> LoadedProbe:
         raise ProbeDataError(f"{folder}: no {HEAD_JSON_FILE}; pass the --out folder of a finished `sail-vision probe`")
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProbeDataError(f"{meta_file}: malformed JSON ({exc})") from None
-    if meta.get("format") != HEAD_FORMAT or meta.get("version") != HEAD_VERSION:
-        raise ProbeDataError(f"{meta_file}: not a sail-vision probe head (format {meta.get('format')!r}, "
-                             f"version {meta.get('version')!r})")
+    if not isinstance(meta, dict) or meta.get("format") != HEAD_FORMAT:
+        raise ProbeDataError(f"{meta_file}: not a sail-vision probe head (format {meta.get('format')!r})"
+                             if isinstance(meta, dict) else f"{meta_file}: not a sail-vision probe head")
+    if meta.get("version") != HEAD_VERSION:
+        raise ProbeDataError(f"{meta_file}: head format version {meta.get('version')!r}; this sail-vision reads "
+                             f"version {HEAD_VERSION} (version 1 heads record no feature provenance): re-run "
+                             f"`sail-vision probe` to produce a new head")
     tensors = {}
     if meta.get("tensors"):
         tensor_file = folder / meta["tensors"]
         if not tensor_file.is_file():
             raise ProbeDataError(f"{tensor_file}: missing; the probe output is incomplete")
-        tensors = {k: torch.from_numpy(v) for k, v in load_file(str(tensor_file)).items()}
-    bank = None
-    if meta["method"] == "knn" and "bank" in tensors:
-        bank = ProbeData({p: a for p, a in _split_bank(tensors["bank"].numpy(), meta).items()},
-                         tensors["bank_labels"].numpy().astype(np.int64), str(folder))
-    return LoadedProbe(meta, tensors, bank)
-
-
-def _split_bank(bank: np.ndarray, meta: dict) -> dict[str, np.ndarray]:
-    """The saved k-NN bank is the concatenated input; split it back into its parts."""
-    dims = meta["part_dims"]
-    edges = np.cumsum([0] + list(dims))
-    return {p: bank[:, edges[i]:edges[i + 1]] for i, p in enumerate(meta["parts"])}
+        tensors = load_file(str(tensor_file))
+    meta["folder"] = str(folder)
+    return LoadedProbe(meta, load_head(meta, tensors, device=device, bank=bank))

@@ -1,5 +1,5 @@
 """``run_probe``: validate, sweep a grid, select on a held-out split of train, refit, evaluate once on val,
-and write the results folder."""
+and write the results folder. The steps are the same for every :class:`~.methods.ProbeMethod`."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from typing import Sequence
 
 import numpy as np
 
-from . import knn as knn_mod
-from . import linear as linear_mod
-from . import logreg as logreg_mod
-from .data import FeatureInput, ProbeData, ProbeDataError, input_stats, split_holdout, validate_train_val
-from .results import (GRID_FILE, HEAD_JSON_FILE, MAX_SAVED_BANK_BYTES, PLOT_FILE, PREDICTIONS_FILE, SUMMARY_FILE,
-                      LoadedProbe, format_table, save_head, write_json, write_json_lines)
-
-METHODS = ("linear", "logreg", "knn")
-from .defaults import DEFAULT_HOLDOUT_FRACTION  # noqa: E402
+from .data import ProbeData, split_holdout
+from .defaults import (DEFAULT_CHUNK_ROWS, DEFAULT_CS, DEFAULT_HOLDOUT_FRACTION, DEFAULT_KS, DEFAULT_MAX_ITER,
+                       DEFAULT_TEMPERATURE)
+from .errors import ProbeDataError
+from .inputs import FeatureInput
+from .methods import ProbeMethod, best_record, method_class
+from .results import (GRID_FILE, HEAD_JSON_FILE, LAYERS_PLOT_FILE, PLOT_FILE, PREDICTIONS_FILE, RUN_FILES,
+                      SUMMARY_FILE, LoadedProbe, best_layer, claim_output, format_layer_table, format_table,
+                      layer_summary, save_head, save_npy, write_json, write_json_lines)
 
 
 @dataclass
@@ -29,224 +29,137 @@ class ProbeResult:
     out: Path | None
     table: str = ""
     val_predictions: np.ndarray | None = field(default=None, repr=False)
+    layers: list[dict] = field(default_factory=list)
 
 
-def _best(records: list[dict]) -> dict:
-    """Highest selection top-1, then top-5; the first such point in grid order."""
-    return max(records, key=lambda r: (r["holdout_top1"], r["holdout_top5"]))
+def build_method(method: str, *, linear=None, cs: Sequence[float] = DEFAULT_CS, max_iter: int = DEFAULT_MAX_ITER,
+                 ks: Sequence = DEFAULT_KS, temperature: float = DEFAULT_TEMPERATURE, standardize: bool | None = None,
+                 seed: int = 0, device: str | None = None, chunk_rows: int | None = None) -> ProbeMethod:
+    """The ProbeMethod called ``method`` with the given settings. ``standardize`` defaults to on for
+    linear and off for logreg (k-NN compares directions and refuses it); ``device`` and ``chunk_rows``,
+    when given, replace those of ``linear`` (a :class:`~.linear.LinearConfig`)."""
+    from dataclasses import replace
 
+    from .linear import LinearConfig
 
-def _check_out(out: Path | None, overwrite: bool) -> None:
-    """Refuse, before any work, an --out that is a file or already holds a result (unless overwrite)."""
-    if out is None:
-        return
-    if out.exists() and not out.is_dir():
-        raise ProbeDataError(f"--out {out}: exists and is not a folder")
-    if (out / SUMMARY_FILE).exists() and not overwrite:
-        raise ProbeDataError(f"--out {out}: already holds a probe result ({SUMMARY_FILE}); pass --overwrite to "
-                             f"replace it or choose another folder")
+    cls = method_class(method)
+    if cls.name == "knn" and standardize:
+        raise ProbeDataError("--standardize does not apply to knn: cosine similarity compares the features' "
+                             "directions as they are")
+    if cls.name == "linear":
+        config = replace(linear or LinearConfig(), seed=seed)
+        config.standardize = config.standardize if standardize is None else bool(standardize)
+        if device is not None:
+            config.device = str(device)
+        if chunk_rows is not None:
+            config.chunk_rows = int(chunk_rows)
+        return cls(config)
+    chunk_rows = DEFAULT_CHUNK_ROWS if chunk_rows is None else int(chunk_rows)
+    if chunk_rows < 1:
+        raise ProbeDataError(f"--chunk-rows must be >= 1, got {chunk_rows}")
+    if cls.name == "logreg":
+        return cls(cs, max_iter=max_iter, standardize=bool(standardize), seed=seed, chunk_rows=chunk_rows)
+    return cls(ks, temperature, chunk_rows=chunk_rows, device=str(device or "cpu"))
 
 
 def run_probe(train: ProbeData, val: ProbeData | None, inputs: Sequence[FeatureInput], out: str | Path | None, *,
-              method: str = "linear", linear: linear_mod.LinearConfig | None = None,
-              cs: Sequence[float] = logreg_mod.DEFAULT_CS, max_iter: int = logreg_mod.DEFAULT_MAX_ITER,
-              ks: Sequence[int] = knn_mod.DEFAULT_KS, temperature: float = knn_mod.DEFAULT_TEMPERATURE,
-              standardize: bool | None = None, holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION, seed: int = 0,
-              refit: bool = True, overwrite: bool = False, progress: bool = True, verbose: bool = True,
-              bank_reference: dict | None = None) -> ProbeResult:
+              method: str | ProbeMethod = "linear", holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
+              seed: int = 0, refit: bool = True, overwrite: bool = False, progress: bool = True,
+              verbose: bool = True, **settings) -> ProbeResult:
     """Probe ``inputs`` of ``train``; choose hyper-parameters on a seeded held-out ``holdout_fraction`` of
     train (skipped when the grid has a single point), refit the chosen point on all of train (``refit``),
-    evaluate it once on ``val`` and, when ``out`` is given, write the results there."""
+    evaluate it once on ``val`` and, when ``out`` is given, write the results there.
+
+    ``method`` is a :class:`~.methods.ProbeMethod` or a name built with :func:`build_method` from
+    ``settings`` (``linear=LinearConfig(...)``, ``cs``, ``max_iter``, ``ks``, ``temperature``,
+    ``standardize``, ``device``, ``chunk_rows``).
+    """
     started = time.monotonic()
-    if method not in METHODS:
-        raise ProbeDataError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    if isinstance(method, str):
+        method = build_method(method, seed=seed, **settings)
+    elif settings:
+        raise ProbeDataError(f"settings {sorted(settings)} apply only when the method is given by name")
+    method.check()
     inputs = list(inputs)
+    if not inputs:
+        raise ProbeDataError("no feature inputs to probe")
+    if not 0 <= int(seed) < 2 ** 32:
+        raise ProbeDataError(f"--seed must be between 0 and 2**32 - 1, got {seed}")
+    grid_size = method.grid_size(inputs)
+    if grid_size > 1 and not 0 < holdout_fraction < 1:
+        raise ProbeDataError(f"--holdout-fraction must be between 0 and 1, got {holdout_fraction}")
     out = None if out is None else Path(out).expanduser()
-    config = linear or linear_mod.LinearConfig()
-    standardize = (method == "linear") if standardize is None else bool(standardize)
-    standardize = standardize and method != "knn"  # cosine k-NN compares directions as they are
-    config.standardize = standardize
-    config.seed = seed
-    if method == "linear":
-        config.check()
-    elif method == "logreg":
-        logreg_mod.check_cs(cs)
-    _check_out(out, overwrite)
-    num_classes = validate_train_val(train, val, inputs, config.chunk_rows)
-    grid_size = len(inputs) * {"linear": len(config.grid), "logreg": len(cs), "knn": len(ks)}[method]
+    if out is None:
+        return _run(train, val, inputs, None, method, grid_size, holdout_fraction, seed, refit, progress, verbose,
+                    started)
+    with claim_output(out, result_file=SUMMARY_FILE, own_files=RUN_FILES, overwrite=overwrite) as folder:
+        return _run(train, val, inputs, folder, method, grid_size, holdout_fraction, seed, refit, progress, verbose,
+                    started)
+
+
+def _run(train, val, inputs, out, method: ProbeMethod, grid_size, holdout_fraction, seed, refit, progress, verbose,
+         started) -> ProbeResult:
+    num_classes, val = method.validate(train, val, inputs)
     all_rows = np.arange(train.num_rows)
-    if grid_size > 1:
-        fit_rows, held_rows = split_holdout(train.labels, holdout_fraction, seed)
-    else:
-        fit_rows, held_rows = all_rows, None
-    sweep = {"linear": _sweep_linear, "logreg": _sweep_logreg, "knn": _sweep_knn}[method]
-    records, final = sweep(train, inputs, num_classes, fit_rows, held_rows, all_rows, refit=refit, config=config,
-                           cs=cs, max_iter=max_iter, ks=ks, temperature=temperature, seed=seed, progress=progress)
-    chosen = _best(records) if held_rows is not None else records[0]
-    meta, tensors, bank = final(chosen)
-    feature_input = FeatureInput(tuple(chosen["parts"]))
-    meta.update({"method": method, "feature": feature_input.name, "parts": list(feature_input.parts),
-                 "part_dims": [int(train.features[p].shape[1]) for p in feature_input.parts],
-                 "dim": train.dim(feature_input), "num_classes": num_classes, "classes": train.classes,
-                 "standardized": standardize, "grid_point": chosen["name"], "train": train.source,
-                 "refit_on_all_train": bool(refit or held_rows is None)})
-    if method == "knn":
-        meta["bank"] = _knn_bank_meta(train, feature_input, bank_reference, tensors)
-    probe = LoadedProbe(meta, {k: _tensor(v) for k, v in tensors.items()},
-                        bank=train if method == "knn" else None)
-    hyper = {key: chosen[key] for key in _HYPER_KEYS[method]}
-    meta["hyperparameters"] = hyper if method != "knn" else {**hyper, "temperature": temperature}
-    top1 = top5 = predictions = None
+    fit_rows, held_rows = split_holdout(train.labels, holdout_fraction, seed) if grid_size > 1 else (all_rows, None)
+    records = method.fit_grid(train, inputs, num_classes, fit_rows, held_rows, progress=progress)
+    chosen = best_record(records, method.metrics) if held_rows is not None else records[0]
+    refit_all = bool(refit or held_rows is None)
+    head = method.refit(train, chosen, num_classes, all_rows if refit_all else fit_rows, progress=progress)
+    feature_input = head.feature_input
+    hyper = {key: chosen[key] for key in method.hyperparameters}
+    settings = method.settings()
+    trained_rows = all_rows if refit_all else fit_rows
+    meta = {**head.meta(), "method": method.name, "feature": feature_input.name, "parts": list(feature_input.parts),
+            "part_dims": train.part_dims(feature_input), "dim": train.dim(feature_input), "num_classes": num_classes,
+            "classes": train.classes, "trained_labels": np.unique(train.labels[trained_rows]).tolist(),
+            "standardized": bool(getattr(head, "standardizer", None) is not None),
+            "hyperparameters": {**hyper, **({"temperature": settings["temperature"]} if method.name == "knn" else {})},
+            "grid_point": chosen["name"], "train": train.source, "refit_on_all_train": refit_all,
+            "provenance": train.input_provenance(feature_input)}
+    probe = LoadedProbe(meta, head)
+    metrics = method.metrics
+    scores = {m: None for m in metrics}
+    predictions = None
     if val is not None:
-        top1, top5, predictions = probe.evaluate(val, config.chunk_rows)
-    summary = {"method": method, "feature": feature_input.name, "top1": top1, "top5": top5, **hyper,
-               "hyperparameters": hyper, "holdout_top1": chosen.get("holdout_top1"),
-               "holdout_top5": chosen.get("holdout_top5"), "chosen": chosen["name"],
+        measured, predictions = method.evaluate(probe, val)
+        scores.update(measured)
+    layers = layer_summary(records, metrics)
+    top_layer = best_layer(layers, metrics)
+    summary = {"method": method.name, "feature": feature_input.name, **scores, **hyper, "hyperparameters": hyper,
+               **{f"holdout_{m}": chosen.get(f"holdout_{m}") for m in metrics}, "chosen": chosen["name"],
                "selection": "holdout" if held_rows is not None else "single grid point (no selection)",
                "holdout_fraction": holdout_fraction if held_rows is not None else 0.0, "seed": seed,
-               "refit_on_all_train": meta["refit_on_all_train"], "standardized": standardize,
+               "refit_on_all_train": refit_all, "standardized": meta["standardized"],
                "num_train": int(train.num_rows), "num_fit": int(fit_rows.size),
                "num_holdout": int(0 if held_rows is None else held_rows.size),
                "num_val": None if val is None else int(val.num_rows), "num_classes": num_classes,
-               "grid_size": grid_size, "train": train.source, "val": None if val is None else val.source}
-    if method == "linear":
-        summary.update({"optimizer": config.optimizer, "epochs": config.epochs, "batch_size": config.batch_size})
-    if method == "knn":
-        summary["temperature"] = temperature
+               "classes": train.classes, "grid_size": grid_size, "train": train.source,
+               "val": None if val is None else val.source, **settings}
+    if layers:
+        summary["layers"] = layers
+        summary["best_layer"] = top_layer
     summary["seconds"] = round(time.monotonic() - started, 3)
-    table = format_table(records, chosen["name"], summary)
+    table = format_table(records, chosen["name"], summary, metrics)
+    if layers:
+        table += "\n" + format_layer_table(layers, metrics)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_lines(out / GRID_FILE, records)
-        save_head(out, meta, tensors)
-        if predictions is not None:
-            np.save(out / PREDICTIONS_FILE, predictions)
-        from .plot import plot_grid
+        from .plot import plot_grid, plot_layers
 
-        plot_grid(records, out / PLOT_FILE, method=method, chosen=chosen["name"])
-        summary["files"] = {"grid": GRID_FILE, "head": HEAD_JSON_FILE, "plot": PLOT_FILE,
-                            "val_predictions": PREDICTIONS_FILE if predictions is not None else None}
+        write_json_lines(out / GRID_FILE, records)
+        save_head(out, meta, head.tensors())
+        if predictions is not None:
+            save_npy(out / PREDICTIONS_FILE, predictions)
+        plot_grid(records, out / PLOT_FILE, method=method.name, hyperparameters=method.hyperparameters,
+                  chosen=chosen["name"], metric=metrics[0])
+        files = {"grid": GRID_FILE, "head": HEAD_JSON_FILE, "plot": PLOT_FILE,
+                 "val_predictions": PREDICTIONS_FILE if predictions is not None else None}
+        if layers:
+            plot_layers(layers, out / LAYERS_PLOT_FILE, metric=metrics[0], title=f"{method.name} probe")
+            files["layers_plot"] = LAYERS_PLOT_FILE
+        summary["files"] = files
         write_json(out / SUMMARY_FILE, summary)
+        meta["folder"] = str(out)
     if verbose:
         print(table)
-    return ProbeResult(summary, records, probe, out, table, predictions)
-
-
-_HYPER_KEYS = {"linear": ("lr", "weight_decay"), "logreg": ("C",), "knn": ("k",)}
-
-
-def _tensor(array):
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(array))
-
-
-def _record(name: str, method: str, feature_input: FeatureInput, held, accuracy, **hyper) -> dict:
-    return {"name": name, "method": method, "feature": feature_input.name, "parts": list(feature_input.parts),
-            **hyper, "holdout_top1": None if held is None else accuracy[0],
-            "holdout_top5": None if held is None else accuracy[1]}
-
-
-def _sweep_linear(train, inputs, num_classes, fit_rows, held_rows, all_rows, *, refit, config, progress, **_):
-    grid = linear_mod.train_grid(train, inputs, num_classes, fit_rows, config, progress=progress)
-    accuracy = linear_mod.evaluate_grid(grid, train, held_rows, config.chunk_rows) if held_rows is not None else {}
-    records = []
-    for feature_input in inputs:
-        for index, (lr, wd) in enumerate(config.grid):
-            acc = (accuracy[feature_input.name][0][index], accuracy[feature_input.name][1][index]) if accuracy else None
-            records.append(_record(linear_mod.grid_point_name(feature_input.name, lr, wd), "linear", feature_input,
-                                   held_rows, acc, lr=lr, weight_decay=wd, head_index=index))
-
-    def final(chosen):
-        feature_input = FeatureInput(tuple(chosen["parts"]))
-        if refit and held_rows is not None:
-            again = linear_mod.train_grid(train, [feature_input], num_classes, all_rows, config,
-                                          grid=[(chosen["lr"], chosen["weight_decay"])], progress=progress)
-            tensors = again.stacks[feature_input.name].head(0)
-        else:
-            tensors = grid.stacks[feature_input.name].head(chosen["head_index"])
-        return {"optimizer": config.optimizer, "epochs": config.epochs, "batch_size": config.batch_size}, tensors, None
-
-    return records, final
-
-
-def _standardizer(train: ProbeData, feature_input: FeatureInput, rows: np.ndarray, config) -> dict:
-    if not config.standardize:
-        return {}
-    mean, std = input_stats(train, feature_input, rows, config.chunk_rows)
-    return {"mean": mean, "std": std}
-
-
-def _apply(x: np.ndarray, stats: dict) -> np.ndarray:
-    return (x - stats["mean"]) / stats["std"] if stats else x
-
-
-def _sweep_logreg(train, inputs, num_classes, fit_rows, held_rows, all_rows, *, refit, config, cs, max_iter, seed,
-                  progress, **_):
-    from tqdm.auto import tqdm
-
-    import torch
-
-    from .metrics import accuracy_percent, topk_correct
-
-    records = []
-    with tqdm(total=len(inputs) * len(cs), desc="logreg sweep", disable=not progress, leave=False) as bar:
-        for feature_input in inputs:
-            stats = _standardizer(train, feature_input, fit_rows, config)
-            x_fit = _apply(train.gather(feature_input, fit_rows), stats)
-            x_held = None if held_rows is None else _apply(train.gather(feature_input, held_rows), stats)
-            for c in cs:
-                accuracy = None
-                if held_rows is not None:
-                    model = logreg_mod.fit_logreg(x_fit, train.labels[fit_rows], c, max_iter=max_iter, seed=seed)
-                    head = logreg_mod.head_tensors(model, num_classes)
-                    scores = torch.from_numpy(x_held @ head["weight"].T + head["bias"])
-                    hits = topk_correct(scores, torch.from_numpy(train.labels[held_rows]))
-                    accuracy = (accuracy_percent(hits[1], held_rows.size), accuracy_percent(hits[5], held_rows.size))
-                records.append(_record(logreg_mod.grid_point_name(feature_input.name, c), "logreg", feature_input,
-                                       held_rows, accuracy, C=float(c)))
-                bar.update(1)
-
-    def final(chosen):
-        feature_input = FeatureInput(tuple(chosen["parts"]))
-        rows = all_rows if (refit or held_rows is None) else fit_rows
-        stats = _standardizer(train, feature_input, rows, config)
-        x = _apply(train.gather(feature_input, rows), stats)
-        model = logreg_mod.fit_logreg(x, train.labels[rows], chosen["C"], max_iter=max_iter, seed=seed)
-        tensors = {**logreg_mod.head_tensors(model, num_classes), **stats}
-        return {"max_iter": max_iter, "converged": bool(model.converged_)}, tensors, None
-
-    return records, final
-
-
-def _sweep_knn(train, inputs, num_classes, fit_rows, held_rows, all_rows, *, refit, config, ks, temperature,
-               progress, **_):
-    records = []
-    for feature_input in inputs:
-        accuracy = {}
-        if held_rows is not None:
-            accuracy = knn_mod.evaluate_knn(train, fit_rows, train, held_rows, feature_input, ks, num_classes,
-                                            temperature, config.chunk_rows)
-        for k in ks:
-            records.append(_record(knn_mod.grid_point_name(feature_input.name, int(k), temperature), "knn",
-                                   feature_input, held_rows, accuracy.get(int(k)), k=int(k),
-                                   temperature=float(temperature)))
-
-    def final(chosen):
-        feature_input = FeatureInput(tuple(chosen["parts"]))
-        tensors = {}
-        bytes_needed = train.num_rows * train.dim(feature_input) * 4
-        if bytes_needed <= MAX_SAVED_BANK_BYTES:
-            tensors = {"bank": train.gather(feature_input), "bank_labels": train.labels.astype(np.int64)}
-        return {"bank_rows": int(train.num_rows)}, tensors, None
-
-    return records, final
-
-
-def _knn_bank_meta(train: ProbeData, feature_input: FeatureInput, reference: dict | None, tensors: dict) -> dict:
-    if "bank" in tensors:
-        return {"saved": True}
-    if reference:
-        return {"saved": False, **reference}
-    raise ProbeDataError(f"the k-NN bank of {feature_input.name!r} is too large to save and was not read from a "
-                         f"feature folder; probe from a `sail-vision extract` folder so the head can refer to it")
+    return ProbeResult(summary, records, probe, out, table, predictions, layers)

@@ -79,7 +79,7 @@ def test_memory_skips_on_small_disk(monkeypatch, tmp_path, capsys):
     assert "skipped" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("script", ["bench_extract.py", "bench_probe_grid.py"])
+@pytest.mark.parametrize("script", ["bench_extract.py"])  # bench_probe_grid.py: test_bench_probe_grid.py
 def test_helper_scripts_quick(script):
     _run(script, "--quick")
     data = _load(Path(script).stem)

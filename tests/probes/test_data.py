@@ -1,4 +1,4 @@
-"""Loading, validation (every bad-input kind), statistics and chunked shuffled streaming."""
+"""Loading, labels and class names (alignment by name), validation (every bad-input kind), statistics."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 
 from sail_vision.errors import SailVisionError
 from sail_vision.feature_store import FeatureStoreError, write_feature_dir
-from sail_vision.probes.data import (FeatureInput, ProbeDataError, concat_last_layers, feature_stats, load_arrays,
-                                     load_feature_dir, parse_feature_inputs, split_holdout, stream_batches,
-                                     validate_train_val)
+from sail_vision.probes.data import (ProbeDataError, align_classes, feature_stats, load_arrays, load_feature_dir,
+                                     read_classes_file, split_holdout, validate_train_val)
+from sail_vision.probes.inputs import FeatureInput
 
 PIXELS = [FeatureInput(("pixels",))]
 
@@ -19,23 +19,6 @@ PIXELS = [FeatureInput(("pixels",))]
 def _data(n=40, d=5, classes=3, seed=0):
     rng = np.random.default_rng(seed)
     return rng.normal(size=(n, d)).astype(np.float32), np.arange(n) % classes
-
-
-def test_parse_feature_inputs_splits_concatenations_and_drops_duplicates():
-    inputs = parse_feature_inputs(["layer-4_mean", "layer-3_end+layer-4_end", "layer-4_mean,layer-4_end"])
-    assert [fi.name for fi in inputs] == ["layer-4_mean", "layer-3_end+layer-4_end", "layer-4_end"]
-    assert inputs[1].parts == ("layer-3_end", "layer-4_end")
-    with pytest.raises(ProbeDataError, match="twice"):
-        parse_feature_inputs(["a+a"])
-
-
-def test_concat_last_layers_builds_the_dinov2_input():
-    names = ["layer-2_end", "layer-3_end", "layer-4_end", "layer-4_mean", "layer-2_mean"]
-    assert concat_last_layers(names, 2).parts == ("layer-3_end", "layer-4_end", "layer-4_mean")
-    with pytest.raises(ProbeDataError, match="only 3 layers"):
-        concat_last_layers(names, 4)
-    with pytest.raises(ProbeDataError, match="layer-4_mean"):
-        concat_last_layers(["layer-3_cls", "layer-4_cls"], 1, token="cls")
 
 
 def test_features_and_labels_of_different_lengths():
@@ -71,17 +54,94 @@ def test_single_class_is_an_error():
         validate_train_val(load_arrays(x, np.full(40, 3), name="pixels"), None, PIXELS)
 
 
-def test_val_classes_unseen_in_train():
+def test_unnamed_val_labels_unseen_in_train_are_compared_as_numbers():
     x, y = _data(classes=3)
     val = load_arrays(x, np.where(y == 2, 5, y), name="pixels")
-    with pytest.raises(ProbeDataError, match="1 classes never seen in train"):
+    with pytest.raises(ProbeDataError, match="labels 5 never occur in train.*compared as numbers"):
         validate_train_val(load_arrays(x, y, name="pixels"), val, PIXELS)
+    num_classes, same = validate_train_val(load_arrays(x, y, name="pixels"), load_arrays(x, y, name="pixels"), PIXELS)
+    assert num_classes == 3 and same.classes is None
+    np.testing.assert_array_equal(same.labels, y)
 
 
-def test_dims_must_match_between_train_and_val():
+def test_val_is_renumbered_to_train_classes_by_name():
+    x, _ = _data(n=6)
+    train = load_arrays(x, [0, 1, 2, 0, 1, 2], name="pixels", classes=["cat", "dog", "zebra"])
+    val = load_arrays(x, [0, 1, 0, 1, 1, 0], name="pixels", classes=["dog", "zebra"])  # dog=0, zebra=1 here
+    num_classes, aligned = validate_train_val(train, val, PIXELS)
+    assert num_classes == 3 and aligned.classes == ["cat", "dog", "zebra"]
+    np.testing.assert_array_equal(aligned.labels, [1, 2, 1, 2, 2, 1])
+    assert val.labels.tolist() == [0, 1, 0, 1, 1, 0]  # the caller's data is left as it was
+
+
+def test_val_class_unknown_to_train_is_refused_with_both_lists():
+    x, _ = _data(n=4)
+    train = load_arrays(x, [0, 1, 0, 1], name="pixels", classes=["cat", "dog"])
+    val = load_arrays(x, [0, 1, 1, 0], name="pixels", classes=["dog", "zebra"])
+    with pytest.raises(ProbeDataError) as info:
+        validate_train_val(train, val, PIXELS)
+    message = str(info.value)
+    assert "classes zebra are not train classes" in message
+    assert "val classes: dog, zebra" in message and "train classes" in message and "cat, dog" in message
+
+
+def test_val_class_named_in_train_but_without_training_rows_is_refused():
+    x, _ = _data(n=4)
+    train = load_arrays(x, [0, 1, 0, 1], name="pixels", classes=["cat", "dog", "zebra"])
+    val = load_arrays(x, [2, 1, 1, 0], name="pixels", classes=["cat", "dog", "zebra"])
+    with pytest.raises(ProbeDataError, match="zebra have no training row"):
+        validate_train_val(train, val, PIXELS)
+
+
+def test_names_on_one_side_only_are_refused():
     x, y = _data()
-    with pytest.raises(ProbeDataError, match="5 dims in train"):
-        validate_train_val(load_arrays(x, y, name="pixels"), load_arrays(x[:, :4], y, name="pixels"), PIXELS)
+    named = load_arrays(x, y, name="pixels", classes=["a", "b", "c"])
+    bare = load_arrays(x, y, name="pixels")
+    for train, val in ((named, bare), (bare, named)):
+        with pytest.raises(ProbeDataError, match="bare numbers.*--classes FILE"):
+            align_classes(train, val)
+
+
+def test_labels_over_the_class_count_are_refused(tmp_path):
+    x, y = _data()
+    with pytest.raises(ProbeDataError, match="label 2 .* but only 2 class names"):
+        load_arrays(x, y, name="pixels", classes=["a", "b"])
+    folder = write_feature_dir(tmp_path / "f", {"layer-1_mean": x}, labels=y, classes=["a", "b"])
+    with pytest.raises(ProbeDataError, match="labels.npy: label 2 .*only 2 class names"):
+        load_feature_dir(folder.path)
+
+
+def test_label_ids_instead_of_indices_are_refused():
+    x, _ = _data(n=4)
+    with pytest.raises(ProbeDataError, match="labels go up to 1000000000 but only 2 distinct"):
+        load_arrays(x, [0, 10 ** 9, 0, 10 ** 9], name="pixels")
+    assert load_arrays(x, [0, 7, 3, 7], name="pixels").labels.max() == 7  # gaps are fine
+
+
+def test_classes_file(tmp_path):
+    (tmp_path / "classes.txt").write_text("cat\ndog\n\n")
+    assert read_classes_file(tmp_path / "classes.txt") == ["cat", "dog"]
+    (tmp_path / "dup.txt").write_text("cat\ndog\ncat\n")
+    with pytest.raises(ProbeDataError, match="'cat' appears twice"):
+        read_classes_file(tmp_path / "dup.txt")
+    (tmp_path / "gap.txt").write_text("cat\n\ndog\n")
+    with pytest.raises(ProbeDataError, match="class name 1 is empty"):
+        read_classes_file(tmp_path / "gap.txt")
+    with pytest.raises(ProbeDataError, match="no such file"):
+        read_classes_file(tmp_path / "missing.txt")
+
+
+def test_classes_name_a_folder_without_names_but_do_not_rename_a_named_one(tmp_path):
+    x, y = _data()
+    bare = write_feature_dir(tmp_path / "bare", {"layer-1_mean": x}, labels=y)
+    assert load_feature_dir(bare.path, classes=["a", "b", "c"]).classes == ["a", "b", "c"]
+    named = write_feature_dir(tmp_path / "named", {"layer-1_mean": x}, labels=y, classes=["a", "b", "c"])
+    assert load_feature_dir(named.path, classes=["a", "b", "c"]).classes == ["a", "b", "c"]
+    with pytest.raises(ProbeDataError, match="already named"):
+        load_feature_dir(named.path, classes=["x", "y", "z"])
+    np.save(tmp_path / "y.npy", y)
+    replaced = load_feature_dir(named.path, labels=tmp_path / "y.npy")
+    assert replaced.classes is None  # replaced labels lose the folder's names unless --classes names them
 
 
 def test_negative_and_non_integer_labels():
@@ -111,22 +171,28 @@ def test_patch_features_and_unknown_names_are_refused(tmp_path):
         load_feature_dir(folder.path, ["layer-1_patch"])
     data = load_feature_dir(folder.path)  # default: pooled features only
     assert list(data.features) == ["layer-1_mean"]
+    with pytest.raises(ProbeDataError, match="'layer-1_patch' holds patch tokens"):  # asked for later, by name
+        data.subset_features(["layer-1_patch"])
     with pytest.raises(FeatureStoreError, match="no feature 'layer-9_mean'"):
         load_feature_dir(folder.path, ["layer-9_mean"])
 
 
-def test_invalid_rows_are_dropped_with_their_labels(tmp_path):
+def test_invalid_rows_are_dropped_with_their_labels_and_paths_kept(tmp_path):
     x, y = _data()
     valid = np.ones(40, bool)
     valid[[3, 10]] = False
-    folder = write_feature_dir(tmp_path / "f", {"layer-1_mean": x}, labels=y, valid=valid)
+    paths = [f"/img/{i}.png" for i in range(40)]
+    folder = write_feature_dir(tmp_path / "f", {"layer-1_mean": x}, labels=y, valid=valid, paths=paths)
     data = load_feature_dir(folder.path)
     assert isinstance(data.features["layer-1_mean"], np.memmap)  # never copied into RAM
-    assert data.num_rows == 38
+    assert data.num_rows == 38 and data.total_items == 40 and data.paths == paths
+    np.testing.assert_array_equal(data.item_of_row, np.flatnonzero(valid))
     np.testing.assert_array_equal(data.gather(FeatureInput(("layer-1_mean",))), x[valid])
     np.testing.assert_array_equal(data.labels, y[valid])
     rows = np.array([0, 3, 5, 37])
     np.testing.assert_array_equal(data.read(["layer-1_mean"], rows)["layer-1_mean"], x[valid][rows])
+    out = np.empty((4, 5), np.float32)
+    np.testing.assert_array_equal(data.read_into("layer-1_mean", rows, out), x[valid][rows])
     mean, _ = feature_stats(data, "layer-1_mean")
     np.testing.assert_allclose(mean, x[valid].mean(0), rtol=1e-5, atol=1e-6)
     x_bad = x.copy()
@@ -146,24 +212,16 @@ def test_label_pattern_from_file_names(tmp_path):
         load_feature_dir(folder.path, label_pattern="^(cat)")
 
 
-def test_stream_batches_visits_each_row_once_per_epoch_in_shuffled_order(tmp_path):
-    n = 1000
-    x = np.arange(n, dtype=np.float32)[:, None].repeat(3, 1)
-    np.save(tmp_path / "x.npy", x)
-    data = load_arrays(tmp_path / "x.npy", np.arange(n) % 4)
-    rows = np.sort(np.random.default_rng(0).choice(n, 700, replace=False))
-    rng = np.random.default_rng(1)
-    epochs = []
-    for _ in range(2):
-        seen = []
-        for arrays, labels in stream_batches(data, ["x"], rows, 64, rng, chunk_rows=200, block_rows=50):
-            ids = arrays["x"][:, 0].astype(int)
-            np.testing.assert_array_equal(labels, ids % 4)
-            assert arrays["x"].dtype == np.float32
-            seen.extend(ids.tolist())
-        assert sorted(seen) == rows.tolist()
-        epochs.append(seen)
-    assert epochs[0] != sorted(epochs[0]) and epochs[0] != epochs[1]
+def test_label_patterns_of_train_and_val_are_aligned_by_name(tmp_path):
+    x, _ = _data(n=4)
+    pattern = "^(cat|dog)"
+    train = load_feature_dir(write_feature_dir(tmp_path / "t", {"layer-1_mean": x},
+                                               paths=["cat_1", "dog_1", "cat_2", "dog_2"]).path, label_pattern=pattern)
+    val = load_feature_dir(write_feature_dir(tmp_path / "v", {"layer-1_mean": x},
+                                             paths=["dog_3", "dog_4", "dog_5", "dog_6"]).path, label_pattern=pattern)
+    assert val.labels.tolist() == [0, 0, 0, 0]  # "dog" is class 0 of val's own sorted list...
+    _, aligned = validate_train_val(train, val, [FeatureInput(("layer-1_mean",))])
+    assert aligned.labels.tolist() == [1, 1, 1, 1]  # ...and class 1 of train's
 
 
 def test_feature_stats_match_numpy_in_chunks():
@@ -188,3 +246,32 @@ def test_holdout_split_is_seeded_stratified_and_disjoint():
     assert not np.array_equal(held, split_holdout(labels, 0.1, seed=4)[1])
     with pytest.raises(ProbeDataError, match="between 0 and 1"):
         split_holdout(labels, 1.5, seed=0)
+
+
+def test_too_few_training_rows_to_hold_out():
+    with pytest.raises(ProbeDataError, match="of 4 training rows holds out 0"):
+        split_holdout(np.array([0, 1, 0, 1]), 0.1, seed=0)
+
+
+def test_val_features_made_unlike_train_features_are_refused(tmp_path, feature_folder):
+    x, y = _data()
+    inputs = [FeatureInput(("layer-1_mean",))]
+    train = load_feature_dir(feature_folder(tmp_path / "t", {"layer-1_mean": x}, labels=y).path)
+    same = load_feature_dir(feature_folder(tmp_path / "s", {"layer-1_mean": x}, labels=y).path)
+    assert validate_train_val(train, same, inputs)[0] == 3
+    other = load_feature_dir(feature_folder(tmp_path / "o", {"layer-1_mean": x}, labels=y,
+                                            checkpoint={"weights_digest": "another model"}).path)
+    with pytest.raises(ProbeDataError, match="were not made like train's .*checkpoint weights_digest another model"):
+        validate_train_val(train, other, inputs)
+    with pytest.raises(ProbeDataError, match="plain arrays with no record"):
+        validate_train_val(train, load_arrays({"layer-1_mean": x}, y), inputs)
+
+
+def test_a_folder_whose_images_all_failed_is_refused(tmp_path):
+    x, y = _data(n=4)
+    folder = write_feature_dir(tmp_path / "f", {"layer-1_mean": x}, labels=y, valid=np.zeros(4, bool))
+    data = load_feature_dir(folder.path)
+    with pytest.raises(ProbeDataError, match="has no usable rows \\(4 rows, all of failed images\\)"):
+        validate_train_val(load_arrays({"layer-1_mean": x}, y), data, [FeatureInput(("layer-1_mean",))])
+    with pytest.raises(ProbeDataError, match="train data .* has no usable rows"):
+        validate_train_val(data, None, [FeatureInput(("layer-1_mean",))])

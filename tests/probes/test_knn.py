@@ -8,7 +8,8 @@ import torch
 
 from sail_vision.probes import FeatureInput, run_probe
 from sail_vision.probes.data import load_arrays
-from sail_vision.probes.knn import evaluate_knn, nearest_neighbours, vote
+from sail_vision.probes.errors import ProbeDataError
+from sail_vision.probes.knn import check_ks, evaluate_knn, nearest_neighbours, vote
 
 PIXELS = FeatureInput(("pixels",))
 
@@ -53,6 +54,25 @@ def test_k_larger_than_the_bank_uses_every_row():
     x = np.eye(3, dtype=np.float32)
     data = load_arrays(x, np.arange(3), name="pixels")
     result = evaluate_knn(data, np.arange(3), data, None, PIXELS, [1, 200], 3)
-    assert result[1] == (100.0, 100.0)
-    with pytest.raises(Exception, match="positive"):
-        evaluate_knn(data, np.arange(3), data, None, PIXELS, [0], 3)
+    assert result[1] == {"top1": 100.0, "top5": 100.0}
+
+
+@pytest.mark.parametrize("ks, temperature, message", [
+    ([0], 0.07, "whole numbers >= 1"), ([2.5], 0.07, "whole numbers >= 1"), ([], 0.07, "grid is empty"),
+    ([5], 0.0, "--temperature must be a positive"),
+])
+def test_bad_ks_and_temperature_are_refused(ks, temperature, message):
+    with pytest.raises(ProbeDataError, match=message):
+        check_ks(ks, temperature)
+
+
+def test_knn_on_cuda_equals_knn_on_cpu(cuda_device):
+    rng = np.random.default_rng(0)
+    bank = load_arrays(rng.normal(size=(500, 16)).astype(np.float32), rng.integers(0, 5, 500), name="pixels")
+    queries = load_arrays(rng.normal(size=(70, 16)).astype(np.float32), rng.integers(0, 5, 70), name="pixels")
+    for chunk_rows in (64, 1000):  # the bank streamed in chunks, and kept on the device whole
+        cpu_sims, cpu_labels = nearest_neighbours(bank, np.arange(500), queries, None, PIXELS, 7, chunk_rows)
+        gpu_sims, gpu_labels = nearest_neighbours(bank, np.arange(500), queries, None, PIXELS, 7, chunk_rows,
+                                                  device=cuda_device)
+        torch.testing.assert_close(gpu_sims, cpu_sims, rtol=1e-5, atol=1e-5)
+        assert torch.equal(gpu_labels, cpu_labels)

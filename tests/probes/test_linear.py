@@ -8,7 +8,7 @@ import torch
 
 from sail_vision.probes import FeatureInput, run_probe
 from sail_vision.probes.data import load_arrays
-from sail_vision.probes.linear import LinearConfig, evaluate_grid, grid_point_name, train_grid
+from sail_vision.probes.linear import HeadStack, LinearConfig, LinearMethod, evaluate_grid, grid_point_name, train_grid
 
 PIXELS = FeatureInput(("pixels",))
 
@@ -33,10 +33,8 @@ def test_each_grid_head_equals_the_same_head_trained_alone(optimizer):
 
 def test_manual_gradient_matches_autograd():
     config = LinearConfig(lrs=(0.1, 0.5), weight_decays=(0.0,), momentum=0.0, standardize=False)
-    from sail_vision.probes.linear import HeadStack
-
     rng = np.random.default_rng(1)
-    stack = HeadStack(6, 3, [0.1, 0.5], [0.0, 0.0], None, None, config)
+    stack = HeadStack(6, 3, [0.1, 0.5], [0.0, 0.0], None, config)
     stack.weight.normal_()
     before = stack.weight.clone()
     x = torch.from_numpy(rng.normal(size=(10, 6)).astype(np.float32))
@@ -68,8 +66,43 @@ def test_evaluate_grid_counts_top1_and_top5():
     data = load_arrays(x, y, name="pixels")
     config = LinearConfig(lrs=(1.0,), weight_decays=(0.0,), epochs=60, batch_size=6, standardize=False)
     grid = train_grid(data, [PIXELS], 6, np.arange(6), config, progress=False)
-    top1, top5 = evaluate_grid(grid, data)["pixels"]
-    assert top1 == [100.0] and top5 == [100.0]
+    scores = evaluate_grid(grid, data)["pixels"]
+    assert scores["top1"] == [100.0] and scores["top5"] == [100.0]
     shuffled = load_arrays(x, (y + 1) % 6, name="pixels")
-    top1, _ = evaluate_grid(grid, shuffled)["pixels"]
-    assert top1 == [0.0]
+    assert evaluate_grid(grid, shuffled)["pixels"]["top1"] == [0.0]
+
+
+def test_no_refit_keeps_the_grid_head_and_refit_trains_again_on_all_rows():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    data = load_arrays(x, y, name="pixels")
+    method = LinearMethod(LinearConfig(lrs=(0.01, 0.1), weight_decays=(0.0,), epochs=2, batch_size=32))
+    fit, held = np.arange(150), np.arange(150, 200)
+    records = method.fit_grid(data, [PIXELS], 2, fit, held, progress=False)
+    assert [r["name"] for r in records] == ["linear_pixels_lr0.01_wd0", "linear_pixels_lr0.1_wd0"]
+    kept = method.refit(data, records[1], 2, fit, progress=False)
+    grid_head = method._trained.stacks["pixels"].head(1)
+    np.testing.assert_array_equal(kept.weight, grid_head["weight"])
+    again = method.refit(data, records[1], 2, np.arange(200), progress=False)
+    alone = train_grid(data, [PIXELS], 2, np.arange(200), method.config, grid=[(0.1, 0.0)], progress=False)
+    np.testing.assert_array_equal(again.weight, alone.stacks["pixels"].head(0)["weight"])
+    assert not np.array_equal(again.weight, kept.weight)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_grid_on_cuda_matches_the_cpu_grid(optimizer, cuda_device, tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.normal(size=(3000, 64)).astype(np.float16))
+    labels = rng.integers(0, 10, 3000)
+    data = load_arrays(tmp_path / "x.npy", labels, name="pixels")
+    config = LinearConfig(lrs=(0.001, 0.01, 0.1), weight_decays=(0.0, 1e-3), optimizer=optimizer, epochs=2,
+                          batch_size=128, chunk_rows=1000, block_rows=100)
+    cpu = train_grid(data, [PIXELS], 10, np.arange(3000), config, progress=False)
+    config.device = str(cuda_device)
+    gpu = train_grid(data, [PIXELS], 10, np.arange(3000), config, progress=False)
+    assert gpu.stacks["pixels"].weight.device.type == "cuda" and gpu.steps == cpu.steps
+    torch.testing.assert_close(gpu.stacks["pixels"].weight.cpu(), cpu.stacks["pixels"].weight, rtol=1e-3, atol=1e-4)
+    on_gpu = evaluate_grid(gpu, data)["pixels"]["top1"]
+    on_cpu = evaluate_grid(cpu, data)["pixels"]["top1"]
+    assert np.allclose(on_gpu, on_cpu, atol=0.2)

@@ -7,7 +7,7 @@ import pytest
 
 from sail_vision.probes import FeatureInput, run_probe
 from sail_vision.probes.data import load_arrays
-from sail_vision.probes.logreg import fit_logreg, head_tensors
+from sail_vision.probes.logreg import SMALL_PROBLEM, blas_limits, blas_threads, fit_logreg, head_tensors
 
 PIXELS = FeatureInput(("pixels",))
 
@@ -17,7 +17,8 @@ def test_logreg_equals_sklearn_with_the_same_c(c, digits_split, digits_data):
     from sklearn.linear_model import LogisticRegression
 
     x_train, x_test, y_train, y_test = digits_split
-    model = LogisticRegression(C=c, max_iter=1000).fit(x_train, y_train)
+    with blas_limits(x_train, y_train):  # the thread count fit_logreg uses (L-BFGS's path depends on it)
+        model = LogisticRegression(C=c, max_iter=1000).fit(x_train, y_train)
     train, val = digits_data
     result = run_probe(train, val, [PIXELS], None, method="logreg", cs=[c], progress=False, verbose=False)
     assert result.summary["top1"] == pytest.approx(100 * model.score(x_test, y_test), abs=1e-9)
@@ -50,3 +51,18 @@ def test_sweep_selects_on_the_holdout_not_on_val(digits_data, digits_split):
     second = run_probe(train, scrambled, [PIXELS], None, method="logreg", cs=cs, progress=False, verbose=False)
     assert second.summary["chosen"] == first.summary["chosen"]
     assert second.summary["top1"] < first.summary["top1"] - 50
+
+
+def test_blas_threads_depend_on_the_problem_size_only():
+    assert blas_threads(100, 64, 10) == 1
+    assert blas_threads(SMALL_PROBLEM, 1, 2) is None
+    from threadpoolctl import threadpool_info
+
+    with blas_limits(np.zeros((10, 3)), np.arange(10) % 2):
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info() if pool["user_api"] == "blas")
+
+
+def test_summary_records_the_thread_count(digits_data):
+    train, val = digits_data
+    result = run_probe(train, val, [PIXELS], None, method="logreg", cs=[1.0], progress=False, verbose=False)
+    assert result.summary["blas_threads"] == 1 and result.probe.meta["converged"] in (True, False)

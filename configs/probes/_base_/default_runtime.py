@@ -1,6 +1,6 @@
 # Runtime shared by the probe configs: mmseg scope, sail-vision's registrations, logging, checkpoints.
 default_scope = 'mmseg'
-custom_imports = dict(imports=['sail_vision.probes.mmseg_registry'], allow_failed_imports=False)
+custom_imports = dict(imports=['sail_vision.mmseg'], allow_failed_imports=False)
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
                dist_cfg=dict(backend='nccl'))
 log_processor = dict(by_epoch=True)

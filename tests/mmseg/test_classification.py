@@ -1,4 +1,5 @@
-"""The probe under mmengine's Runner: tools/train.py trains, saves, resumes; tools/test.py evaluates."""
+"""The classification probe under mmengine's Runner (sail_vision.mmseg.classification): tools/train.py trains,
+saves, resumes; tools/test.py evaluates; it shares reading, labels, the standardiser and the metric with the probes."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from sail_vision.feature_store import write_feature_dir
+from sail_vision.probes.standardize import Standardizer
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / "configs" / "probes" / "linear_probe_demo.py"
@@ -44,7 +46,7 @@ def _overrides(root: Path) -> list[str]:
 def test_registered_parts_build_and_compute(tmp_path):
     from mmengine.config import Config
 
-    from sail_vision.probes.mmseg_registry import DATASETS, METRICS, MODELS
+    from mmseg.registry import DATASETS, METRICS, MODELS
 
     root = _demo_like_features(tmp_path)
     cfg = Config.fromfile(str(DEMO_CONFIG))
@@ -55,12 +57,18 @@ def test_registered_parts_build_and_compute(tmp_path):
     model = MODELS.build({**cfg.model, "data_root": str(root)})
     x = torch.stack([dataset[i]["inputs"] for i in range(12)])
     torch.testing.assert_close(model.mean, x.mean(0))  # standardised with the training statistics
+    standardizer = Standardizer(model.mean.numpy(), model.std.numpy())
+    torch.testing.assert_close(model.logits(x), model.fc(standardizer.apply(x)), rtol=0, atol=0)  # the one formula
     loss = model(x, [dataset[i]["data_samples"] for i in range(12)], mode="loss")["loss"]
     assert loss.item() == pytest.approx(np.log(2), rel=1e-5)  # zero-initialised head
     metric = METRICS.build(cfg.val_evaluator)
     metric.process(None, [{"pred_score": torch.tensor([0.1, 0.9, 0.0]), "gt_label": 0},
                           {"pred_score": torch.tensor([0.1, 0.9, 0.0]), "gt_label": 1}])
-    assert metric.compute_metrics(metric.results) == {"top1": 50.0, "top5": 100.0}
+    metric.process(None, [{"pred_score": torch.tensor([0.1, 0.9, 0.0]), "gt_label": 2}])
+    assert metric.compute_metrics(metric.results) == pytest.approx({"top1": 100 / 3, "top5": 100.0})
+    top3 = METRICS.build({**cfg.val_evaluator, "topk": (1, 2)})
+    top3.process(None, [{"pred_score": torch.tensor([0.1, 0.9, 0.0]), "gt_label": 2}])
+    assert top3.compute_metrics(top3.results) == {"top1": 0.0, "top2": 0.0}
 
 
 def test_tools_train_saves_resumes_and_tools_test_evaluates(tmp_path):
@@ -92,14 +100,29 @@ def test_imagenet_config_composes_from_its_base_files():
     assert cfg.train_dataloader.dataset.features == cfg.model.features == "layer-32_mean"
     assert cfg.train_dataloader.dataset.feature_dir == cfg.model.stats_from == "in1k-train"
     assert cfg.val_dataloader.dataset.feature_dir == "in1k-val"
-    assert cfg.custom_imports.imports == ["sail_vision.probes.mmseg_registry"]
+    assert cfg.custom_imports.imports == ["sail_vision.mmseg"]
     assert cfg.param_scheduler[0].type == "CosineAnnealingLR" and cfg.train_cfg.max_epochs == 10
 
 
 def test_missing_labels_are_a_clear_error(tmp_path):
-    from sail_vision.probes.data import ProbeDataError
-    from sail_vision.probes.mmseg_registry import ExtractedFeatureDataset
+    from sail_vision.mmseg.classification import ExtractedFeatureDataset
+    from sail_vision.probes.errors import ProbeDataError
 
     write_feature_dir(tmp_path / "f", {"layer-4_mean": np.zeros((3, 2), np.float32)})
     with pytest.raises(ProbeDataError, match="no labels"):
         ExtractedFeatureDataset("f", "layer-4_mean", data_root=str(tmp_path))
+
+
+def test_val_dataset_is_renumbered_to_the_training_classes_by_name(tmp_path):
+    from sail_vision.mmseg.classification import ExtractedFeatureDataset
+    from sail_vision.probes.errors import ProbeDataError
+
+    x = np.zeros((3, 2), np.float32)
+    write_feature_dir(tmp_path / "train", {"layer-4_mean": x}, labels=[0, 1, 2], classes=["cat", "dog", "zebra"])
+    write_feature_dir(tmp_path / "val", {"layer-4_mean": x}, labels=[0, 1, 1], classes=["dog", "zebra"])
+    write_feature_dir(tmp_path / "odd", {"layer-4_mean": x}, labels=[0, 1, 1], classes=["dog", "yak"])
+    val = ExtractedFeatureDataset("val", "layer-4_mean", data_root=str(tmp_path), classes_from="train")
+    assert [val[i]["data_samples"]["gt_label"] for i in range(3)] == [1, 2, 2]
+    assert val.metainfo["classes"] == ("cat", "dog", "zebra")
+    with pytest.raises(ProbeDataError, match="yak are not train classes"):
+        ExtractedFeatureDataset("odd", "layer-4_mean", data_root=str(tmp_path), classes_from="train")

@@ -1,15 +1,17 @@
 """The classification probe under mmengine's Runner, registered in mmseg's registries.
 
-Import this module (configs do it with ``custom_imports``) to register:
+Importing ``sail_vision.mmseg`` (configs do it with ``custom_imports``) registers:
 
 - ``LinearProbeClassifier`` (MODELS): one linear softmax head, optionally standardising its input
   with statistics computed from the training feature folder (kept as buffers in checkpoints);
 - ``ExtractedFeatureDataset`` (DATASETS): rows of a `sail-vision extract` folder (one stored
-  feature or several concatenated) with their labels;
+  feature or several concatenated) with their labels, optionally renumbered by class name to
+  another folder's classes (``classes_from``);
 - ``ProbeAccuracy`` (METRICS): top-1 / top-5 accuracy in percent.
 
-Then ``python tools/train.py configs/probes/<config>.py`` trains, checkpoints, resumes and
-evaluates the probe like any mmseg model.
+Reading, labels, standardisation and the top-k metric are those of :mod:`sail_vision.probes`;
+this module only adapts them to mmengine. Then ``python tools/train.py configs/probes/<config>.py``
+trains, checkpoints, resumes and evaluates the probe like any mmseg model.
 """
 
 from __future__ import annotations
@@ -21,27 +23,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import FeatureInput, ProbeDataError, check_finite, input_stats, load_feature_dir
+from ..probes.data import align_classes, check_finite, load_feature_dir
+from ..probes.errors import ProbeDataError
+from ..probes.inputs import FeatureInput
+from ..probes.metrics import accuracy_percent, topk_correct
+from ..probes.standardize import Standardizer, standardize
+from .compat import ensure_mmseg
 
-
-def _registries():
-    """mmseg's MODELS, DATASETS and METRICS, imported after the project's mmcv-lite shim."""
-    import sail_vision.mmseg.compat  # noqa: F401  (before mmseg)
-    from mmseg.registry import DATASETS, METRICS, MODELS
-
-    return MODELS, DATASETS, METRICS
-
-
-MODELS, DATASETS, METRICS = _registries()
-
+ensure_mmseg()
 from mmengine.evaluator import BaseMetric  # noqa: E402
 from mmengine.model import BaseModel  # noqa: E402
+from mmseg.registry import DATASETS, METRICS, MODELS  # noqa: E402
 
 
-def _parts(features: str | Sequence[str]) -> tuple[str, ...]:
-    if isinstance(features, str):
-        return tuple(p for p in features.split("+") if p)
-    return tuple(features)
+def _feature_input(features: str | Sequence[str]) -> FeatureInput:
+    parts = tuple(p for p in features.split("+") if p) if isinstance(features, str) else tuple(features)
+    return FeatureInput(parts)
 
 
 def _resolve(root: str | None, path: str) -> str:
@@ -54,26 +51,35 @@ class ExtractedFeatureDataset(torch.utils.data.Dataset):
 
     ``feature_dir`` (relative to ``data_root`` when given) is the folder; ``features`` one name or
     several (list or ``a+b``) concatenated; labels come from the folder, from ``labels_file`` (.npy)
-    or from file names through ``label_pattern``.
+    or from file names through ``label_pattern``. ``classes_from`` (another folder, usually the
+    training one) renumbers the labels to that folder's classes by name, refusing unknown classes.
     """
 
     def __init__(self, feature_dir: str, features: str | Sequence[str], data_root: str | None = None,
-                 labels_file: str | None = None, label_pattern: str | None = None):
+                 labels_file: str | None = None, label_pattern: str | None = None, classes_from: str | None = None):
         self.feature_dir = _resolve(data_root, feature_dir)
-        self.feature_input = FeatureInput(_parts(features))
+        self.feature_input = _feature_input(features)
         self.data = load_feature_dir(self.feature_dir, self.feature_input.parts,
                                      labels=_resolve(data_root, labels_file) if labels_file else None,
                                      label_pattern=label_pattern)
         if self.data.labels is None:
-            raise ProbeDataError(f"{self.feature_dir}: no labels; set labels_file or label_pattern in the dataset config")
+            raise ProbeDataError(f"{self.feature_dir}: no labels; set labels_file or label_pattern in the dataset "
+                                 f"config")
+        if classes_from is not None:
+            reference = load_feature_dir(_resolve(data_root, classes_from), self.feature_input.parts,
+                                         label_pattern=label_pattern)
+            if reference.labels is None:
+                raise ProbeDataError(f"classes_from {reference.source}: that folder has no labels to take classes from")
+            self.data = align_classes(reference, self.data)
         check_finite(self.data, self.feature_input.parts)
-        self.metainfo = {"classes": tuple(self.data.classes or [str(i) for i in range(int(self.data.labels.max()) + 1)])}
+        names = self.data.classes or [str(i) for i in range(int(self.data.labels.max()) + 1)]
+        self.metainfo = {"classes": tuple(names)}
 
     def __len__(self) -> int:
         return self.data.num_rows
 
     def __getitem__(self, index: int) -> dict:
-        row = np.concatenate([np.asarray(self.data.rows_of(p, index), np.float32) for p in self.feature_input.parts])
+        row = self.data.gather(self.feature_input, np.asarray([index]))[0]
         return {"inputs": torch.from_numpy(row), "data_samples": {"gt_label": int(self.data.labels[index])}}
 
 
@@ -92,33 +98,37 @@ class LinearProbeClassifier(BaseModel):
     """A linear softmax head on extracted features (the ``linear`` method of ``sail-vision probe``).
 
     ``in_dim`` may be left out when ``stats_from`` names the training feature folder; with
-    ``standardize`` the input is standardised with that folder's per-dimension mean and std.
+    ``standardize`` the input is standardised with that folder's per-dimension mean and std
+    (the probes' one standardiser, kept as ``mean`` / ``std`` buffers in checkpoints).
     """
 
     def __init__(self, num_classes: int, in_dim: int | None = None, features: str | Sequence[str] | None = None,
                  stats_from: str | None = None, data_root: str | None = None, standardize: bool = True,
                  data_preprocessor: dict | None = None, init_cfg: dict | None = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        mean = std = None
+        standardizer = None
         if stats_from is not None:
             if features is None:
                 raise ProbeDataError("LinearProbeClassifier: stats_from needs features (the names to read)")
-            feature_input = FeatureInput(_parts(features))
+            feature_input = _feature_input(features)
             data = load_feature_dir(_resolve(data_root, stats_from), feature_input.parts)
             in_dim = data.dim(feature_input)
             if standardize:
-                mean, std = input_stats(data, feature_input)
+                standardizer = Standardizer.fit(data, feature_input)
         if in_dim is None:
             raise ProbeDataError("LinearProbeClassifier needs in_dim, or stats_from (the training feature folder)")
-        self.fc = nn.Linear(int(in_dim), int(num_classes))
+        in_dim = int(in_dim)
+        self.fc = nn.Linear(in_dim, int(num_classes))
         nn.init.zeros_(self.fc.weight)
         nn.init.zeros_(self.fc.bias)
-        self.register_buffer("mean", torch.zeros(int(in_dim)) if mean is None else torch.from_numpy(mean))
-        self.register_buffer("std", torch.ones(int(in_dim)) if std is None else torch.from_numpy(std))
+        if standardizer is None:
+            standardizer = Standardizer(np.zeros(in_dim, np.float32), np.ones(in_dim, np.float32))
+        self.register_buffer("mean", torch.from_numpy(standardizer.mean))
+        self.register_buffer("std", torch.from_numpy(standardizer.std))
         self.loss_fn = nn.CrossEntropyLoss()
 
     def logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.fc((inputs.float() - self.mean) / self.std)
+        return self.fc(standardize(inputs.float(), self.mean, 1.0 / self.std))
 
     def forward(self, inputs, data_samples=None, mode: str = "tensor"):
         logits = self.logits(_stack_inputs(inputs))
@@ -144,10 +154,13 @@ class ProbeAccuracy(BaseMetric):
         self.topk = tuple(int(k) for k in topk)
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
-        for sample in data_samples:
-            scores = sample["pred_score"].float().cpu()
-            top = scores.topk(min(max(self.topk), scores.numel())).indices
-            self.results.append({f"top{k}": float(sample["gt_label"] in top[:k].tolist()) for k in self.topk})
+        if not data_samples:
+            return
+        scores = torch.stack([sample["pred_score"].float().cpu() for sample in data_samples])
+        labels = torch.tensor([int(sample["gt_label"]) for sample in data_samples])
+        hits = topk_correct(scores, labels, self.topk)
+        self.results.append({"rows": len(data_samples), **{k: int(hits[k]) for k in self.topk}})
 
     def compute_metrics(self, results: list) -> dict:
-        return {key: 100.0 * float(np.mean([r[key] for r in results])) for key in results[0]} if results else {}
+        total = sum(r["rows"] for r in results)
+        return {f"top{k}": accuracy_percent(sum(r[k] for r in results), total) for k in self.topk} if total else {}

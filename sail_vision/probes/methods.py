@@ -1,0 +1,130 @@
+"""The interface every probe method implements, and the registry that builds and reloads them.
+
+A :class:`ProbeMethod` sweeps its grid over every feature input (``fit_grid``: one record per grid
+point, scored on the held-out rows), then trains the chosen point again (``refit``) into a
+:class:`Head`; :func:`sail_vision.probes.runner.run_probe` does the selection and the bookkeeping
+around them, identical for every method. A :class:`Head` scores features (``scores``) and saves
+itself (``tensors`` + ``meta``); :func:`load_head` rebuilds one from a saved ``head.json``.
+``validate`` and ``evaluate`` say what the labels are and how val is scored; the classification
+methods share them through :class:`ClassificationMethod` (labels per row, top-1 / top-5).
+
+Records are plain dicts: ``name`` (encodes the hyper-parameters), ``method``, ``feature``,
+``parts``, the method's hyper-parameters and its selection metrics prefixed with ``holdout_``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from .data import ProbeData
+from .defaults import DEFAULT_CHUNK_ROWS
+from .errors import ProbeDataError
+from .inputs import FeatureInput
+
+
+@runtime_checkable
+class Head(Protocol):
+    """A trained head: class scores for features, and its saved form."""
+
+    feature_input: FeatureInput
+    num_classes: int
+
+    def scores(self, data: ProbeData, rows: np.ndarray | None = None) -> np.ndarray:
+        """(rows, C) class scores (logits, or k-NN vote weights) of ``rows`` (default all) of ``data``."""
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """Scores turned into per-row class probabilities (softmax, or normalised votes)."""
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """Arrays saved to ``head.safetensors``."""
+
+    def meta(self) -> dict:
+        """Method-specific fields of ``head.json``."""
+
+
+@runtime_checkable
+class ProbeMethod(Protocol):
+    """One way of probing (linear grid, logreg, k-NN; later segmentation heads)."""
+
+    name: ClassVar[str]
+    #: Hyper-parameters each record carries, in the order of the summary (e.g. ``("lr", "weight_decay")``).
+    hyperparameters: ClassVar[tuple[str, ...]]
+    #: Metrics of a record, best-first tie-break order; records hold them as ``holdout_<metric>``.
+    metrics: ClassVar[tuple[str, ...]]
+
+    def check(self) -> None:
+        """Refuse bad settings (empty or invalid grids) before any data is read."""
+
+    def validate(self, train: ProbeData, val: ProbeData | None, inputs: Sequence[FeatureInput]
+                 ) -> tuple[int, ProbeData | None]:
+        """Refuse unusable data; returns (number of classes, val with its labels in train's numbering)."""
+
+    def evaluate(self, probe, val: ProbeData) -> tuple[dict[str, float], np.ndarray]:
+        """({metric: value} on val, predictions) of the chosen head (a ``results.LoadedProbe``)."""
+
+    def grid_size(self, inputs: Sequence[FeatureInput]) -> int:
+        """Number of grid points over ``inputs``."""
+
+    def fit_grid(self, train: ProbeData, inputs: Sequence[FeatureInput], num_classes: int, fit_rows: np.ndarray,
+                 held_rows: np.ndarray | None, *, progress: bool = True) -> list[dict]:
+        """Every grid point trained on ``fit_rows`` and scored on ``held_rows`` (metrics None without)."""
+
+    def refit(self, train: ProbeData, chosen: Mapping, num_classes: int, rows: np.ndarray, *,
+              progress: bool = True) -> Head:
+        """The chosen grid point trained on ``rows``."""
+
+    def settings(self) -> dict:
+        """Settings shared by the grid (optimizer, epochs, temperature...), for the summary and head.json."""
+
+
+class ClassificationMethod:
+    """What the classification methods share: one label per row (classes matched by name between train
+    and val) and top-1 / top-5 accuracy. Subclasses set ``chunk_rows`` and implement the rest."""
+
+    metrics: ClassVar[tuple[str, ...]] = ("top1", "top5")
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+
+    def validate(self, train: ProbeData, val: ProbeData | None, inputs: Sequence[FeatureInput]
+                 ) -> tuple[int, ProbeData | None]:
+        from .data import validate_train_val
+
+        return validate_train_val(train, val, inputs, self.chunk_rows)
+
+    def evaluate(self, probe, val: ProbeData) -> tuple[dict[str, float], np.ndarray]:
+        top1, top5, predictions = probe.evaluate(val)
+        return {"top1": top1, "top5": top5}, predictions
+
+
+def method_class(name: str) -> type:
+    """The ProbeMethod class called ``name``."""
+    from .knn import KnnMethod
+    from .linear import LinearMethod
+    from .logreg import LogregMethod
+
+    classes = {cls.name: cls for cls in (LinearMethod, LogregMethod, KnnMethod)}
+    if name not in classes:
+        raise ProbeDataError(f"--method {name!r}: choose one of {', '.join(classes)}")
+    return classes[name]
+
+
+METHOD_NAMES = ("linear", "logreg", "knn")
+
+
+def load_head(meta: Mapping, tensors: Mapping[str, np.ndarray], *, device: str = "cpu",
+              bank: ProbeData | None = None) -> Head:
+    """Rebuild a saved head from ``head.json`` fields and its tensors."""
+    return method_class(meta["method"]).load_head(meta, tensors, device=device, bank=bank)
+
+
+def best_record(records: Sequence[dict], metrics: Sequence[str]) -> dict:
+    """The record with the highest held-out metrics (compared in order); the first such in grid order."""
+    return max(records, key=lambda r: tuple(r[f"holdout_{m}"] for m in metrics))
+
+
+def record(name: str, method: str, feature_input: FeatureInput, scores: Mapping[str, float] | None,
+           metrics: Sequence[str], **hyper) -> dict:
+    """One grid point as written to ``grid.jsonl``."""
+    return {"name": name, "method": method, "feature": feature_input.name, "parts": list(feature_input.parts),
+            **hyper, **{f"holdout_{m}": None if scores is None else scores[m] for m in metrics}}
