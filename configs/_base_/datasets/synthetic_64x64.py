@@ -1,7 +1,8 @@
 # The synthetic data written by `python -m sail_vision.mmseg.synthetic` (see sail_vision/mmseg/synthetic.py):
 # 64x64 images in ADE20K's folder layout, 4 colour classes named red, green, blue, yellow (label 0 = other,
-# ignored: the dataset sets reduce_zero_label). ADE20K's pipelines at the demo's size, batch 4, no worker
-# processes, the same evaluator.
+# ignored: the dataset sets reduce_zero_label). ADE20K's loaders and evaluator at the demo's size, batch 4,
+# no worker processes.
+_base_ = ['./ade20k_512x512.py']
 dataset_type = 'SyntheticColourDataset'
 data_root = 'data/sail_seg_demo'
 num_classes = 4     # configs pass it to their heads: decode_head=dict(num_classes=_base_.num_classes)
@@ -18,7 +19,6 @@ test_pipeline = [
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),
 ]
-# Multi-scale + flip test-time augmentation, used with `tools/test.py ... --tta`.
 img_ratios = [0.75, 1.0, 1.25]
 tta_pipeline = [
     dict(type='LoadImageFromFile', backend_args=None),
@@ -30,18 +30,8 @@ tta_pipeline = [
         [dict(type='PackSegInputs')],
     ]),
 ]
-train_dataloader = dict(
-    batch_size=4, num_workers=0, persistent_workers=False,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
-    dataset=dict(type=dataset_type, data_root=data_root,
-                 data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'),
-                 pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=1, num_workers=0, persistent_workers=False,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(type=dataset_type, data_root=data_root,
-                 data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation'),
-                 pipeline=test_pipeline))
+train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False,
+                        dataset=dict(type=dataset_type, data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(num_workers=0, persistent_workers=False,
+                      dataset=dict(type=dataset_type, data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
-test_evaluator = val_evaluator
