@@ -49,7 +49,7 @@ def _test(argv) -> None:
 
     from sail_vision.errors import InputError
 
-    cfg = launch.load_config(args)
+    cfg = launch.load_config(args, strict_checkpoint=True)  # a checkpoint of another model is an error
     cfg.load_from = args.checkpoint
     if args.tta:
         if "tta_model" not in cfg or "tta_pipeline" not in cfg:

@@ -51,7 +51,7 @@ def _train(argv) -> None:
     from sail_vision.errors import InputError
     from sail_vision.mmseg.checkpoints import check_checkpoint_file
 
-    cfg = launch.load_config(args)
+    cfg = launch.load_config(args, strict_checkpoint=bool(args.resume))  # resume: the checkpoint must fit
     if args.amp:
         if not torch.cuda.is_available():
             raise InputError("--amp needs a GPU (mmengine's AmpOptimWrapper does not run on CPU); drop --amp")

@@ -94,9 +94,19 @@ class WeightsOnlyCheckpointHook(Hook):
 
     Add it with ``custom_hooks = [dict(type='WeightsOnlyCheckpointHook')]``. It runs last among the
     hooks when saving (priority ``LOWEST``), after any hook that adds entries to the checkpoint.
+
+    Args:
+        strict: also require a loaded checkpoint to hold exactly the model's weights (same names,
+            same shapes), else a one-line :class:`~sail_vision.errors.CheckpointError`. mmengine
+            otherwise only warns and evaluates a partly random model. tools/test.py and
+            ``tools/train.py --resume`` set it; fine-tuning from ``load_from`` leaves it off.
+            Default ``False``.
     """
 
     priority = "LOWEST"
+
+    def __init__(self, strict: bool = False):
+        self.strict = bool(strict)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         for key in list(checkpoint):
@@ -104,17 +114,49 @@ class WeightsOnlyCheckpointHook(Hook):
                 checkpoint[key] = to_plain(checkpoint[key])
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if self.strict:
+            check_state_dict_matches(runner.model, checkpoint.get("state_dict", checkpoint),
+                                     runner.cfg.get("load_from") or "the checkpoint")
         if "message_hub" in checkpoint:
             checkpoint["message_hub"] = from_plain(checkpoint["message_hub"])
 
 
-def add_checkpoint_hook(cfg) -> bool:
-    """Add :class:`WeightsOnlyCheckpointHook` to ``cfg.custom_hooks`` unless it is there; True if added."""
+def add_checkpoint_hook(cfg, strict: bool = False) -> bool:
+    """Put :class:`WeightsOnlyCheckpointHook` in ``cfg.custom_hooks`` (``strict=True`` also sets its flag on an
+    existing entry); True if an entry was added."""
     hooks = list(cfg.get("custom_hooks") or [])
-    if any(isinstance(h, dict) and h.get("type") in (HOOK_TYPE, WeightsOnlyCheckpointHook) for h in hooks):
-        return False
-    cfg.custom_hooks = hooks + [dict(type=HOOK_TYPE)]
-    return True
+    entries = [h for h in hooks if isinstance(h, dict) and h.get("type") in (HOOK_TYPE, WeightsOnlyCheckpointHook)]
+    for entry in entries:
+        if strict:
+            entry["strict"] = True
+    if not entries:
+        hooks.append(dict(type=HOOK_TYPE, strict=True) if strict else dict(type=HOOK_TYPE))
+    cfg.custom_hooks = hooks
+    return not entries
+
+
+def check_state_dict_matches(model, state_dict, filename) -> None:
+    """One-line :class:`CheckpointError` unless ``state_dict`` holds exactly ``model``'s weights.
+
+    Names are compared after removing a ``module.`` prefix (as mmengine does); DDP wrappers and
+    test-time-augmentation models are looked through to the segmentor they hold.
+    """
+    from mmengine.model import BaseTTAModel, is_model_wrapper
+
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {re.sub(r"^module\.", "", k): tuple(v.shape) for k, v in state_dict.items() if hasattr(v, "shape")}
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    mismatched = [f"{k}: checkpoint {found[k]}, model {expected[k]}" for k in sorted(expected.keys() & found.keys())
+                  if expected[k] != found[k]]
+    if missing or unexpected or mismatched:
+        problems = [f"{len(items)} {what} ({'; '.join(items[:3])}{'; ...' if len(items) > 3 else ''})"
+                    for what, items in (("missing", missing), ("unexpected", unexpected),
+                                        ("of another shape", mismatched)) if items]
+        raise CheckpointError(f"checkpoint {str(filename)!r} does not fit the model of this config: weights "
+                              f"{', '.join(problems)}; was it trained with this config?")
 
 
 def check_checkpoint_file(filename: str) -> None:

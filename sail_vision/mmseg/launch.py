@@ -25,9 +25,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
 
 
-def load_config(args: argparse.Namespace):
+def load_config(args: argparse.Namespace, strict_checkpoint: bool = False):
     """The config named by ``args.config`` with the common options applied and
-    :class:`~sail_vision.mmseg.checkpoints.WeightsOnlyCheckpointHook` added if it is missing."""
+    :class:`~sail_vision.mmseg.checkpoints.WeightsOnlyCheckpointHook` added if it is missing
+    (``strict_checkpoint``: a loaded checkpoint must hold exactly the model's weights)."""
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     cfg = config_checks.load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
@@ -35,7 +36,7 @@ def load_config(args: argparse.Namespace):
         cfg.work_dir = args.work_dir
     elif cfg.get("work_dir") is None:
         cfg.work_dir = str(Path("work_dirs") / Path(args.config).stem)
-    add_checkpoint_hook(cfg)
+    add_checkpoint_hook(cfg, strict=strict_checkpoint)
     return cfg
 
 

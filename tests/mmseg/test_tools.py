@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from mmengine.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = "linear_sail-tiny_1xb4-300_synthetic-64x64"
@@ -41,13 +42,14 @@ def test_train_then_test_with_tta_and_show_dir(tiny_cfg, tmp_path, logged_losses
     checkpoint = tmp_path / "train" / "iter_2.pth"
     _tool("test").main([str(config_file), str(checkpoint), "--tta", "--work-dir", str(tmp_path / "test"),
                         "--show-dir", str(tmp_path / "show"), "--out", str(tmp_path / "labels"),
-                        "--cfg-options", "experiment_name=sail_mmseg_tta_test", "visualizer.name=sail_tta_vis"])
+                        "--cfg-options", "experiment_name=sail_mmseg_tta_test", "visualizer.name=sail_tta_vis",
+                        "test_dataloader.dataset.indices=4"])  # TTA runs 6 passes per image
     logs = [p for p in (tmp_path / "test").glob("*/*.json")]
     assert logs, "tools/test.py wrote no metrics"
     metrics = json.loads(logs[0].read_text().splitlines()[-1])
     assert 0.0 <= metrics["mIoU"] <= 100.0
-    assert len(list((tmp_path / "show").rglob("*.png"))) == 8  # every validation image is drawn
-    assert len(list((tmp_path / "labels").glob("*.png"))) == 8
+    assert len(list((tmp_path / "show").rglob("*.png"))) == 4  # every test image is drawn
+    assert len(list((tmp_path / "labels").glob("*.png"))) == 4
 
 
 def test_demo_command_from_a_fresh_folder(tmp_path):
@@ -120,6 +122,34 @@ def test_missing_paths_and_bad_options_are_one_line_errors_before_the_config_dum
     args = [a.format(cfg=demo_config, tmp=tmp_path) for a in args]
     err = _fails(capsys, *args)
     assert err.startswith(f"{args[0]}.py: error: ") and expected in err, err
+
+
+def test_a_checkpoint_of_another_model_is_refused_not_half_loaded(tmp_path, demo_config, capsys):
+    """mmengine only warns when weights are missing or of another shape; test.py, --resume and segment refuse."""
+    from sail_vision.cli import main
+
+    cfg = _short(Config.fromfile(str(demo_config)), 1)
+    cfg.work_dir = str(tmp_path / "w")
+    config = tmp_path / "c.py"
+    cfg.dump(str(config))
+    _tool("train").main([str(config)])
+    capsys.readouterr()
+    checkpoint = tmp_path / "w" / "iter_1.pth"
+    five = ["--cfg-options", "model.decode_head.num_classes=5"]
+    expected = ("does not fit the model of this config: weights 2 of another shape "
+                "(decode_head.conv_seg.bias: checkpoint (4,), model (5,); decode_head.conv_seg.weight: "
+                "checkpoint (4, 256, 1, 1), model (5, 256, 1, 1))")
+    for tool, args in (("test", [config, checkpoint, "--work-dir", tmp_path / "t", *five]),
+                       ("train", [config, "--resume", checkpoint, "--work-dir", tmp_path / "r", *five])):
+        with pytest.raises(SystemExit) as info:
+            _tool(tool).main([str(a) for a in args])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert info.value.code == 2 and err.startswith(f"{tool}.py: error: checkpoint") and expected in err, err
+    image = next((Path(cfg.test_dataloader.dataset.data_root) / "images" / "validation").glob("*.jpg"))
+    assert main(["segment", str(image), "--config", str(config), "--checkpoint", str(checkpoint),
+                 "--out", str(tmp_path / "o.png"), *five]) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
 
 
 def test_amp_on_cpu_is_a_clear_error(demo_config, capsys):
