@@ -165,9 +165,10 @@ def check_checkpoint_file(filename: str) -> None:
     Scans the pickle of a ``torch.save`` file for the objects it refers to (nothing is executed);
     files in other formats are left to :func:`load_from_local_weights_only`.
     """
-    path = os.path.expanduser(str(filename))
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint file {str(filename)!r} not found")
+    path = _existing_file(filename)
+    if path.endswith(".safetensors"):
+        raise CheckpointError(f"checkpoint {str(filename)!r} is a safetensors file (SAIL's own weights go in "
+                              f"model.backbone.checkpoint); give a .pth written by tools/train.py")
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # not torch's zip format, or unreadable: the loader reports it
@@ -182,9 +183,7 @@ def load_from_local_weights_only(filename: str, map_location=None):
     Raises :class:`CheckpointError` for a missing or unreadable file and
     :class:`UnsafeCheckpointError` for a file the safe loader refuses (its pickle is never run).
     """
-    path = os.path.expanduser(str(filename))
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint file {str(filename)!r} not found")
+    path = _existing_file(filename)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -193,6 +192,16 @@ def load_from_local_weights_only(filename: str, map_location=None):
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint {str(filename)!r} cannot be read ({detail}); is it a file "
                               f"written by torch.save, copied completely?") from None
+
+
+def _existing_file(filename) -> str:
+    path = os.path.expanduser(str(filename))
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {str(filename)!r} is a folder; give a .pth file, e.g. "
+                              f"work_dirs/<config name>/iter_N.pth written by tools/train.py")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file {str(filename)!r} not found")
+    return path
 
 
 def _refused(filename, what: str) -> UnsafeCheckpointError:

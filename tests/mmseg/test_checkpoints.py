@@ -48,6 +48,11 @@ def test_missing_and_unreadable_checkpoints(tmp_path):
         load_from_local_weights_only(str(tmp_path / "missing.pth"))
     with pytest.raises(CheckpointError, match="not found"):
         check_checkpoint_file(str(tmp_path / "missing.pth"))
+    with pytest.raises(CheckpointError, match="is a folder; give a .pth file"):
+        check_checkpoint_file(str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(b"{}")
+    with pytest.raises(CheckpointError, match="is a safetensors file"):
+        check_checkpoint_file(str(tmp_path / "model.safetensors"))
     (tmp_path / "truncated.pth").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(CheckpointError, match="cannot be read") as info:
         load_from_local_weights_only(str(tmp_path / "truncated.pth"))
