@@ -9,9 +9,10 @@ for that one name only. The module it supplies has no ops: calling any of them r
 that says to install full mmcv.
 
 sail-vision installs ``sail_vision_mmcv_lite.pth`` beside this module in site-packages, which calls
-:func:`install` when Python starts; ``sail_vision.mmseg`` calls it too. It imports nothing but the
-standard library modules that Python has already loaded, so the start-up cost is negligible. This module lives outside the ``sail_vision``
-package because importing that package would import torch at every interpreter start.
+:func:`install` when Python starts; ``sail_vision.mmseg`` calls it too. It imports only standard
+library modules that Python has already loaded, so the start-up cost is about a millisecond. It
+lives outside the ``sail_vision`` package because importing that package would import torch at
+every interpreter start.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from .compat import ensure_mmseg
 ensure_mmseg()
 from .backbone import SAILBackbone  # noqa: E402
 from .checkpoints import WeightsOnlyCheckpointHook  # noqa: E402
-from .heads import SAILLinearHead  # noqa: E402
 from .datasets import SyntheticColourDataset  # noqa: E402
+from .heads import SAILLinearHead  # noqa: E402
 
 __all__ = ["SAILBackbone", "SAILLinearHead", "SyntheticColourDataset", "WeightsOnlyCheckpointHook"]

@@ -14,9 +14,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 import mmseg
+import pytest
 
 MIM_TOOLS = Path(mmseg.__file__).parent / ".mim" / "tools"
 
