@@ -23,5 +23,5 @@ __all__ = [
 # `import sail_vision` never imports mmseg itself, so it stays fast.
 import sys as _sys
 
-if "mmseg" in _sys.modules:
+if _sys.modules.get("mmseg") is not None:
     from . import mmseg as _mmseg  # noqa: F401,E402

@@ -2,8 +2,10 @@
 """Evaluate a checkpoint on a config's test set with mmengine's Runner (a thin launcher).
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--tta] [--out DIR] [--show-dir DIR]
-                                           [--cfg-options key=value ...] [--launcher ...]
+                                           [--cfg-options KEY=VALUE ...] [--launcher ...]
 
+The config, the --cfg-options values, the paths and the checkpoint are checked before the Runner
+starts (one-line errors, exit status 2); the checkpoint is loaded with torch.load(weights_only=True).
 Full documentation: docs/segmentation.md.
 """
 
@@ -15,9 +17,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also works from a source checkout
 
+TOOL = "test.py"
+
 
 def main(argv=None) -> None:
-    from sail_vision.mmseg import launch  # applies the mmcv-lite fix before mmseg is imported
+    from sail_vision.errors import SailVisionError
+
+    try:
+        _test(argv)
+    except SailVisionError as exc:
+        print(f"{TOOL}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _test(argv) -> None:
+    from sail_vision.mmseg import launch
 
     parser = argparse.ArgumentParser(description="Test a checkpoint with an mmengine config file.")
     parser.add_argument("config", help="config file used for training")
@@ -28,29 +42,31 @@ def main(argv=None) -> None:
     parser.add_argument("--out", help="also save predicted label maps (PNG) in this folder (default: none; "
                                       "needs an IoUMetric test_evaluator)")
     parser.add_argument("--show-dir", help="also save painted predictions in this folder (default: none; "
-                                           "needs a SegVisualizationHook)")
+                                           "needs a SegVisualizationHook, which draws every `interval`-th "
+                                           "image: every image in the demo configs, every 50th in the others)")
     launch.add_common_arguments(parser)
     args = parser.parse_args(argv)
 
-    if not Path(args.checkpoint).is_file():
-        sys.exit(f"test.py: error: checkpoint file {args.checkpoint!r} not found")
-    cfg = launch.load_config(args, "test.py")
+    from sail_vision.errors import InputError
+
+    cfg = launch.load_config(args, strict_checkpoint=True)  # a checkpoint of another model is an error
     cfg.load_from = args.checkpoint
     if args.tta:
         if "tta_model" not in cfg or "tta_pipeline" not in cfg:
-            sys.exit(f"test.py: error: --tta needs tta_model and tta_pipeline in {args.config}")
+            raise InputError(f"--tta needs tta_model and tta_pipeline in {args.config}")
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
     if args.show_dir:
         if "visualization" not in cfg.get("default_hooks", {}):
-            sys.exit("test.py: error: --show-dir needs a SegVisualizationHook in default_hooks")
+            raise InputError("--show-dir needs a SegVisualizationHook in default_hooks")
         cfg.default_hooks.visualization.draw = True
         cfg.visualizer.save_dir = args.show_dir
     if args.out:
         cfg.test_evaluator.output_dir = args.out
         cfg.test_evaluator.keep_results = True
-    launch.run(cfg, "test", "test.py")
+    launch.check(cfg, ["test_dataloader"])
+    launch.run(cfg, "test")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,10 @@
 # Runtime shared by every segmentation config (mmengine Runner settings).
-# custom_imports registers SAILBackbone / SAILLinearHead (and applies the mmcv-lite shim).
+# custom_imports registers SAILBackbone, SAILLinearHead, SyntheticColourDataset and
+# WeightsOnlyCheckpointHook, and makes local checkpoints load with torch.load(weights_only=True) only.
 custom_imports = dict(imports=['sail_vision.mmseg'], allow_failed_imports=False)
+# Checkpoints hold only tensors and plain values (no pickled objects), so they load with
+# torch.load(weights_only=True) anywhere; resuming restores the logs exactly.
+custom_hooks = [dict(type='WeightsOnlyCheckpointHook')]
 default_scope = 'mmseg'
 env_cfg = dict(cudnn_benchmark=True, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
                dist_cfg=dict(backend='nccl'))

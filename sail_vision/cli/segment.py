@@ -17,6 +17,9 @@ def register(subparsers) -> None:
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of the class colours, 0..1 (default: 0.5)")
     p.add_argument("--save-labels", default=None,
                    help="also save the raw class-index map as a PNG (default: not saved)")
+    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config entries as tools/train.py does, e.g. "
+                        "model.backbone.checkpoint=/models/SAIL-7B (default: none)")
     p.set_defaults(func=run)
 
 
@@ -31,7 +34,8 @@ def run(args) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         raise InputError(f"--alpha {args.alpha}: use a value in [0, 1]")
     image = decode_image(args.image)  # fail on a bad image before loading the model
-    model = load_segmentor(args.config, args.checkpoint, device=str(resolve_device(args.device)))
+    model = load_segmentor(args.config, args.checkpoint, device=str(resolve_device(args.device)),
+                           cfg_options=args.cfg_options)
     prediction = segment(model, image)
     meta = model.dataset_meta or {}
     classes = meta.get("classes") or [str(i) for i in range(int(prediction.max()) + 1)]

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
 import math
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from mmengine.model import BaseModule
 
 from ..config import load_sail_config
-from ..encoder import SailEncoder, resolve_dtype
-from ..errors import CheckpointError
+from ..encoder import SailEncoder, resolve_device, resolve_dtype
+from ..errors import CheckpointError, InputError
 from ..layer_indices import resolve_layer_indices
 from .compat import ensure_mmseg
 
 ensure_mmseg()
+from mmengine.model import BaseModule  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 
 
@@ -35,6 +37,9 @@ class SAILBackbone(BaseModule):
         dtype: compute dtype of SAIL, a string as configs write it ('float32', 'bfloat16',
             'float16'). Outputs are always float32. Default ``'float32'``.
         attn_implementation: 'sdpa' or 'eager'. Default ``'sdpa'``.
+        device: where SAIL's weights are read to: 'auto' (the current CUDA device when CUDA is
+            available, which under DDP is each rank's own GPU; else the CPU), 'cpu', 'cuda' (the
+            current CUDA device) or 'cuda:N'. Default ``'auto'``.
         init_cfg: must stay ``None``: weights come from ``checkpoint`` only.
 
     Input: normalised (B, 3, H, W). H and W need not be multiples of the patch size p: the
@@ -44,28 +49,22 @@ class SAILBackbone(BaseModule):
     Output: a tuple of float32 maps in ``out_indices`` order.
 
     When frozen, the encoder is held outside the module tree: ``parameters()``, ``state_dict()``
-    (so mmengine checkpoints stay small), ``init_weights()`` and DDP never see it. It is read from
-    ``checkpoint`` when the segmentor is built and follows the input's device on first use.
+    (so mmengine checkpoints stay small), ``init_weights()`` and DDP never see it, and
+    ``copy.deepcopy`` of the segmentor shares it instead of copying it. Module conversions keep
+    its dtype: ``.half()``, ``.float()``, ``.to(dtype)`` and ``share_memory()`` leave it untouched,
+    and ``.cuda()`` / ``.cpu()`` / ``.to(device)`` move it to that device only.
     """
 
     def __init__(self, checkpoint: str, out_indices: int | Sequence[int] = (-1,), norm: bool = False,
                  frozen: bool = True, dtype: str = "float32", attn_implementation: str = "sdpa",
-                 init_cfg=None):
-        if init_cfg is not None:
-            raise CheckpointError(f"SAILBackbone init_cfg={init_cfg!r}: SAIL weights come from "
-                                  f"checkpoint={checkpoint!r} only; remove init_cfg")
+                 device: str = "auto", init_cfg=None):
+        settings = self._resolve_arguments(checkpoint, out_indices, dtype, device, init_cfg)
         super().__init__(init_cfg=None)
-        if not checkpoint or not Path(checkpoint).is_dir():
-            raise CheckpointError(f"SAILBackbone checkpoint {checkpoint!r} is not a folder (relative paths start at "
-                                  f"the current directory); point model.backbone.checkpoint to a local SAIL "
-                                  f"checkpoint. The tiny demo configs need `python -m sail_vision.mmseg.synthetic` "
-                                  f"run first")
-        num_layers = load_sail_config(checkpoint).num_hidden_layers
-        self.out_indices = tuple(resolve_layer_indices(out_indices, num_layers))
+        self.out_indices = settings["out_indices"]
         self.norm = bool(norm)
         self.frozen = bool(frozen)
-        self.compute_dtype = resolve_dtype(dtype)
-        encoder = SailEncoder.from_pretrained(checkpoint, dtype=self.compute_dtype,
+        self.compute_dtype = settings["dtype"]
+        encoder = SailEncoder.from_pretrained(checkpoint, dtype=self.compute_dtype, device=settings["device"],
                                               max_layer=max(self.out_indices),
                                               attn_implementation=attn_implementation)
         if self.frozen:
@@ -76,6 +75,40 @@ class SAILBackbone(BaseModule):
         self.embed_dim = encoder.hidden_size
         self.patch_size = encoder.patch_size
         self.is_init = True
+
+    @classmethod
+    def check_config(cls, cfg: dict) -> dict:
+        """Check a ``model.backbone`` config dict without reading any weight.
+
+        Raises a one-line :class:`~sail_vision.errors.SailVisionError` for an unknown argument,
+        a missing checkpoint folder, an out-of-range index, a bad dtype or device; returns the
+        resolved ``out_indices``, ``dtype`` and ``device``. The tools call it before mmengine's
+        Runner starts, so a bad ``--cfg-options`` value is reported before anything is logged.
+        """
+        kwargs = {k: v for k, v in dict(cfg).items() if k != "type"}
+        try:
+            bound = inspect.signature(cls.__init__).bind(None, **kwargs)
+        except TypeError as exc:
+            raise InputError(f"model.backbone ({cls.__name__}): {exc}; its arguments are "
+                             f"{', '.join(list(inspect.signature(cls.__init__).parameters)[1:])}") from None
+        bound.apply_defaults()
+        args = bound.arguments
+        return cls._resolve_arguments(args["checkpoint"], args["out_indices"], args["dtype"], args["device"],
+                                      args["init_cfg"])
+
+    @staticmethod
+    def _resolve_arguments(checkpoint, out_indices, dtype, device, init_cfg) -> dict:
+        if init_cfg is not None:
+            raise CheckpointError(f"SAILBackbone init_cfg={init_cfg!r}: SAIL weights come from "
+                                  f"checkpoint={checkpoint!r} only; remove init_cfg")
+        if not checkpoint or not Path(str(checkpoint)).is_dir():
+            raise CheckpointError(f"SAILBackbone checkpoint {checkpoint!r} is not a folder (relative paths start at "
+                                  f"the current directory); point model.backbone.checkpoint to a local SAIL "
+                                  f"checkpoint. The tiny demo configs need `python -m sail_vision.mmseg.synthetic` "
+                                  f"run first")
+        num_layers = load_sail_config(checkpoint).num_hidden_layers
+        return {"out_indices": tuple(resolve_layer_indices(out_indices, num_layers)),
+                "dtype": resolve_dtype(dtype), "device": _resolve_device(device)}
 
     @property
     def encoder(self) -> SailEncoder:
@@ -90,13 +123,27 @@ class SAILBackbone(BaseModule):
         return self
 
     def _apply(self, fn, *args, **kwargs):
-        # .to()/.cuda() on the segmentor: a frozen encoder moves to the same device but keeps its dtype.
+        # Every module conversion (.to, .cuda, .half, .float, share_memory...) ends here. A frozen
+        # encoder is outside the module tree, so it is untouched unless the conversion moves tensors
+        # to another device: then it follows, keeping its dtype. The probe is an empty tensor on the
+        # encoder's device, so only a real device change moves 7B weights.
         result = super()._apply(fn, *args, **kwargs)
         if self.frozen:
-            probe = fn(torch.zeros(1))
-            if probe.device != self.encoder.device:
-                self.encoder.to(probe.device)
+            encoder = self.encoder
+            target = fn(torch.empty(0, device=encoder.device, dtype=encoder.dtype)).device
+            if target != encoder.device:
+                encoder.to(target)
         return result
+
+    def __deepcopy__(self, memo):
+        # EMA hooks and model copies must not duplicate a frozen 7B encoder: copies share it.
+        if self.frozen:
+            memo[id(self._frozen_encoder)] = self._frozen_encoder
+        clone = self.__class__.__new__(self.__class__)
+        memo[id(self)] = clone
+        for key, value in self.__dict__.items():
+            object.__setattr__(clone, key, copy.deepcopy(value, memo))
+        return clone
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Map size for an input of height x width pixels."""
@@ -114,3 +161,17 @@ class SAILBackbone(BaseModule):
         encoding = encoder.encode_pixels(pixels.to(encoder.dtype), self.out_indices, norm=self.norm,
                                          enable_grad=grad)
         return tuple(encoding.patch_maps(k).float().contiguous() for k in self.out_indices)
+
+
+def _resolve_device(device) -> torch.device:
+    """'auto' -> the current CUDA device if CUDA is available, else cpu; 'cuda' -> the current CUDA device."""
+    if device is None or device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = resolve_device(device)
+    except InputError:
+        raise InputError(f"SAILBackbone device={device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N' "
+                         f"(CUDA available: {torch.cuda.is_available()})") from None
+    if resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device("cuda", torch.cuda.current_device())
+    return resolved

@@ -1,116 +1,60 @@
-"""Make mmsegmentation usable on this project's stack (see docs/segmentation.md, "Compatibility").
+"""Make mmsegmentation importable on this project's stack, or say in one line why it is not.
 
-Importing this module (``sail_vision.mmseg`` and ``tools/*.py`` do it before touching mmseg)
-on **mmcv-lite** (no compiled ops) registers a placeholder ``mmcv._ext`` module, because
-mmseg 1.2.2 imports ``mmcv.ops`` unconditionally in a few modules although the models used
-here need no compiled op. The placeholder has a real ``ModuleSpec`` (mmengine probes modules
-with pkgutil) and any compiled op raises a clear error when called. With full mmcv (the
-compiled ``mmcv._ext`` exists) nothing is touched.
-
-It also provides :func:`trusted_checkpoint_loading`, which the tools wrap around the loading of
-the mmengine checkpoints the user names (torch>=2.6 loads with ``weights_only=True`` by default,
-which rejects them).
+- **mmcv-lite**: mmseg 1.2.2 imports ``mmcv.ops`` in a few modules although the models used here
+  need no compiled op. :mod:`sail_vision_mmcv_lite` (installed with sail-vision, and run at
+  interpreter start-up by ``sail_vision_mmcv_lite.pth``) supplies a stand-in ``mmcv._ext`` when,
+  and only when, the compiled one is absent; importing this module installs it as well, for
+  source checkouts that were not pip-installed.
+- **not installed**: :func:`ensure_mmseg` turns a missing mmseg / mmengine / mmcv, or an mmcv
+  version mmseg rejects, into :class:`MMSegUnavailableError` naming what to install.
 """
 
 from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
-import os
 import sys
-import types
-import warnings
-from contextlib import contextmanager
+
+import sail_vision_mmcv_lite
 
 from ..errors import SailVisionError
 
-_EXT = "mmcv._ext"
+_EXT = sail_vision_mmcv_lite.EXT_NAME
+_INSTALL_MMCV = ("install mmcv 2.1.0: `pip install mmcv-lite==2.1.0` on a CPU machine, or the full mmcv 2.1.0 "
+                 "built for your torch and CUDA on a GPU machine (see the README, Installing)")
 
 
 class MMSegUnavailableError(SailVisionError):
-    """mmsegmentation (or mmengine / mmcv) is not installed."""
-
-
-class _MissingCompiledOps(types.ModuleType):
-    """Stands in for ``mmcv._ext`` on mmcv-lite; every compiled op raises when used."""
-
-    def __getattr__(self, name: str):
-        if name.startswith("__"):
-            raise AttributeError(name)
-
-        def unavailable(*args, **kwargs):
-            raise RuntimeError(f"mmcv compiled op {name!r} is not available: this is mmcv-lite. "
-                               f"Install full mmcv (with ops) to use models that need it.")
-
-        return unavailable
+    """mmsegmentation, mmengine or mmcv is missing or unusable."""
 
 
 def compiled_ops_available() -> bool:
-    """True when a real compiled ``mmcv._ext`` is importable (full mmcv)."""
+    """True when mmcv is installed with its compiled ``mmcv._ext`` (full mmcv, not mmcv-lite)."""
     module = sys.modules.get(_EXT)
     if module is not None:
-        return not isinstance(module, _MissingCompiledOps)
-    try:
-        return importlib.util.find_spec(_EXT) is not None
-    except ModuleNotFoundError:  # mmcv itself is absent
+        return not sail_vision_mmcv_lite.is_placeholder(module)
+    mmcv = importlib.util.find_spec("mmcv")
+    if mmcv is None or not mmcv.submodule_search_locations:
         return False
-
-
-def install_mmcv_ext_placeholder() -> bool:
-    """Register the placeholder when (and only when) mmcv is installed without compiled ops.
-
-    Returns True if the placeholder is (now) in place.
-    """
-    if isinstance(sys.modules.get(_EXT), _MissingCompiledOps):
-        return True
-    if importlib.util.find_spec("mmcv") is None or compiled_ops_available():
-        return False
-    module = _MissingCompiledOps(_EXT, "placeholder for mmcv's compiled ops (absent on mmcv-lite)")
-    module.__spec__ = importlib.machinery.ModuleSpec(_EXT, loader=None, origin="sail_vision.mmseg.compat")
-    module.__file__ = __file__
-    sys.modules[_EXT] = module
-    return True
-
-
-_NO_WEIGHTS_ONLY = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
-
-
-@contextmanager
-def trusted_checkpoint_loading():
-    """Inside this block ``torch.load`` defaults to ``weights_only=False``.
-
-    mmengine checkpoints pickle numpy arrays and ``HistoryBuffer`` objects whose statistics are
-    bound methods (stored through ``builtins.getattr``), which torch>=2.6's safe loader rejects;
-    allow-listing ``getattr`` would make safe loading meaningless. So the tools load the
-    checkpoints the user names (``--resume``, ``load_from``, ``tools/test.py CHECKPOINT``,
-    ``init_model``) inside this block, through torch's own switch
-    (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``), restored on exit. Like any ``.pth`` file, only load
-    checkpoints you trust (your own training runs).
-    """
-    previous = os.environ.get(_NO_WEIGHTS_ONLY)
-    os.environ[_NO_WEIGHTS_ONLY] = "1"
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")
-            yield
-    finally:
-        if previous is None:
-            os.environ.pop(_NO_WEIGHTS_ONLY, None)
-        else:
-            os.environ[_NO_WEIGHTS_ONLY] = previous
+    return importlib.machinery.PathFinder.find_spec(_EXT, list(mmcv.submodule_search_locations)) is not None
 
 
 def ensure_mmseg() -> None:
-    """Install the placeholder if needed and check mmseg imports; a one-line error if it cannot."""
-    install_mmcv_ext_placeholder()
+    """Install the mmcv-lite stand-in and import mmseg; a one-line error saying what to install if that fails."""
+    sail_vision_mmcv_lite.install()
+    for name, advice in (("mmengine", "pip install 'sail-vision[mmseg]'"),
+                         ("mmsegmentation", "pip install 'sail-vision[mmseg]'"),
+                         ("mmcv", _INSTALL_MMCV)):
+        module = "mmseg" if name == "mmsegmentation" else name
+        if importlib.util.find_spec(module) is None:
+            raise MMSegUnavailableError(f"the mmseg integration needs {name}, which is not installed: {advice}")
     try:
-        import mmseg  # noqa: F401
-        import mmengine  # noqa: F401
-    except ImportError as exc:
-        raise MMSegUnavailableError(
-            f"mmsegmentation is not usable ({exc}); install it with `pip install "
-            f"'mmsegmentation==1.2.2' 'mmengine==0.10.7' 'mmcv-lite==2.1.0' 'setuptools<81'` "
-            f"(or full mmcv 2.1.0 on GPU machines)") from None
+        import mmseg  # noqa: F401  (checks the mmcv version)
+        import mmseg.registry  # noqa: F401
+    except (ImportError, AssertionError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MMSegUnavailableError(f"mmsegmentation cannot be imported ({message}); {_INSTALL_MMCV}, with "
+                                    f"mmengine 0.10.x and mmsegmentation 1.2.x") from None
 
 
-install_mmcv_ext_placeholder()
+sail_vision_mmcv_lite.install()

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from mmcv.cnn import build_norm_layer
 
 from .compat import ensure_mmseg
 
 ensure_mmseg()
+from mmcv.cnn import build_norm_layer  # noqa: E402
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 

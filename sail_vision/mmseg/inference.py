@@ -6,35 +6,47 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CheckpointError, InputError
+from ..errors import InputError
 from ..preprocessing import decode_image
+from .checkpoints import check_state_dict_matches, load_from_local_weights_only
+from .config_checks import check_config, load_config, sail_backbones
 
 
 def load_segmentor(config: str | Path, checkpoint: str | Path | None, device: str = "cpu",
-                   cfg_options: dict | None = None):
+                   cfg_options=None):
     """``mmseg.apis.init_model`` for a config trained with tools/train.py, usable on CPU.
 
-    Registers the SAIL modules, loads the checkpoint (your own training output) with
-    ``compat.trusted_checkpoint_loading`` and turns SyncBN into BN when the device is the CPU.
+    ``cfg_options`` (``KEY=VALUE`` strings or a dict) override config entries. The config, its
+    paths and the checkpoint are checked first (one-line errors; the checkpoint is only loaded with
+    ``torch.load(weights_only=True)`` and must hold exactly the model's weights); a SAIL backbone is
+    read straight onto ``device``; SyncBN becomes BN when the device is the CPU.
     """
-    from . import compat
-
-    compat.ensure_mmseg()
-    import sail_vision.mmseg  # noqa: F401  (registers SAILBackbone / SAILLinearHead)
     from mmengine.model import revert_sync_batchnorm
     from mmseg.apis import init_model
 
-    if not Path(config).is_file():
-        raise InputError(f"config file {str(config)!r} not found")
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise CheckpointError(f"segmentor checkpoint {str(checkpoint)!r} not found; train one with "
-                              f"`python tools/train.py {config}`")
-    with compat.trusted_checkpoint_loading():
-        model = init_model(str(config), None if checkpoint is None else str(checkpoint), device=device,
-                           cfg_options=cfg_options)
+    cfg = load_config(config, cfg_options)
+    for _, backbone in sail_backbones(cfg):
+        backbone.setdefault("device", str(device))
+    if checkpoint is not None:
+        cfg.load_from = str(checkpoint)
+    check_config(cfg)
+    model = init_model(cfg, None if checkpoint is None else str(checkpoint), device=device)
+    if checkpoint is not None:  # init_model only warns when weights are missing or of another shape
+        check_state_dict_matches(model, _state_dict(checkpoint), checkpoint)
     if str(device).startswith("cpu"):
         model = revert_sync_batchnorm(model)
     return model
+
+
+def _state_dict(checkpoint) -> dict:
+    """The checkpoint's tensors, memory-mapped (nothing is read but their shapes)."""
+    import torch
+
+    try:
+        loaded = torch.load(str(checkpoint), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # not torch's zip format: read it (it already passed the safe loader)
+        loaded = load_from_local_weights_only(str(checkpoint), map_location="cpu")
+    return loaded.get("state_dict", loaded)
 
 
 def segment(model, image) -> np.ndarray:

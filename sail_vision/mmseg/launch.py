@@ -1,60 +1,97 @@
-"""What tools/train.py and tools/test.py share: common options, config loading, running a Runner."""
+"""What tools/train.py and tools/test.py share: common options, config loading and checks, running a Runner."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
+from contextlib import contextmanager
 from pathlib import Path
 
-from .compat import trusted_checkpoint_loading
+from ..errors import InputError
+from . import config_checks
+from .checkpoints import add_checkpoint_hook
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """--work-dir, --cfg-options, --launcher (and torchrun's --local-rank)."""
-    from mmengine.config import DictAction
-
     parser.add_argument("--work-dir", help="where logs, metrics and checkpoints go (default: the config's "
                                            "work_dir, else ./work_dirs/<config name>)")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE",
-                        help="override config entries, e.g. train_cfg.max_iters=100 (default: none)")
+    parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config entries, e.g. train_cfg.max_iters=100 "
+                             "model.backbone.checkpoint=/models/SAIL-7B; values are parsed as mmengine's "
+                             "DictAction does (numbers, True/False, None, [lists], (tuples)) (default: none)")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
                         help="job launcher for distributed runs (default: none)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
 
 
-def load_config(args: argparse.Namespace, tool: str):
-    """The config named by ``args.config`` with the common options applied; exits on a missing file."""
-    from mmengine.config import Config
-
+def load_config(args: argparse.Namespace, strict_checkpoint: bool = False):
+    """The config named by ``args.config`` with the common options applied and
+    :class:`~sail_vision.mmseg.checkpoints.WeightsOnlyCheckpointHook` added if it is missing
+    (``strict_checkpoint``: a loaded checkpoint must hold exactly the model's weights)."""
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    if not Path(args.config).is_file():
-        sys.exit(f"{tool}: error: config file {args.config!r} not found")
-    cfg = Config.fromfile(args.config)
+    cfg = config_checks.load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
     if args.work_dir:
         cfg.work_dir = args.work_dir
     elif cfg.get("work_dir") is None:
         cfg.work_dir = str(Path("work_dirs") / Path(args.config).stem)
+    add_checkpoint_hook(cfg, strict=strict_checkpoint)
     return cfg
 
 
-def run(cfg, method: str, tool: str):
-    """Build the config's Runner and call ``method`` ('train' / 'test') on it.
+def check(cfg, loaders) -> None:
+    """:func:`~sail_vision.mmseg.config_checks.check_config`: one-line errors before the Runner logs anything."""
+    config_checks.check_config(cfg, loaders)
 
-    Checkpoints the user named (resume, load_from) load inside ``trusted_checkpoint_loading``;
-    sail-vision's input errors end the tool with a one-line message.
-    """
+
+def run(cfg, method: str):
+    """Build the config's Runner and call ``method`` ('train' / 'test') on it."""
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
-    from ..errors import SailVisionError
+    runner = RUNNERS.build(cfg) if "runner_type" in cfg else Runner.from_cfg(cfg)
+    return getattr(runner, method)()
 
+
+@contextmanager
+def work_dir_lock(work_dir: str | Path, tool: str):
+    """Hold an exclusive lock on ``work_dir`` (global rank 0 only) so two trainings never share one.
+
+    A second ``tools/train.py`` on the same work dir stops at once with a one-line error instead
+    of overwriting the first one's checkpoints. The lock is released when the process ends.
+    """
     try:
-        runner = RUNNERS.build(cfg) if "runner_type" in cfg else Runner.from_cfg(cfg)
-        with trusted_checkpoint_loading():
-            return getattr(runner, method)()
-    except SailVisionError as exc:
-        sys.exit(f"{tool}: error: {exc}")
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    if _global_rank() != 0:
+        yield
+        return
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    path = work_dir / ".train.lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            raise InputError(f"work dir {str(work_dir)!r} is in use by another {tool} (pid {owner}); wait for it, "
+                             f"or give this run its own --work-dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _global_rank() -> int:
+    for name in ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0

@@ -4,22 +4,67 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import pickle
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
+import torch
 
-import sail_vision.mmseg  # noqa: F401  (registers the modules; applies the mmcv-lite shim)
-from sail_vision.mmseg.synthetic import make_synthetic_ade20k
+import sail_vision.mmseg  # noqa: F401  (registers the modules; installs the mmcv-lite stand-in)
+from sail_vision.mmseg.synthetic import make_synthetic_dataset
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "sail"
-LINEAR = "sail-tiny_linear_1xb4-300_synthetic-64x64"
+LINEAR = "linear_sail-tiny_1xb4-300_synthetic-64x64"
 _RUN_IDS = itertools.count()
+
+
+class _Touch:
+    """Unpickling this runs ``os.system('touch MARKER')``: the kind of file a crafted checkpoint is."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _crafted_checkpoint(path, marker, *, zip_format: bool = True):
+    """A checkpoint-shaped pickle that would create ``marker`` when loaded unsafely."""
+    payload = {"meta": {}, "state_dict": OrderedDict(), "message_hub": _Touch(marker)}
+    if zip_format:
+        torch.save(payload, path)
+    else:
+        with open(path, "wb") as f:
+            pickle.dump(payload, f)
+    return path
+
+
+@pytest.fixture(scope="session")
+def crafted_checkpoint():
+    """crafted_checkpoint(path, marker, zip_format=True) -> path: a .pth whose unpickling creates ``marker``."""
+    return _crafted_checkpoint
 
 
 @pytest.fixture(scope="session")
 def seg_data_root(tmp_path_factory) -> Path:
-    """24 training and 8 validation 64x64 images in ADE20K's layout (4 colour classes)."""
-    return make_synthetic_ade20k(tmp_path_factory.mktemp("synthetic_ade20k"), num_train=24, num_val=8, seed=0)
+    """24 training and 8 validation 64x64 images in ADE20K's layout (the 4 synthetic colour classes)."""
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic_data"), num_train=24, num_val=8, seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_config(tiny_checkpoint, seg_data_root, tmp_path_factory) -> Path:
+    """The demo config (configs/sail/<LINEAR>.py) pointed at the test checkpoint and data, as a file."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(CONFIG_DIR / f"{LINEAR}.py"))
+    cfg.model.backbone.checkpoint = str(tiny_checkpoint)
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        cfg[loader].dataset.data_root = str(seg_data_root)
+    path = tmp_path_factory.mktemp("configs") / f"{LINEAR}.py"
+    cfg.dump(str(path))
+    return path
 
 
 @pytest.fixture

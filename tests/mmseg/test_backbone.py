@@ -1,13 +1,17 @@
-"""SAILBackbone: maps equal the encoder's patch tokens; frozen means frozen."""
+"""SAILBackbone: maps equal the encoder's patch tokens; frozen means frozen; conversions never copy SAIL."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 
 from sail_vision import SailEncoder
-from sail_vision.errors import CheckpointError, LayerIndexError
+from sail_vision.errors import CheckpointError, InputError, LayerIndexError
 from sail_vision.mmseg import SAILBackbone
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "sail"
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +96,133 @@ def test_registered_in_mmseg(tiny_checkpoint):
     backbone = MODELS.build(dict(type="SAILBackbone", checkpoint=str(tiny_checkpoint), out_indices=[0, -1]))
     assert isinstance(backbone, SAILBackbone) and backbone.out_indices == (0, 4)
     assert isinstance(backbone.encoder, SailEncoder)
+
+
+# --------------------------------------------------------------------------- conversions and devices
+
+@pytest.fixture
+def segmentor(tiny_checkpoint):
+    """An EncoderDecoder (SAIL backbone + linear head) built from the tiny demo config's model."""
+    from mmengine.config import Config
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)
+    cfg = Config.fromfile(str(CONFIG_DIR / "linear_sail-tiny_1xb4-300_synthetic-64x64.py"))
+    cfg.model.backbone.checkpoint = str(tiny_checkpoint)
+    return MODELS.build(cfg.model)
+
+
+def _weights(encoder) -> dict:
+    return {name: (t.device, t.dtype, t.data_ptr()) for name, t in encoder.state_dict().items()}
+
+
+@pytest.mark.parametrize("convert", ["half", "to_float16", "float", "bfloat16", "double", "to_cpu",
+                                     "cpu", "share_memory"])
+def test_module_conversions_leave_the_frozen_encoder_alone(segmentor, convert):
+    encoder = segmentor.backbone.encoder
+    before = _weights(encoder)
+    {"half": lambda m: m.half(), "to_float16": lambda m: m.to(torch.float16), "float": lambda m: m.float(),
+     "bfloat16": lambda m: m.bfloat16(), "double": lambda m: m.double(), "to_cpu": lambda m: m.to("cpu"),
+     "cpu": lambda m: m.cpu(), "share_memory": lambda m: m.share_memory()}[convert](segmentor)
+    assert segmentor.backbone.encoder is encoder
+    assert _weights(encoder) == before  # same device, same dtype, same storage: nothing was copied
+    if convert in ("half", "to_float16"):
+        assert segmentor.decode_head.conv_seg.weight.dtype == torch.float16  # the head did convert
+
+
+def test_deepcopy_shares_the_frozen_encoder(segmentor):
+    import copy
+
+    clone = copy.deepcopy(segmentor)
+    assert clone.backbone.encoder is segmentor.backbone.encoder
+    assert clone.decode_head.conv_seg.weight.data_ptr() != segmentor.decode_head.conv_seg.weight.data_ptr()
+    unfrozen = SAILBackbone(str(segmentor.backbone.encoder.checkpoint_path), out_indices=(1,), frozen=False)
+    assert copy.deepcopy(unfrozen).encoder is not unfrozen.encoder  # trainable weights are copied as usual
+
+
+def test_device_argument(tiny_checkpoint):
+    assert SAILBackbone(str(tiny_checkpoint), device="cpu").encoder.device == torch.device("cpu")
+    auto = SAILBackbone(str(tiny_checkpoint)).encoder.device
+    expected = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    assert auto == expected
+    with pytest.raises(InputError, match="SAILBackbone device='tpu'"):
+        SAILBackbone(str(tiny_checkpoint), device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA available: False"):
+            SAILBackbone(str(tiny_checkpoint), device="cuda")
+
+
+def test_check_config_validates_without_reading_weights(tiny_checkpoint, monkeypatch):
+    def no_reading(*args, **kwargs):
+        raise AssertionError("check_config must not read weights")
+
+    monkeypatch.setattr(SailEncoder, "from_pretrained", no_reading)
+    settings = SAILBackbone.check_config(dict(type="SAILBackbone", checkpoint=str(tiny_checkpoint), out_indices=[-1, 2],
+                                              dtype="bf16", device="cpu"))
+    assert settings == {"out_indices": (4, 2), "dtype": torch.bfloat16, "device": torch.device("cpu")}
+    with pytest.raises(InputError, match="unexpected keyword argument 'depth'.*checkpoint, out_indices"):
+        SAILBackbone.check_config(dict(checkpoint=str(tiny_checkpoint), depth=3))
+    with pytest.raises(InputError, match="missing a required argument: 'checkpoint'"):
+        SAILBackbone.check_config(dict(out_indices=(1,)))
+    with pytest.raises(LayerIndexError):
+        SAILBackbone.check_config(dict(checkpoint=str(tiny_checkpoint), out_indices=(9,)))
+
+
+def test_outputs_under_cpu_bfloat16_autocast_equal_outputs_without_it(tiny_checkpoint, pixels):
+    """The frozen backbone computes in its configured dtype whatever autocast the caller runs under.
+
+    Relies on SailEncoder opting out of autocast (the encoder's work, issue 14); the backbone adds no
+    second guard.
+    """
+    backbone = SAILBackbone(str(tiny_checkpoint), out_indices=(1, -1), device="cpu")
+    expected = backbone(pixels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = backbone(pixels)
+    for a, b in zip(got, expected):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+def test_cuda_encoder_is_read_straight_to_the_current_device(tiny_checkpoint, monkeypatch):
+    reads = []
+    original = SailEncoder.from_pretrained.__func__
+
+    def recording(cls, *args, **kwargs):
+        reads.append(torch.device(kwargs["device"]))
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(SailEncoder, "from_pretrained", classmethod(recording))
+    backbone = SAILBackbone(str(tiny_checkpoint), dtype="bfloat16")  # device='auto'
+    current = torch.device("cuda", torch.cuda.current_device())
+    assert reads == [current] and backbone.encoder.device == current
+
+
+@cuda
+def test_cuda_conversions_keep_dtype_and_move_only_on_device_change(segmentor, pixels):
+    segmentor.cpu()
+    encoder = segmentor.backbone.encoder
+    assert encoder.device.type == "cpu"
+    segmentor.cuda()
+    assert encoder.device.type == "cuda" and encoder.dtype == torch.float32
+    before = _weights(encoder)
+    segmentor.half()
+    segmentor.to(torch.bfloat16)
+    assert _weights(encoder) == before
+    maps = segmentor.backbone.float()(pixels.cuda())
+    assert maps[0].device.type == "cuda" and maps[0].dtype == torch.float32
+    segmentor.to("cpu")
+    assert encoder.device.type == "cpu" and encoder.dtype == torch.float32
+
+
+@cuda
+def test_cuda_bfloat16_autocast_leaves_a_float32_backbone_in_float32(tiny_checkpoint, pixels):
+    backbone = SAILBackbone(str(tiny_checkpoint), out_indices=(-1,), device="cuda")
+    expected = backbone(pixels.cuda())
+    with torch.autocast("cuda", dtype=torch.float16):
+        got = backbone(pixels.cuda())
+    torch.testing.assert_close(got[0], expected[0], atol=0, rtol=0)

@@ -34,6 +34,27 @@ def test_segment_command_reports_missing_checkpoint(trained, seg_data_root, tmp_
     assert "missing.pth" in capsys.readouterr().err
 
 
+def test_segment_command_takes_cfg_options(trained, seg_data_root, tmp_path, capsys):
+    """A config whose SAIL checkpoint path is wrong works once --cfg-options points it to the right folder."""
+    from mmengine.config import Config
+
+    runner, _, _ = trained
+    cfg = Config.fromfile(f"{runner.work_dir}/config.py")
+    real = cfg.model.backbone.checkpoint
+    cfg.model.backbone.checkpoint = str(tmp_path / "not-here")
+    cfg.dump(str(tmp_path / "config.py"))
+    image = sorted((seg_data_root / "images" / "validation").glob("*.jpg"))[0]
+    args = ["segment", str(image), "--config", str(tmp_path / "config.py"), "--checkpoint",
+            f"{runner.work_dir}/iter_60.pth", "--out", str(tmp_path / "o.png")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not-here" in err and "is not a folder" in err
+    assert main(args + ["--cfg-options", f"model.backbone.checkpoint={real}"]) == 0
+    assert (tmp_path / "o.png").is_file()
+    assert main(args + ["--cfg-options", "model.backbone.checkpoint"]) == 2
+    assert "write KEY=VALUE" in capsys.readouterr().err
+
+
 def test_overlay_rejects_mismatched_prediction(tmp_path):
     image = np.zeros((10, 12, 3), dtype=np.uint8)
     with pytest.raises(InputError, match="does not match"):

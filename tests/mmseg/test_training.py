@@ -8,10 +8,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sail_vision.mmseg.compat import trusted_checkpoint_loading
 from sail_vision.mmseg.inference import load_segmentor, segment
 
-LINEAR = "sail-tiny_linear_1xb4-300_synthetic-64x64"
+LINEAR = "linear_sail-tiny_1xb4-300_synthetic-64x64"
 
 
 def test_linear_head_learns_the_synthetic_classes(trained):
@@ -29,9 +28,6 @@ def test_backbone_weights_are_bit_identical_after_training(trained, tiny_checkpo
     assert after.keys() == before.keys()
     for name, value in after.items():
         assert torch.equal(value, before[name]), name
-    saved = torch.load(f"{runner.work_dir}/iter_60.pth", map_location="cpu", weights_only=False)["state_dict"]
-    assert not any(k.startswith("backbone.") for k in saved)  # 7B frozen weights are never saved
-    assert any(k.startswith("decode_head.") for k in saved)
 
 
 def test_init_model_and_inference_model_predict(trained, seg_data_root):
@@ -48,24 +44,33 @@ def test_resume_continues_with_identical_losses(tiny_cfg, schedule, logged_losse
     from mmengine.runner import Runner
 
     full = tiny_cfg(LINEAR, **schedule(8, 4))
-    Runner.from_cfg(full).train()
+    uninterrupted = Runner.from_cfg(full)
+    uninterrupted.train()
     reference = logged_losses(full.work_dir)
     assert sorted(reference) == list(range(1, 9))
 
     resumed = tiny_cfg(LINEAR, **schedule(8, 4))
-    resumed.resume, resumed.load_from = True, f"{full.work_dir}/iter_4.pth"
-    with trusted_checkpoint_loading():
-        Runner.from_cfg(resumed).train()
+    resumed.resume, resumed.load_from = True, f"{full.work_dir}/iter_4.pth"  # loaded with weights_only=True
+    runner = Runner.from_cfg(resumed)
+    runner.train()
     continued = logged_losses(resumed.work_dir)
     assert sorted(continued) == [5, 6, 7, 8]
     for step, loss in continued.items():
         assert math.isclose(loss, reference[step], rel_tol=1e-6, abs_tol=1e-7), (step, loss, reference[step])
+    # The logged loss is a mean over the last 10 iterations, so steps 5..8 above already needed the 4
+    # restored values; the message hub's whole history matches too (the first 4 exactly, from the file).
+    history = runner.message_hub.get_scalar("train/loss").data[0]
+    full_history = uninterrupted.message_hub.get_scalar("train/loss").data[0]
+    assert len(history) == 8 and np.array_equal(history[:4], full_history[:4])
+    np.testing.assert_allclose(history, full_history, rtol=1e-6)
+    assert runner.iter == uninterrupted.iter == 8
+    assert runner.optim_wrapper.get_lr() == uninterrupted.optim_wrapper.get_lr()
 
 
 def test_upernet_config_trains_and_slides(tiny_cfg, schedule, logged_losses):
     from mmengine.runner import Runner
 
-    cfg = tiny_cfg("sail-tiny_upernet_1xb4-300_synthetic-64x64", **schedule(3, 3))
+    cfg = tiny_cfg("upernet_mln_sail-tiny_1xb4-300_synthetic-64x64", **schedule(3, 3))
     runner = Runner.from_cfg(cfg)
     assert runner.model.test_cfg.mode == "slide"
     runner.train()

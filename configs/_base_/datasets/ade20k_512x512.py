@@ -1,5 +1,6 @@
 # ADE20K (SceneParsing, 150 classes) at 512x512 crops; data under data/ade/ADEChallengeData2016.
 dataset_type = 'ADE20KDataset'
+num_classes = 150   # configs pass it to their heads: decode_head=dict(num_classes=_base_.num_classes)
 data_root = 'data/ade/ADEChallengeData2016'
 crop_size = (512, 512)
 train_pipeline = [

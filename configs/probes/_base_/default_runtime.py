@@ -16,3 +16,6 @@ default_hooks = dict(
     sampler_seed=dict(type='DistSamplerSeedHook'))
 vis_backends = [dict(type='LocalVisBackend')]
 visualizer = dict(type='Visualizer', vis_backends=vis_backends, name='visualizer')
+# Checkpoints hold only tensors and plain values, so they load with torch.load(weights_only=True);
+# the hook is registered by sail_vision.mmseg, which the registration module imports.
+custom_hooks = [dict(type='WeightsOnlyCheckpointHook')]

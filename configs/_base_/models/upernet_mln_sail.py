@@ -1,6 +1,7 @@
 # EncoderDecoder: frozen SAIL backbone (4 layers) -> MultiLevelNeck (a 4-scale pyramid built from the
-# single-scale maps: x4, x2, x1, x0.5) -> mmseg's UPerHead. Data preprocessing as in sail_linear.py.
-_base_ = ['./sail_linear.py']
+# single-scale maps: x4, x2, x1, x0.5) -> mmseg's UPerHead. Data preprocessing as in linear_sail.py.
+# Dataset-agnostic: the config that uses this file sets decode_head.num_classes from its dataset file.
+_base_ = ['./linear_sail.py']
 norm_cfg = dict(type='SyncBN', requires_grad=True)  # multi-GPU; reverted to BN when not distributed
 model = dict(
     backbone=dict(
@@ -19,7 +20,6 @@ model = dict(
         pool_scales=(1, 2, 3, 6),
         channels=512,
         dropout_ratio=0.1,
-        num_classes=150,
         norm_cfg=norm_cfg,
         align_corners=False,
         loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)))

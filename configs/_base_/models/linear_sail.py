@@ -1,4 +1,5 @@
 # EncoderDecoder: frozen SAIL backbone + SAILLinearHead (DINOv2's "linear" head on the last layer).
+# Dataset-agnostic: the config that uses this file sets decode_head.num_classes from its dataset file.
 norm_cfg = dict(type='SyncBN', requires_grad=True)  # multi-GPU; reverted to BN when not distributed
 data_preprocessor = dict(
     type='SegDataPreProcessor',
@@ -14,12 +15,12 @@ model = dict(
         norm=False,                        # final RMSNorm on intermediate layers too (default False)
         frozen=True,                       # default True
         dtype='bfloat16',                  # SAIL's compute dtype; maps come out float32 (default 'float32')
-        attn_implementation='sdpa'),       # 'sdpa' or 'eager' (default 'sdpa')
+        attn_implementation='sdpa',        # 'sdpa' or 'eager' (default 'sdpa')
+        device='auto'),                    # where SAIL is read to: each rank's current GPU, else CPU (default 'auto')
     decode_head=dict(
         type='SAILLinearHead',
         in_channels=[4096],   # width of each selected map
         in_index=[0],         # positions in the backbone's output tuple (default (0,))
-        num_classes=150,
         norm_cfg=norm_cfg,    # default dict(type='BN')
         dropout_ratio=0.0,    # default 0.0
         align_corners=False,
