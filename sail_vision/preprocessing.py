@@ -27,13 +27,14 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import ImageError, InputError
-from .sources.labels import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_MAX_TOKENS = 4096
 #: PIL's own default decompression-bomb limit (pixels).
 DEFAULT_MAX_PIXELS = 89_478_485
+#: The mask label of pixels that count for nothing (mmseg's ``ignore_index``).
+IGNORE_INDEX = 255
 #: What transparent pixels are composited over (white, as browsers show transparent images).
 ALPHA_BACKGROUND = (255, 255, 255)
 

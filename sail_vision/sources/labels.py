@@ -19,14 +19,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
+from ..preprocessing import IGNORE_INDEX  # noqa: F401  (re-exported: masks' ignored label)
 
 #: Labels must be below this (no public dataset has ten million classes; a label this large is a
 #: column mix-up, and a probe would try to build a head that size).
 MAX_CLASSES = 10_000_000
 #: The file, beside WebDataset shards or in a masks folder, that names the classes (line i = label i).
 CLASSES_FILE = "classes.txt"
-#: The mask label of pixels that count for nothing (mmseg's ``ignore_index``).
-IGNORE_INDEX = 255
 
 
 def label_problem(value, num_classes: int | None = None) -> str | None:

@@ -108,15 +108,16 @@ def list_pairs(images: Path, masks: Path) -> ImageSource:
     return source
 
 
+#: The 150 ADE20K class names, one per line (package data).
+ADE20K_CLASSES_FILE = "ade20k_classes.txt"
+
+
 def ade20k_class_names() -> list[str]:
-    """ADE20K's 150 class names as mmsegmentation's ``ADE20KDataset`` has them (so labels mean what
-    mmseg's do)."""
-    from ..mmseg.compat import ensure_mmseg
-
-    ensure_mmseg()
-    from mmseg.datasets.ade import ADE20KDataset
-
-    return list(ADE20KDataset.METAINFO["classes"])
+    """ADE20K's 150 class names, in the order of mmsegmentation's ``ADE20KDataset`` (so labels mean
+    what mmseg's do; a test checks the two lists agree). Kept as a data file beside this module so
+    that listing a dataset never imports mmseg."""
+    text = (Path(__file__).with_name(ADE20K_CLASSES_FILE)).read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line]
 
 
 def ade20k_split_dir(root: Path, split: str | None) -> Path:

@@ -105,3 +105,15 @@ def test_bad_pair_folders_are_one_line_errors(tmp_path):
         resolve_inputs(tmp_path / "data" / "images", masks=tmp_path / "data" / "images")
     with pytest.raises(InputError, match="--masks .*absent: no such folder"):
         resolve_inputs(tmp_path / "data" / "images", masks=tmp_path / "absent")
+
+
+def test_ade20k_class_names_match_mmseg():
+    """The packaged list (read without importing mmseg) is mmseg's ADE20KDataset order exactly."""
+    pytest.importorskip("mmseg")
+    import sail_vision.mmseg  # noqa: F401  (mmcv-lite stand-in before mmseg's datasets import)
+    from mmseg.datasets.ade import ADE20KDataset
+
+    from sail_vision.sources.segmentation import ade20k_class_names
+
+    assert ade20k_class_names() == list(ADE20KDataset.METAINFO["classes"])
+    assert len(ade20k_class_names()) == 150
