@@ -210,10 +210,19 @@ class SailEncoder(nn.Module):
                                  f"patch size {p}, got {shape}")
         return items
 
+    def _no_autocast(self):
+        """The encoder computes in its own dtype: a caller's autocast (e.g. mmengine's AMP) is switched
+        off for the encoder's device, so bf16 weights never run fp16 matmuls and nothing is re-cast."""
+        return torch.autocast(self.device.type, enabled=False)
+
     def embed(self, patches: torch.Tensor, add_cls: bool = False) -> torch.Tensor:
         """Input embeddings (hidden state 0) for a same-grid batch (B, nh, nw, 3, p, p):
         token embeddings of ``<vision> <vpatch>*N </vision> [cls]`` with the patch embedding
         added at each ``<vpatch>``."""
+        with self._no_autocast():
+            return self._embed(patches, add_cls)
+
+    def _embed(self, patches: torch.Tensor, add_cls: bool) -> torch.Tensor:
         batch, nh, nw = patches.shape[:3]
         n = nh * nw
         row = {role: self.vision_token_embeds[i] for i, role in enumerate(_TOKEN_ROLES)}
@@ -224,8 +233,13 @@ class SailEncoder(nn.Module):
 
     def _forward_batch(self, patches: torch.Tensor, indices: Sequence[int], norm: bool,
                        add_cls: bool) -> dict[int, torch.Tensor]:
+        with self._no_autocast():
+            return self._forward_unautocast(patches, indices, norm, add_cls)
+
+    def _forward_unautocast(self, patches: torch.Tensor, indices: Sequence[int], norm: bool,
+                            add_cls: bool) -> dict[int, torch.Tensor]:
         nh, nw = patches.shape[1:3]
-        hidden = self.embed(patches, add_cls)
+        hidden = self._embed(patches, add_cls)
         positions = image_position_ids(nh, nw, add_cls).to(self.device)
         cos_sin = self.rotary(positions, hidden.dtype)
         wanted = set(indices)

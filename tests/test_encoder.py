@@ -167,6 +167,20 @@ def test_low_precision_dtypes(tiny_checkpoint, tiny_encoder, dtype):
     assert encoder.rotary.inv_freq().dtype == torch.float32
 
 
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16])
+def test_caller_autocast_does_not_change_the_encoder_dtype(tiny_encoder, autocast_dtype):
+    """A caller's autocast (mmengine AMP) must not run the frozen encoder in another precision."""
+    x = _patches(2, 3, batch=2)
+    want = tiny_encoder.encode_patches(x, [0, 1, -1])
+    with torch.autocast("cpu", dtype=autocast_dtype):
+        got = tiny_encoder.encode_patches(x, [0, 1, -1])
+        embedded = tiny_encoder.embed(x)
+    assert embedded.dtype == torch.float32
+    for k in (0, 1, 4):
+        assert got.hidden_states[k].dtype == torch.float32
+        torch.testing.assert_close(got.hidden_states[k], want.hidden_states[k], atol=0, rtol=0)
+
+
 def test_bad_patch_shapes(tiny_encoder):
     with pytest.raises(ValueError, match="patch size 8"):
         tiny_encoder.encode_patches(torch.zeros(2, 2, 3, 16, 16))
