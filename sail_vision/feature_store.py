@@ -11,7 +11,10 @@ A feature folder (written by ``sail-vision extract`` or :func:`write_feature_dir
 - ``failures.jsonl`` (one ``{"index", "path", "reason"}`` object per failed image);
 - ``manifest.json`` describing all of it; ``"complete": false`` while an extraction runs.
 
-Every array opens with ``np.load(path, mmap_mode="r")``.
+Every array opens with ``np.load(path, mmap_mode="r")``. While an extraction runs, its working
+files live in ``.extract/`` and a lock file (``folder_lock.LOCK_FILE``) names the writer; both are
+gone once it finishes. :func:`extraction_entries` says which entries of a folder are the
+extractor's own: ``--overwrite`` removes only those, and refuses when anything else is there.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Mapping, Sequence
@@ -26,6 +30,8 @@ from typing import Any, BinaryIO, Callable, Mapping, Sequence
 import numpy as np
 
 from .errors import SailVisionError
+from .folder_lock import LOCK_FILE
+from .pause_points import pause_point
 
 FORMAT_NAME = "sail-vision-features"
 FORMAT_VERSION = 1
@@ -35,12 +41,18 @@ LABELS_FILE = "labels.npy"
 PATHS_FILE = "paths.txt"
 FAILURES_FILE = "failures.jsonl"
 PATCH_GRIDS_FILE = "patch_grids.npy"
+#: Working files of an unfinished extraction (plan, per-rank row status, failure logs).
+STATE_DIR = ".extract"
+#: Every fixed name an extraction writes in its folder.
+OWN_FILES = (MANIFEST_FILE, VALID_FILE, LABELS_FILE, PATHS_FILE, FAILURES_FILE, PATCH_GRIDS_FILE, STATE_DIR)
 
 #: Layouts of a feature array: one vector per image, a patch grid per image (fixed resolution),
 #: or patch rows of all images concatenated (native resolution; see the offsets file).
 LAYOUTS = ("pooled", "grid", "rows")
 
 _NAME_RE = re.compile(r"^layer-(\d+)_([a-z]+)$")
+_FEATURE_FILE_RE = re.compile(r"^layer-\d+_(?:[a-z]+|patch_offsets)\.npy$")
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")  # _atomic_write's temporary names
 
 
 class FeatureStoreError(SailVisionError):
@@ -76,6 +88,7 @@ def _atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        pause_point(f"atomic-write:{path.name}")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -127,6 +140,103 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
         else:
             shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
     return tuple(int(s) for s in shape), np.dtype(dtype)
+
+
+def _is_own_name(name: str, manifest_files: set[str]) -> bool:
+    if name in OWN_FILES or name in manifest_files or _FEATURE_FILE_RE.match(name):
+        return True
+    match = _TMP_RE.match(name)
+    return bool(match) and _is_own_name(match.group("name"), manifest_files)
+
+
+def _manifest_files(manifest: Mapping | None) -> set[str]:
+    files: set[str] = set()
+    for info in ((manifest or {}).get("features") or {}).values():
+        if isinstance(info, dict):
+            files.update(v for k, v in info.items() if k in ("file", "offsets") and isinstance(v, str))
+    return files
+
+
+def extraction_entries(folder: str | Path, manifest: Mapping | None = None) -> tuple[list[Path], list[Path]]:
+    """(the extractor's own entries, everything else) in ``folder``, the lock file left out.
+
+    Own entries are the fixed names above, the files ``manifest`` lists, any ``layer-{k}_{pool}.npy``
+    / ``layer-{k}_patch_offsets.npy``, and temporary files of those names left by a crash.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return [], []
+    known = _manifest_files(manifest)
+    own, other = [], []
+    for entry in sorted(folder.iterdir()):
+        if entry.name == LOCK_FILE:
+            continue
+        (own if _is_own_name(entry.name, known) else other).append(entry)
+    return own, other
+
+
+def _listing(entries: Sequence[Path], limit: int = 8) -> str:
+    names = [e.name + ("/" if e.is_dir() and not e.is_symlink() else "") for e in entries]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def remove_extraction_files(folder: str | Path, manifest: Mapping | None = None, *,
+                            keep_others: bool = False, option: str = "--out") -> None:
+    """Remove what an extraction wrote in ``folder`` (see :func:`extraction_entries`), manifest first,
+    so that an interruption leaves a folder that is recognisably an unfinished extraction. Unless
+    ``keep_others``, refuses, listing them, when other files are present (``--overwrite``). Nothing it
+    did not write is ever deleted."""
+    folder = Path(folder)
+    own, other = extraction_entries(folder, manifest)
+    if other and not keep_others:
+        raise FeatureStoreError(f"{option} {folder}: holds files sail-vision did not write ({_listing(other)}); "
+                                f"move them away or choose another {option}; nothing was deleted")
+    own.sort(key=lambda e: e.name != MANIFEST_FILE)
+    for index, entry in enumerate(own):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink(missing_ok=True)
+        if index == 0:
+            _fsync_dir(folder)
+            pause_point("extract:overwrite")
+    _fsync_dir(folder)
+
+
+def remove_temporary_files(folder: str | Path) -> None:
+    """Remove the working folder and temporary files a finished extraction no longer needs."""
+    folder = Path(folder)
+    shutil.rmtree(folder / STATE_DIR, ignore_errors=True)
+    for entry in folder.iterdir():
+        if _TMP_RE.match(entry.name) and _is_own_name(entry.name, set()) and entry.is_file():
+            entry.unlink(missing_ok=True)
+
+
+def describe_bytes(n: float) -> str:
+    """1234567 -> '1.2 MB'."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def check_free_space(folder: str | Path, needed: int, *, option: str = "--out") -> None:
+    """Refuse to start when the disk of ``folder`` has less than ``needed`` bytes free."""
+    folder = Path(folder)
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise FeatureStoreError(f"{option} {folder}: the features need {describe_bytes(needed)} more but only "
+                                f"{describe_bytes(free)} is free on that disk; free some space (then --resume), "
+                                f"choose another {option}, or store less (fewer --layers / --pool, "
+                                f"--save-dtype float16)")
+
+
+def unallocated_bytes(path: str | Path) -> int:
+    """Bytes of a (sparse) file not yet backed by disk blocks: what writing all of it still needs."""
+    st = os.stat(path)
+    return max(0, st.st_size - getattr(st, "st_blocks", 0) * 512)
 
 
 class FeatureDir:

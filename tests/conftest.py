@@ -18,6 +18,12 @@ REFERENCE_DIR = Path(os.environ.get("SAIL_REFERENCE_FIXTURE",
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+# Weight digests are cached per user; the tests (and the processes they start) keep theirs apart.
+if "SAIL_VISION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["SAIL_VISION_CACHE_DIR"] = tempfile.mkdtemp(prefix="sail-vision-test-cache-")
+
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:

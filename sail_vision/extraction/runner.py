@@ -8,10 +8,10 @@ interrupted run ends with the same bytes as an uninterrupted one; so does any nu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,19 +23,23 @@ import numpy as np
 
 from ..errors import InputError, SailVisionError
 from ..feature_store import (FAILURES_FILE, FORMAT_NAME, FORMAT_VERSION, LABELS_FILE, MANIFEST_FILE,
-                             PATCH_GRIDS_FILE, PATHS_FILE, VALID_FILE, FeatureStoreError, _software_versions,
-                             atomic_save_npy, atomic_write_text, feature_name, offsets_file_name, read_manifest,
-                             write_manifest)
+                             PATCH_GRIDS_FILE, PATHS_FILE, STATE_DIR, VALID_FILE, FeatureStoreError,
+                             _software_versions, atomic_save_npy, atomic_write_text, check_free_space,
+                             describe_bytes, extraction_entries, feature_name, offsets_file_name, read_manifest,
+                             remove_extraction_files, remove_temporary_files, unallocated_bytes, write_manifest)
+from ..checkpoint_digest import weights_digest
+from ..folder_lock import hold_folder
+from ..pause_points import pause_point
 from ..outputs import POOLS
 from ..preprocessing import (ALPHA_BACKGROUND, DEFAULT_MAX_PIXELS, DEFAULT_MAX_TOKENS, IMAGENET_MEAN, IMAGENET_STD,
                              Preprocess)
 from .distributed import DistContext
 from ..sources import ImageSource, find_duplicates, resolve_inputs
+from ..sources.labels import labels_summary
 from .loader import NO_GRID, batch_loader, plan_batches, scan_grids
 from .writer import (DONE, FAILED, PENDING, ArraySpec, BackgroundWriter, FailureLog, OutputArrays, RowStatus,
                      create_array_file, failure_record)
 
-STATE_DIR = ".extract"
 PLAN_STATUS = "status-plan.npy"
 PLANNED_MARK = "planned"
 PLAN_FAILURES = "failures-plan.jsonl"
@@ -63,6 +67,7 @@ class ExtractionResult:
     output_bytes: int = 0
     already_complete: bool = False
     world_size: int = 1
+    labels: str = ""  # one line: labelled rows and classes found, or why there are none
 
     @property
     def images_per_second(self) -> float:
@@ -70,21 +75,14 @@ class ExtractionResult:
 
     def summary(self) -> str:
         """One line: images, failures, time, speed, bytes on disk."""
+        labels = f"\n{self.labels}" if self.labels else ""
         if self.already_complete:
             return (f"{self.out}: already complete ({self.num_items} images, {self.num_failed} failed); "
-                    f"nothing to do")
+                    f"nothing to do{labels}")
         ranks = f" on {self.world_size} processes" if self.world_size > 1 else ""
         return (f"extracted {self.num_items} images ({self.num_valid} ok, {self.num_failed} failed) in "
                 f"{self.seconds:.1f} s{ranks} ({self.images_per_second:.1f} images/s this run), "
-                f"{_human_bytes(self.output_bytes)} of features in {self.out}")
-
-
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
+                f"{describe_bytes(self.output_bytes)} of features in {self.out}{labels}")
 
 
 # ---------------------------------------------------------------------------------- options
@@ -104,20 +102,6 @@ def _normalise_pools(pools: str | Iterable[str]) -> list[str]:
     if bad:
         raise InputError(f"pool(s) {', '.join(map(repr, bad))}: choose from {', '.join(POOLS)}")
     return list(dict.fromkeys(items))
-
-
-def weights_digest(checkpoint) -> str:
-    """A cheap identity of a checkpoint's weights: names, sizes, first and last MiB of each file."""
-    digest = hashlib.sha256()
-    for file in sorted({Path(p) for p in checkpoint.weight_map.values()}):
-        size = file.stat().st_size
-        digest.update(f"{file.name}:{size}".encode())
-        with open(file, "rb") as handle:
-            digest.update(handle.read(1 << 20))
-            if size > 2 << 20:
-                handle.seek(size - (1 << 20))
-                digest.update(handle.read())
-    return digest.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------- planning
@@ -143,14 +127,6 @@ def _specs_from_manifest(manifest: dict) -> list[ArraySpec]:
                       info["pool"], info.get("offsets")) for name, info in manifest["features"].items()]
 
 
-def _clear_folder(out: Path) -> None:
-    for child in out.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
-
-
 class _Planner:
     """Rank 0's work before encoding: check the folder, list inputs, plan, preallocate."""
 
@@ -168,19 +144,23 @@ class _Planner:
         self.progress = progress
 
     def prepare(self, *, resume: bool, overwrite: bool) -> str:
-        """'complete' when a finished identical extraction is already there, else 'ready'."""
+        """'complete' when a finished identical extraction is already there, else 'ready'.
+
+        Runs while this process holds the folder's lock. Only the extractor's own files are ever
+        removed (``feature_store.remove_extraction_files``); a folder left by an interrupted start,
+        planning or ``--overwrite`` is accepted by both ``--resume`` and ``--overwrite``.
+        """
         out = self.out
-        if out.exists() and not out.is_dir():
-            raise ExtractionError(f"--out {out}: exists and is not a folder")
-        has_manifest = (out / MANIFEST_FILE).is_file()
-        if has_manifest:
+        pause_point("extract:planning")
+        own, other = extraction_entries(out)
+        if (out / MANIFEST_FILE).is_file():
             try:
                 manifest = read_manifest(out)
             except FeatureStoreError as exc:
                 raise ExtractionError(f"--out {out}: has a {MANIFEST_FILE} that is not a usable sail-vision "
                                       f"manifest ({exc}); choose another --out or delete it yourself") from None
             if overwrite:
-                _clear_folder(out)
+                remove_extraction_files(out, manifest)
             elif not resume:
                 state = "a finished" if manifest.get("complete") else "an unfinished"
                 raise ExtractionError(f"--out {out}: already holds {state} extraction; pass --resume to continue "
@@ -188,16 +168,29 @@ class _Planner:
             else:
                 self._check_same_settings(manifest)
                 if manifest.get("complete"):
+                    remove_temporary_files(out)  # an earlier run may have stopped just before doing it
                     return "complete"
                 if (self.state / PLANNED_MARK).is_file():
                     self._check_same_inputs()
+                    self._check_free_space(manifest)
                     return "ready"
-                _clear_folder(out)  # the previous run stopped while planning: plan again
-        elif out.exists() and any(out.iterdir()):
-            raise ExtractionError(f"--out {out}: exists, is not empty and is not a sail-vision feature folder; "
+                # the previous run stopped while planning: plan again (files of others stay)
+                remove_extraction_files(out, manifest, keep_others=True)
+        elif own:  # no manifest, only the remains of an interrupted start or --overwrite
+            if not (resume or overwrite):
+                raise ExtractionError(f"--out {out}: holds the remains of an extraction that stopped before it "
+                                      f"was planned; pass --resume or --overwrite to start it again")
+            remove_extraction_files(out, None, keep_others=resume and not overwrite)
+        elif other:
+            shown = ", ".join(p.name for p in other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+            raise ExtractionError(f"--out {out}: is not empty ({shown}) and is not a sail-vision feature folder; "
                                   f"choose an empty or new folder")
         self._plan()
         return "ready"
+
+    def _check_free_space(self, manifest: dict) -> None:
+        needed = sum(unallocated_bytes(self.out / info["file"]) for info in manifest["features"].values())
+        check_free_space(self.out, needed)
 
     def _check_same_settings(self, manifest: dict) -> None:
         before = manifest.get("settings") or {}
@@ -246,6 +239,7 @@ class _Planner:
         specs = _feature_specs(self.settings["layers"], self.settings["pools"], self.hidden, num_items, fixed,
                                int(offsets[-1]), self.settings["save_dtype"])
 
+        check_free_space(self.out, sum(int(np.prod(s.shape)) * s.nbytes_per_value for s in specs))
         self.out.mkdir(parents=True, exist_ok=True)
         self.state.mkdir(exist_ok=True)
         manifest = {**self.manifest_base, "num_items": num_items,
@@ -350,6 +344,7 @@ def _encode_share(out: Path, manifest: dict, batches, *, checkpoint, layers, nor
                 patches = item["patches"].to(device, non_blocking=True)
                 encoding = encoder.encode_patches(patches, layers, norm=norm, add_cls=add_cls)
                 writer.put_batch(rows, _batch_features(encoding, specs, save_dtype, rows, paths))
+                pause_point("extract:encoding")
             processed += len(rows) + len(records)
             failed += len(records)
             if bar is not None:
@@ -366,6 +361,7 @@ def _encode_share(out: Path, manifest: dict, batches, *, checkpoint, layers, nor
             writer.close()
         finally:
             arrays.close()
+            status.close()
     return processed, writer.bytes_written
 
 
@@ -388,6 +384,7 @@ def _finalize(out: Path, manifest: dict, *, seconds: float, world_size: int, wor
     atomic_write_text(out / FAILURES_FILE, "".join(_json_line(r) for r in failures))
     valid = status == DONE
     atomic_save_npy(out / VALID_FILE, valid)
+    pause_point("extract:finalize")
     manifest = {**manifest, "complete": True, "num_valid": int(valid.sum()), "num_failed": len(failures),
                 "failures": {"file": FAILURES_FILE, "count": len(failures),
                              "by_kind": dict(sorted(Counter(r["kind"] for r in failures).items())),
@@ -396,8 +393,13 @@ def _finalize(out: Path, manifest: dict, *, seconds: float, world_size: int, wor
                         "seconds_last_session": round(seconds, 3), "world_size": world_size,
                         "workers": workers, "device_type": device_type, "resumed": resumed}}
     write_manifest(out, manifest)
-    shutil.rmtree(state, ignore_errors=True)
+    pause_point("extract:cleanup")
+    remove_temporary_files(out)
     return manifest
+
+
+def _label_summary(manifest: dict) -> str:
+    return labels_summary((manifest.get("inputs") or {}).get("labels"))
 
 
 def _output_bytes(out: Path, manifest: dict) -> int:
@@ -452,35 +454,41 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
     source_args = {"images": images_arg, "layout": layout, "split": split, "limit": limit,
                    "labels_file": str(Path(labels_file).absolute()) if labels_file else None}
     add_cls = "cls" in pools
-    settings = {"config_fingerprint": cfg.fingerprint(), "weights_digest": weights_digest(ckpt), "layers": layers,
-                "pools": pools, "norm": bool(norm), "add_cls": add_cls, "preprocessing": preprocess.describe(),
-                "dtype": compute_dtype, "save_dtype": save_dtype, "batch_size": int(batch_size),
-                "inputs": source_args}
-    manifest_base = {
-        "format": FORMAT_NAME, "version": FORMAT_VERSION, "complete": False, "num_items": 0,
-        "num_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size, "layers": layers, "pools": pools,
-        "features": {}, "valid": VALID_FILE, "labels": None, "classes": None, "paths": PATHS_FILE,
-        "patch_grids": PATCH_GRIDS_FILE, "failures": {"file": FAILURES_FILE, "count": None},
-        "checkpoint": {"path": str(Path(checkpoint).absolute()), "config_fingerprint": cfg.fingerprint(),
-                       "weights_digest": settings["weights_digest"], "config": cfg.to_dict()},
-        "preprocessing": {**preprocess.describe(), "norm": bool(norm), "add_cls": add_cls, "resize": "bilinear",
-                          "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                          "alpha": f"composited over RGB {list(ALPHA_BACKGROUND)}",
-                          "16-bit grayscale": "scaled by 255/65535", "cmyk": "PIL conversion",
-                          "exif_orientation": "ignored (as upstream)"},
-        "dtypes": {"compute": compute_dtype, "save": save_dtype},
-        "settings": settings, "software": _software_versions(),
-    }
+
+    def describe_run() -> tuple[dict, dict]:
+        """(settings resume compares, manifest skeleton); rank 0 only: hashing the weights reads them all."""
+        digest = weights_digest(ckpt, progress=progress)
+        settings = {"config_fingerprint": cfg.fingerprint(), "weights_digest": digest, "layers": layers,
+                    "pools": pools, "norm": bool(norm), "add_cls": add_cls, "preprocessing": preprocess.describe(),
+                    "dtype": compute_dtype, "save_dtype": save_dtype, "batch_size": int(batch_size),
+                    "inputs": source_args}
+        manifest_base = {
+            "format": FORMAT_NAME, "version": FORMAT_VERSION, "complete": False, "num_items": 0,
+            "num_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size, "layers": layers, "pools": pools,
+            "features": {}, "valid": VALID_FILE, "labels": None, "classes": None, "paths": PATHS_FILE,
+            "patch_grids": PATCH_GRIDS_FILE, "failures": {"file": FAILURES_FILE, "count": None},
+            "checkpoint": {"path": str(Path(checkpoint).absolute()), "config_fingerprint": cfg.fingerprint(),
+                           "weights_digest": digest, "config": cfg.to_dict()},
+            "preprocessing": {**preprocess.describe(), "norm": bool(norm), "add_cls": add_cls,
+                              "resize": "bilinear", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+            "dtypes": {"compute": compute_dtype, "save": save_dtype},
+            "settings": settings, "software": _software_versions(),
+        }
+        return settings, manifest_base
 
     dist = DistContext.setup(device.type)
     if dist.enabled and device.type == "cuda":
         import torch
 
         device = torch.device("cuda", dist.local_rank)
+    lock = contextlib.ExitStack()
     try:
         outcome = None
         if dist.is_main:
             try:
+                # One writer per folder, for the whole run: taken before the folder is even looked at.
+                lock.enter_context(hold_folder(out, "sail-vision extract"))
+                settings, manifest_base = describe_run()
                 planner = _Planner(out, settings, manifest_base, preprocess, source_args, hidden=cfg.hidden_size,
                                    strict=strict, workers=workers, progress=progress)
                 outcome = planner.prepare(resume=resume, overwrite=overwrite)
@@ -494,7 +502,8 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
         if outcome == "complete":
             return ExtractionResult(out, manifest["num_items"], manifest["num_valid"], manifest["num_failed"],
                                     manifest["failures"].get("items", []), already_complete=True,
-                                    output_bytes=_output_bytes(out, manifest), world_size=dist.world_size)
+                                    output_bytes=_output_bytes(out, manifest), world_size=dist.world_size,
+                                    labels=_label_summary(manifest))
         status = RowStatus.combined(status_files(out), manifest["num_items"])
         batches = plan_batches(np.load(out / PATCH_GRIDS_FILE), batch_size)
         pending = [b for b in batches if (status[b] == PENDING).any()]
@@ -516,6 +525,10 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
         manifest = read_manifest(out)
         return ExtractionResult(out, manifest["num_items"], manifest["num_valid"], manifest["num_failed"],
                                 manifest["failures"]["items"], seconds=seconds, images_processed=processed,
-                                output_bytes=_output_bytes(out, manifest), world_size=dist.world_size)
+                                output_bytes=_output_bytes(out, manifest), world_size=dist.world_size,
+                                labels=_label_summary(manifest))
     finally:
-        dist.close()
+        try:
+            lock.close()
+        finally:
+            dist.close()

@@ -1,16 +1,17 @@
-"""Writing feature rows in place into preallocated, memory-mapped ``.npy`` files.
+"""Writing feature rows in place into preallocated ``.npy`` files.
 
 Completion is recorded per row in a status file (0 pending, 1 done, 2 failed) that is only
-updated after the rows' data has been flushed, so after a crash every row marked done holds its
-final bytes, and a resumed run redoes only the rest. Writes happen on a background thread fed
-through a bounded queue; written pages are flushed and dropped from the process (``madvise``)
-at each commit, so memory stays flat however large the files grow.
+updated after the rows' data has been made durable, so after a crash every row marked done holds
+its final bytes, and a resumed run redoes only the rest. Writes happen on a background thread fed
+through a bounded queue. Rows are written with ``pwrite`` (not through a memory map), so a full
+disk is an ``OSError`` that becomes a one-line :class:`WriteError` (a memory map would end the
+process with SIGBUS), and written pages never count against the process's memory.
 """
 
 from __future__ import annotations
 
+import errno
 import json
-import mmap
 import os
 import queue
 import struct
@@ -22,6 +23,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..errors import SailVisionError
 from ..feature_store import atomic_save_npy
 
 PENDING, DONE, FAILED = 0, 1, 2
@@ -72,22 +74,68 @@ def create_array_file(path: Path, shape: Sequence[int], dtype) -> None:
         handle.truncate(handle.tell() + int(np.prod(shape)) * dtype.itemsize)
 
 
-def _open_rw(path: Path) -> np.memmap | None:
-    header_shape = np.load(path, mmap_mode="r").shape
-    if int(np.prod(header_shape)) == 0:
-        return None
-    return np.lib.format.open_memmap(path, mode="r+")
+class WriteError(SailVisionError):
+    """Feature rows could not be written (disk full, quota, I/O error); finished rows are kept."""
 
 
-def _release(array: np.memmap) -> None:
-    """Flush written pages to the file, then drop them from this process's resident memory."""
-    array.flush()
-    handle = getattr(array, "_mmap", None)
-    if handle is not None and hasattr(handle, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+def _write_error(path: Path, exc: OSError) -> WriteError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "the disk is full" if exc.errno == errno.ENOSPC else "the disk quota is exceeded"
+        return WriteError(f"{path}: {what}; rows finished so far are kept: free some space, then rerun the "
+                          f"same command with --resume")
+    return WriteError(f"{path}: cannot write ({exc.strerror or exc}); rows finished so far are kept: fix the "
+                      f"problem, then rerun the same command with --resume")
+
+
+def _npy_data_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, byte offset of the data) of a C-order ``.npy`` file."""
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read = {(1, 0): np.lib.format.read_array_header_1_0}.get(version, np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read(handle)
+        if fortran:
+            raise ValueError(f"{path}: Fortran-order arrays are not written by sail-vision")
+        return tuple(int(v) for v in shape), np.dtype(dtype), handle.tell()
+
+
+class _RowFile:
+    """One ``.npy`` file opened for positional writes of whole rows (first-axis slices)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.shape, self.dtype, self.data_offset = _npy_data_layout(path)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self.fd = os.open(path, os.O_RDWR)
+
+    def write(self, first_row: int, values: np.ndarray) -> int:
+        """Write ``values`` as rows ``first_row, first_row + 1, ...``; returns the bytes written."""
+        values = np.asarray(values)
+        if tuple(values.shape[1:]) != self.shape[1:] or not 0 <= first_row <= self.shape[0] - len(values):
+            raise ValueError(f"{self.path}: cannot write rows {first_row}..{first_row + len(values) - 1} of shape "
+                             f"{tuple(values.shape[1:])} into an array of shape {self.shape}")
+        data = memoryview(np.ascontiguousarray(values, dtype=self.dtype)).cast("B")
+        position = self.data_offset + int(first_row) * self.row_bytes
+        done = 0
         try:
-            handle.madvise(mmap.MADV_DONTNEED)
-        except (OSError, ValueError):
-            pass
+            while done < len(data):
+                done += os.pwrite(self.fd, data[done:], position + done)
+        except OSError as exc:
+            raise _write_error(self.path, exc) from None
+        return done
+
+    def sync(self) -> None:
+        """Make written rows durable, then drop them from the page cache (memory stays flat)."""
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise _write_error(self.path, exc) from None
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class OutputArrays:
@@ -95,46 +143,50 @@ class OutputArrays:
 
     def __init__(self, out_dir: Path, specs: Sequence[ArraySpec], offsets: Mapping[str, np.ndarray] | None = None):
         self.specs = {spec.name: spec for spec in specs}
-        self.arrays = {spec.name: _open_rw(out_dir / spec.file) for spec in specs}
+        self.files = {spec.name: _RowFile(out_dir / spec.file) for spec in specs}
         self.offsets = dict(offsets or {})
 
     def write(self, name: str, rows: np.ndarray, values: np.ndarray) -> None:
         """Store one batch: ``values[j]`` is row ``rows[j]`` ((D,), (nh, nw, D) or (n, D) patch rows)."""
-        array = self.arrays[name]
-        if array is None:
-            return
+        file = self.files[name]
         if self.specs[name].layout == "rows":
             offsets = self.offsets[name]
             for j, row in enumerate(rows):
                 start, stop = int(offsets[row]), int(offsets[row + 1])
-                array[start:stop] = values[j].reshape(stop - start, -1)
+                file.write(start, values[j].reshape(stop - start, -1))
             return
         rows = np.asarray(rows)
         if rows.size and np.all(np.diff(rows) == 1):
-            array[int(rows[0]):int(rows[-1]) + 1] = values
+            file.write(int(rows[0]), values)
         else:
-            array[rows] = values
+            for j, row in enumerate(rows):
+                file.write(int(row), values[j:j + 1])
 
     def flush(self) -> None:
-        for array in self.arrays.values():
-            if array is not None:
-                _release(array)
+        for file in self.files.values():
+            file.sync()
 
     def close(self) -> None:
-        self.flush()
-        self.arrays.clear()
+        try:
+            self.flush()
+        finally:
+            for file in self.files.values():
+                file.close()
+            self.files.clear()
 
 
 class RowStatus:
     """A per-row status file (uint8: 0 pending, 1 done, 2 failed) written by one process.
 
     Each rank keeps its own file, so no two machines ever write the same page; :meth:`combined`
-    merges the files of a run.
+    merges the files of a run. Marks are kept in memory and written out by :meth:`flush`.
     """
 
     def __init__(self, path: Path):
         self.path = path
-        self.array = np.lib.format.open_memmap(path, mode="r+")
+        self.array = np.load(path).astype(np.uint8)
+        self._file = _RowFile(path)
+        self._dirty = False
 
     @staticmethod
     def create(path: Path, num_rows: int, failed_rows: Sequence[int] = ()) -> None:
@@ -158,9 +210,16 @@ class RowStatus:
     def mark(self, rows: Sequence[int], value: int) -> None:
         if len(rows):
             self.array[np.asarray(rows, dtype=np.int64)] = value
+            self._dirty = True
 
     def flush(self) -> None:
-        _release(self.array)
+        if self._dirty and self.array.size:
+            self._file.write(0, self.array)
+            self._file.sync()
+            self._dirty = False
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class FailureLog:
@@ -240,6 +299,8 @@ class BackgroundWriter:
                 continue
 
     def raise_if_failed(self) -> None:
+        if isinstance(self._error, SailVisionError):
+            raise type(self._error)(str(self._error))
         if self._error is not None:
             raise RuntimeError(f"writing features failed: {self._error}") from self._error
 

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import InputError
+from ..folder_lock import hold_folder
 from . import config_checks
 from .checkpoints import add_checkpoint_hook
 
@@ -56,38 +57,16 @@ def run(cfg, method: str):
 
 @contextmanager
 def work_dir_lock(work_dir: str | Path, tool: str):
-    """Hold an exclusive lock on ``work_dir`` (global rank 0 only) so two trainings never share one.
+    """Hold ``work_dir`` for one training (global rank 0 only; see ``folder_lock.hold_folder``).
 
-    A second ``tools/train.py`` on the same work dir stops at once with a one-line error instead
-    of overwriting the first one's checkpoints. The lock is released when the process ends.
+    A second ``tools/train.py`` on the same work dir stops at once with a one-line error naming the
+    first (pid, host, since when) instead of overwriting its checkpoints.
     """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
     if _global_rank() != 0:
         yield
         return
-    work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    path = work_dir / ".train.lock"
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            owner = handle.read().strip() or "unknown"
-            raise InputError(f"work dir {str(work_dir)!r} is in use by another {tool} (pid {owner}); wait for it, "
-                             f"or give this run its own --work-dir") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with hold_folder(work_dir, tool, option="--work-dir"):
+        yield
 
 
 def _global_rank() -> int:

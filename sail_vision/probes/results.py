@@ -3,21 +3,19 @@
 An output folder holds ``grid.jsonl`` (one JSON object per grid point), ``head.safetensors`` +
 ``head.json`` (the chosen head and the provenance of its features), ``val_predictions.npy``,
 ``accuracy.png``, for a layer sweep ``layers.png``, and ``summary.json``, written last (a folder
-without it holds an interrupted run). One process writes a folder at a time (an exclusive lock on
-``.sail-vision-probe.lock``), and only the files named here are ever replaced or removed.
+without it holds an interrupted run). One process writes a folder at a time (``folder_lock.hold_folder``), and only the files named here are ever replaced or removed.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
+
+from ..folder_lock import hold_folder
 from .data import ProbeData, align_classes
 from .errors import ProbeDataError
 from .inputs import FeatureInput
@@ -34,7 +32,6 @@ HEAD_JSON_FILE = "head.json"
 PREDICTIONS_FILE = "val_predictions.npy"
 PLOT_FILE = "accuracy.png"
 LAYERS_PLOT_FILE = "layers.png"
-LOCK_FILE = ".sail-vision-probe.lock"
 #: Every file a probe run writes (and the only ones ``--overwrite`` removes).
 RUN_FILES = (GRID_FILE, SUMMARY_FILE, HEAD_TENSORS_FILE, HEAD_JSON_FILE, PREDICTIONS_FILE, PLOT_FILE, LAYERS_PLOT_FILE)
 
@@ -126,47 +123,19 @@ def format_layer_table(rows: Sequence[dict], metrics: Sequence[str] = ("top1", "
 @contextmanager
 def claim_output(out: Path, *, result_file: str, own_files: Sequence[str], overwrite: bool,
                  what: str = "probe result") -> Iterator[Path]:
-    """Hold ``out`` for one writer: an exclusive lock (a second process is refused, naming the holder),
-    a refusal when ``result_file`` is already there (unless ``overwrite``), and removal of this
-    command's own leftover files (``own_files``) before new ones are written. Nothing else in the
-    folder is touched."""
-    import fcntl
-
-    out = Path(out)
-    if out.exists() and not out.is_dir():
+    """Hold ``out`` for one writer (:func:`~sail_vision.folder_lock.hold_folder`: a second process is
+    refused, naming the holder), refuse when ``result_file`` is already there (unless ``overwrite``),
+    and remove this command's own leftover files (``own_files``) before new ones are written. Nothing
+    else in the folder is touched."""
+    if Path(out).exists() and not Path(out).is_dir():
         raise ProbeDataError(f"--out {out}: exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ProbeDataError(f"--out {out}: cannot create the folder ({exc.strerror}); choose another --out") from None
-    lock_path = out / LOCK_FILE
-    try:
-        handle = open(lock_path, "a+", encoding="utf-8")
-    except OSError as exc:
-        raise ProbeDataError(f"--out {out}: cannot write there ({exc.strerror}); choose another --out") from None
-    with handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise ProbeDataError(f"--out {out}: another sail-vision command is writing there ({holder}); wait for "
-                                 f"it to finish or choose another --out") from None
-        try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-            handle.flush()
-            if (out / result_file).exists() and not overwrite:
-                raise ProbeDataError(f"--out {out}: already holds a {what} ({result_file}); pass --overwrite to "
-                                     f"replace it or choose another folder")
-            for name in own_files:
-                (out / name).unlink(missing_ok=True)
-            yield out
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with hold_folder(out, f"sail-vision probe ({what})") as folder:
+        if (folder / result_file).exists() and not overwrite:
+            raise ProbeDataError(f"--out {folder}: already holds a {what} ({result_file}); pass --overwrite to "
+                                 f"replace it or choose another folder")
+        for name in own_files:
+            (folder / name).unlink(missing_ok=True)
+        yield folder
 
 
 # ---------------------------------------------------------------------------------- saved heads

@@ -3,7 +3,6 @@ of an uninterrupted run."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,6 +15,7 @@ from sail_vision.extraction import extract
 from sail_vision.extraction.runner import DELAY_ENV, rank_status_file, status_files
 from sail_vision.extraction.writer import DONE, PENDING
 
+from feature_dirs import compare_feature_dirs
 from image_factory import save_rgb, write_bad_inputs
 
 OPTIONS = ["--layers", "1", "-1", "--pool", "patch", "mean", "end", "--batch-size", "2", "--workers", "1",
@@ -31,19 +31,6 @@ def _dataset(root):
     for path in bad.values():
         path.unlink()
     (root / "tmp").rmdir()
-
-
-def _compare(a, b):
-    """Every file byte for byte; the manifests apart from their "run" record (times, world size)."""
-    names = sorted(p.name for p in a.iterdir())
-    assert names == sorted(p.name for p in b.iterdir())
-    for name in names:
-        if name != "manifest.json":
-            assert (a / name).read_bytes() == (b / name).read_bytes(), name
-    manifests = [json.loads((d / "manifest.json").read_text()) for d in (a, b)]
-    for manifest in manifests:
-        assert manifest.pop("run")
-    assert manifests[0] == manifests[1]
 
 
 def test_sigkill_then_resume_is_byte_identical(tiny_checkpoint, tmp_path):
@@ -78,4 +65,4 @@ def test_sigkill_then_resume_is_byte_identical(tiny_checkpoint, tmp_path):
     reference = tmp_path / "reference"
     extract(tiny_checkpoint, images, reference, layers=[1, -1], pools=["patch", "mean", "end"], batch_size=2,
             workers=0, progress=False)
-    _compare(out, reference)
+    compare_feature_dirs(out, reference)

@@ -99,7 +99,10 @@ def test_row_status_of_several_ranks_combines(tmp_path):
     RowStatus.create(tmp_path / "status-plan.npy", 4, failed_rows=[3])
     RowStatus.create(tmp_path / "status-rank0.npy", 4)
     RowStatus.create(tmp_path / "status-rank1.npy", 4)
-    RowStatus(tmp_path / "status-rank0.npy").mark([0], DONE)
+    zero = RowStatus(tmp_path / "status-rank0.npy")
+    zero.mark([0], DONE)
+    assert np.load(tmp_path / "status-rank0.npy")[0] == PENDING  # marks reach the file only when flushed
+    zero.flush()
     one = RowStatus(tmp_path / "status-rank1.npy")
     one.mark([2, 3], FAILED)
     one.mark([3], DONE)  # a later run decoded row 3 after all: its data was written

@@ -161,11 +161,12 @@ def test_amp_on_cpu_is_a_clear_error(demo_config, capsys):
 
 
 def test_a_second_training_on_the_same_work_dir_stops_at_once(tmp_path):
-    from sail_vision.errors import InputError
+    from sail_vision.folder_lock import FolderInUseError
     from sail_vision.mmseg.launch import work_dir_lock
 
     with work_dir_lock(tmp_path / "w", "train.py"):
-        with pytest.raises(InputError, match=r"in use by another train.py \(pid \d+\)"):
+        with pytest.raises(FolderInUseError, match=r"--work-dir .*another sail-vision run is writing there "
+                                                   r"\(pid \d+ on .*running 'train.py'"):
             with work_dir_lock(tmp_path / "w", "train.py"):
                 pass
     with work_dir_lock(tmp_path / "w", "train.py"):  # released when the first run ends

@@ -12,7 +12,8 @@ from PIL import Image
 from sail_vision.probes import FeatureInput, load_probe, run_probe
 from sail_vision.probes.data import ProbeDataError, load_feature_dir
 from sail_vision.probes.linear import LinearConfig
-from sail_vision.probes.results import LOCK_FILE, claim_output
+from sail_vision.folder_lock import LOCK_FILE, FolderInUseError
+from sail_vision.probes.results import claim_output
 
 QUICK = LinearConfig(lrs=(0.01, 0.1), weight_decays=(0.0, 1e-3), epochs=5, batch_size=128)
 
@@ -76,7 +77,7 @@ def test_overwrite_replaces_only_the_files_a_probe_writes(digits_dirs, tmp_path)
     assert json.loads((out / "summary.json").read_text())["feature"] == "layer-4_end" != first["feature"]
     assert (out / "notes.txt").read_text() == "my notes"
     assert sorted(p.name for p in out.iterdir()) == sorted([
-        ".sail-vision-probe.lock", "accuracy.png", "grid.jsonl", "head.json", "head.safetensors", "notes.txt",
+        "accuracy.png", "grid.jsonl", "head.json", "head.safetensors", "notes.txt",
         "summary.json", "val_predictions.npy"])
 
 
@@ -93,13 +94,13 @@ def test_a_second_writer_is_refused_naming_the_first(digits_data, tmp_path):
     thread.start()
     try:
         assert holding.wait(10)
-        with pytest.raises(ProbeDataError, match=r"another sail-vision command is writing there \(pid \d+ on "):
+        with pytest.raises(FolderInUseError, match=r"another sail-vision run is writing there \(pid \d+ on "):
             run_probe(train, val, [FeatureInput(("pixels",))], tmp_path, method="knn", ks=[1], verbose=False)
     finally:
         release.set()
         thread.join()
     run_probe(train, val, [FeatureInput(("pixels",))], tmp_path, method="knn", ks=[1], verbose=False)  # free again
-    assert (tmp_path / LOCK_FILE).read_text() == ""
+    assert not (tmp_path / LOCK_FILE).exists()  # removed when the run ends
 
 
 def test_out_that_is_a_file_is_refused(digits_data, tmp_path):
