@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="where the grid trains: cpu, cuda, cuda:N (default: cpu)")
     args = parser.parse_args(argv)
-    from sail_vision.encoder import resolve_device
+    from sail_vision.devices import resolve_device
 
     device = str(resolve_device(args.device))
     if args.threads:

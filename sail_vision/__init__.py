@@ -2,7 +2,8 @@
 
 from .checkpoint import SailCheckpoint, VisionTokenIds, read_vision_token_ids
 from .config import SailConfig, load_sail_config
-from .encoder import SailEncoder, resolve_dtype
+from .devices import resolve_device, resolve_dtype
+from .encoder import SailEncoder
 from .errors import CheckpointError, ImageError, InputError, LayerIndexError, SailVisionError
 from .layer_indices import resolve_layer_indices
 from .outputs import POOLS, SailEncoding
@@ -12,7 +13,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SailEncoder", "SailEncoding", "SailConfig", "SailCheckpoint", "VisionTokenIds", "POOLS",
-    "load_sail_config", "read_vision_token_ids", "resolve_dtype", "resolve_layer_indices",
+    "load_sail_config", "read_vision_token_ids", "resolve_device", "resolve_dtype", "resolve_layer_indices",
     "image_to_patches", "native_resize_size",
     "SailVisionError", "CheckpointError", "ImageError", "InputError", "LayerIndexError",
 ]

@@ -386,7 +386,7 @@ class SailCheckpoint:
         self._require(targets)
         cast = None
         if dtype is not None:
-            from .encoder import resolve_dtype
+            from .devices import resolve_dtype
 
             cast = resolve_dtype(dtype)
         with ExitStack() as stack:

@@ -128,7 +128,7 @@ def make_checkpoint(out_dir: str | Path, preset: str = "tiny", *, seed: int = 0,
     """
     from safetensors.torch import save_file
 
-    from .encoder import resolve_dtype
+    from .devices import resolve_dtype
 
     dtype = resolve_dtype(dtype)
     cfg = preset_config(preset, **overrides)

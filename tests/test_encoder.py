@@ -203,7 +203,7 @@ def test_encode_pixels_matches_encode_patches(tiny_encoder):
 
 def test_device_resolution():
     from sail_vision import InputError
-    from sail_vision.encoder import resolve_device
+    from sail_vision.devices import resolve_device
 
     assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == torch.device("cpu")

@@ -52,7 +52,8 @@ def run(args) -> int:
         shown, maps, titles, name = maps_from_feature_dir(open_feature_dir(args.features), args.layer, args.limit)
         what = f"{name} from {args.features}"
     else:
-        from ..encoder import SailEncoder, resolve_device
+        from ..devices import resolve_device
+        from ..encoder import SailEncoder
 
         if not args.images:
             raise InputError("no IMAGE given; pass image files to encode (or --features DIR)")

@@ -136,7 +136,7 @@ def _load(folder, features_file, labels_file, label_pattern, classes, names, rol
 def _device(text: str):
     import torch
 
-    from ..encoder import resolve_device
+    from ..devices import resolve_device
     from ..errors import InputError
 
     device = resolve_device(text)

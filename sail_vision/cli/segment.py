@@ -26,7 +26,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from PIL import Image
 
-    from ..encoder import resolve_device
+    from ..devices import resolve_device
     from ..errors import InputError
     from ..mmseg.inference import load_segmentor, save_overlay, segment
     from ..preprocessing import decode_image

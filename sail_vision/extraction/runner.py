@@ -9,6 +9,7 @@ interrupted run ends with the same bytes as an uninterrupted one; so does any nu
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -87,7 +88,7 @@ class ExtractionResult:
 
 # ---------------------------------------------------------------------------------- options
 def _resolve_compute_dtype(dtype, device_type: str) -> str:
-    from ..encoder import resolve_dtype
+    from ..devices import resolve_dtype
 
     if dtype is None or dtype == "auto":
         return "bfloat16" if device_type == "cuda" else "float32"
@@ -276,8 +277,25 @@ def _json_line(record: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------- encoding
-def _batch_features(encoding, specs: Sequence[ArraySpec], save_dtype, rows, paths) -> dict[str, np.ndarray]:
-    """The arrays to store for one encoded batch, checked for non-finite and float16-overflowing values."""
+def _nonfinite_hint(checkpoint, max_layer: int, compute_dtype: str) -> str:
+    """Why the model produced NaN/inf: a damaged or overflowing weight (named), else the compute dtype."""
+    from ..checkpoint import SailCheckpoint
+
+    found = SailCheckpoint(checkpoint).find_nonfinite(max_layer=max_layer, dtype=compute_dtype)
+    if found is not None:
+        return found.describe()
+    if compute_dtype in ("float32", "float64"):
+        return (f"the model produced NaN/inf in {compute_dtype} from finite weights (every tensor it reads was "
+                f"scanned); the checkpoint's values or config.json (rms_norm_eps, rope_theta) are unusual")
+    return f"the model produced NaN/inf in {compute_dtype} from finite weights; try --dtype float32"
+
+
+def _batch_features(encoding, specs: Sequence[ArraySpec], save_dtype, rows, paths,
+                    nonfinite_hint: Callable[[], str]) -> dict[str, np.ndarray]:
+    """The arrays to store for one encoded batch, checked for non-finite and float16-overflowing values.
+
+    ``nonfinite_hint`` is called only when the model produced NaN/inf, to say why (it scans the weights).
+    """
     import torch
 
     out = {}
@@ -289,8 +307,7 @@ def _batch_features(encoding, specs: Sequence[ArraySpec], save_dtype, rows, path
         if bool(bad.any()):
             which = sorted({int(rows[i]) for i in bad.reshape(bad.shape[0], -1).any(1).nonzero().flatten()})
             overflow = save_dtype == torch.float16 and bool(torch.isfinite(values).all())
-            hint = ("values exceed float16's range; use --save-dtype float32" if overflow else
-                    "the model produced NaN/inf; try --dtype float32")
+            hint = "values exceed float16's range; use --save-dtype float32" if overflow else nonfinite_hint()
             raise ExtractionError(f"layer {spec.layer} {spec.pool}: non-storable features for {paths[which[0]]} "
                                   f"(rows {which[:5]}): {hint}")
         values = values.to(device="cpu", dtype=save_dtype)
@@ -317,6 +334,7 @@ def _encode_share(out: Path, manifest: dict, batches, *, checkpoint, layers, nor
     if not batches:
         return 0, 0
     encoder = SailEncoder.from_pretrained(checkpoint, dtype=compute_dtype, device=device, max_layer=max(layers))
+    nonfinite_hint = functools.partial(_nonfinite_hint, checkpoint, max(layers), compute_dtype)
     loader = batch_loader(paths, preprocess, grids, batches, workers=workers, pin_memory=device.type == "cuda")
     iterator = iter(loader)  # starts the worker processes before the writer thread exists
     arrays = OutputArrays(out, specs, offsets)
@@ -343,7 +361,7 @@ def _encode_share(out: Path, manifest: dict, batches, *, checkpoint, layers, nor
             if item["patches"] is not None:
                 patches = item["patches"].to(device, non_blocking=True)
                 encoding = encoder.encode_patches(patches, layers, norm=norm, add_cls=add_cls)
-                writer.put_batch(rows, _batch_features(encoding, specs, save_dtype, rows, paths))
+                writer.put_batch(rows, _batch_features(encoding, specs, save_dtype, rows, paths, nonfinite_hint))
                 pause_point("extract:encoding")
             processed += len(rows) + len(records)
             failed += len(records)
@@ -423,7 +441,7 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
     :class:`ExtractionResult`; failed images are counted there and in the manifest, not raised.
     """
     from ..checkpoint import SailCheckpoint
-    from ..encoder import resolve_device
+    from ..devices import resolve_device
     from ..layer_indices import resolve_layer_indices
 
     started = time.monotonic()

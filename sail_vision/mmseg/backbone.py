@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import load_sail_config
-from ..encoder import SailEncoder, resolve_device, resolve_dtype
+from ..devices import resolve_device, resolve_dtype
+from ..encoder import SailEncoder
 from ..errors import CheckpointError, InputError
 from ..layer_indices import resolve_layer_indices
 from .compat import ensure_mmseg

@@ -170,14 +170,53 @@ def _encoding_with(value: float) -> SailEncoding:
     return SailEncoding(hidden_states=states, grids=[(2, 2)], add_cls=False, num_layers=4)
 
 
+def _no_hint() -> str:
+    raise AssertionError("the weights are scanned only when the model produced NaN/inf")
+
+
 def test_values_that_float16_cannot_hold_are_an_error_not_a_clip():
     spec = [ArraySpec("layer-4_mean", "layer-4_mean.npy", (1, 8), "float16", "pooled", 4, "mean")]
     with pytest.raises(ExtractionError, match="--save-dtype float32"):
-        _batch_features(_encoding_with(70000.0), spec, torch.float16, np.array([0]), ["/a.jpg"])
-    assert _batch_features(_encoding_with(70000.0), spec, torch.float32, np.array([0]), ["/a.jpg"])[
+        _batch_features(_encoding_with(70000.0), spec, torch.float16, np.array([0]), ["/a.jpg"], _no_hint)
+    assert _batch_features(_encoding_with(70000.0), spec, torch.float32, np.array([0]), ["/a.jpg"], _no_hint)[
         "layer-4_mean"].max() == 70000.0
-    with pytest.raises(ExtractionError, match="NaN/inf"):
-        _batch_features(_encoding_with(float("nan")), spec, torch.float32, np.array([0]), ["/a.jpg"])
+    with pytest.raises(ExtractionError, match="/a.jpg .*: the hint"):
+        _batch_features(_encoding_with(float("nan")), spec, torch.float32, np.array([0]), ["/a.jpg"],
+                        lambda: "the hint")
+
+
+def _write_tensor_values(checkpoint, name, index, value):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(checkpoint / "model.safetensors")
+    weights[name][index] = value
+    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_nan_features_name_the_damaged_weight(tiny_checkpoint, mixed_folder, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    _write_tensor_values(ckpt, "model.layers.1.mlp.down_proj.weight", (0, slice(0, 3)), float("nan"))
+    with pytest.raises(ExtractionError) as info:
+        extract(ckpt, mixed_folder, tmp_path / "out", layers=[4], dtype="float32", **FAST)
+    message = str(info.value)
+    assert "tensor model.layers.1.mlp.down_proj.weight holds 3 NaN and 0 inf" in message
+    assert "no --dtype will help" in message and "\n" not in message
+
+
+def test_nan_from_finite_weights_in_float32_does_not_suggest_float32(tiny_checkpoint, mixed_folder, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    # finite, but each norm squares past float32's range, so the block's output is inf/NaN
+    _write_tensor_values(ckpt, "model.layers.0.self_attn.o_proj.weight", (slice(None), slice(None)), 3e38)
+    with pytest.raises(ExtractionError) as info:
+        extract(ckpt, mixed_folder, tmp_path / "out", layers=[4], dtype="float32", **FAST)
+    message = str(info.value)
+    assert "from finite weights" in message and "--dtype float32" not in message
 
 
 def test_bad_options_raise_before_any_work(tiny_checkpoint, mixed_folder, tmp_path):
