@@ -93,7 +93,8 @@ def register(subparsers) -> None:
     g.add_argument("--resume", action="store_true",
                    help="continue an interrupted extraction in --out (same options required); recomputes "
                         "only unfinished images; a finished --out is left as it is")
-    g.add_argument("--overwrite", action="store_true", help="delete an existing feature folder in --out first")
+    g.add_argument("--overwrite", action="store_true", help="delete what an extraction wrote in --out first (refused, deleting nothing, when "
+                        "--out holds other files)")
     g.add_argument("--commit-interval", type=float, default=2.0, metavar="SECONDS",
                    help="how often finished rows are flushed and marked done; a crash loses at most about "
                         "this much work (default: 2.0)")
