@@ -245,7 +245,9 @@ def load_probe(path: str | Path, *, device: str = "cpu", bank: ProbeData | None 
     folder = path.parent if path.name == HEAD_JSON_FILE else path
     meta_file = folder / HEAD_JSON_FILE
     if not meta_file.is_file():
-        raise ProbeDataError(f"{folder}: no {HEAD_JSON_FILE}; pass the --out folder of a finished `sail-vision probe`")
+        mmengine = " (a .pth from tools/train.py is evaluated with tools/test.py)" if any(folder.glob("*.pth")) else ""
+        raise ProbeDataError(f"{folder}: no {HEAD_JSON_FILE}; pass the --out folder of a finished `sail-vision "
+                             f"probe`{mmengine}")
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -259,9 +261,17 @@ def load_probe(path: str | Path, *, device: str = "cpu", bank: ProbeData | None 
                              f"`sail-vision probe` to produce a new head")
     tensors = {}
     if meta.get("tensors"):
-        tensor_file = folder / meta["tensors"]
+        name = meta["tensors"]
+        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
+            raise ProbeDataError(f"{meta_file}: tensors {name!r} is not a .safetensors file beside head.json; "
+                                 f"heads are only read from safetensors (never pickles)")
+        tensor_file = folder / name
         if not tensor_file.is_file():
             raise ProbeDataError(f"{tensor_file}: missing; the probe output is incomplete")
-        tensors = load_file(str(tensor_file))
+        try:
+            tensors = load_file(str(tensor_file))
+        except Exception as exc:  # safetensors raises its own error types for damaged files
+            raise ProbeDataError(f"{tensor_file}: not a readable safetensors file ({exc}); re-run `sail-vision "
+                                 f"probe`") from None
     meta["folder"] = str(folder)
     return LoadedProbe(meta, load_head(meta, tensors, device=device, bank=bank))

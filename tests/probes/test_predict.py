@@ -118,3 +118,34 @@ def test_top_k_is_capped_and_checked(trained, tmp_path):
     assert predict_features(probe, data, None, top_k=10).summary["top_k"] == 3
     with pytest.raises(ProbeDataError, match="--top-k must be >= 1"):
         predict_features(probe, data, None, top_k=0)
+
+
+def test_heads_are_never_read_from_pickles(trained, tmp_path):
+    """A probe folder whose head.json points at a crafted pickle, or an mmengine work dir, is refused; nothing runs."""
+    import os
+    import shutil
+
+    import torch
+
+    class Touch:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'MARKER'}",)
+
+    root = trained[0]
+    work_dir = tmp_path / "work_dir"
+    work_dir.mkdir()
+    torch.save({"state_dict": {}, "meta": Touch()}, work_dir / "iter_10.pth")
+    with pytest.raises(ProbeDataError, match="no head.json.*tools/test.py"):
+        load_probe(work_dir)
+    shutil.copytree(root / "head", tmp_path / "head")
+    meta = json.loads((tmp_path / "head" / "head.json").read_text())
+    shutil.copy(work_dir / "iter_10.pth", tmp_path / "head" / "head.pth")
+    for name, message in [("head.pth", "not a .safetensors file"), ("../work_dir/iter_10.pth", "not a .safetensors"),
+                          ("fake.safetensors", "not a readable safetensors file")]:
+        if name == "fake.safetensors":
+            shutil.copy(work_dir / "iter_10.pth", tmp_path / "head" / name)
+        meta["tensors"] = name
+        (tmp_path / "head" / "head.json").write_text(json.dumps(meta))
+        with pytest.raises(ProbeDataError, match=message):
+            load_probe(tmp_path / "head")
+    assert not (tmp_path / "MARKER").exists()
