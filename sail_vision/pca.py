@@ -87,14 +87,13 @@ def render_pca_figure(images: Sequence[Image.Image], colour_maps: Sequence[np.nd
 def maps_from_images(encoder, images: Sequence[str | Path], layer: int, *, resolution=None, max_tokens: int = 1024,
                      max_pixels: int | None = None):
     """Encode image files; return (display images as encoded, (nh, nw, D) float32 patch maps)."""
-    from .preprocessing import DEFAULT_MAX_PIXELS, Preprocess
-    from .preprocessing import normalize_image, pixels_to_patches
+    from .preprocessing import DEFAULT_MAX_PIXELS, Preprocess, image_pixels
 
     pre = Preprocess.create(encoder.patch_size, resolution, max_tokens, max_pixels or DEFAULT_MAX_PIXELS)
     shown, maps = [], []
     for path in images:
         rgb = pre.rgb_image(str(path))
-        patches = pixels_to_patches(normalize_image(rgb), encoder.patch_size)
+        patches = pre.to_patches(image_pixels(rgb))
         encoding = encoder.encode_patches(patches, [layer])
         nh, nw = patches.shape[:2]
         maps.append(encoding.patch_tokens(layer)[0].float().reshape(nh, nw, -1).cpu().numpy())

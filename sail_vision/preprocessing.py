@@ -374,13 +374,29 @@ def _read_mask_file(mask: str | Path | bytes, max_pixels: int | None, name: str)
             return _mask_values(opened, name)
 
 
+def image_pixels(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> its uint8 pixels (H, W, 3), the compact form workers hand over."""
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+
+
+def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (..., H, W, 3) -> float32 (..., 3, H, W) scaled to [0, 1] then mean / std
+    normalised, on the pixels' device (the same float32 operations, so the same bits, everywhere)."""
+    x = pixels.movedim(-1, -3).float().div(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+    return x.sub(mean).div(std)
+
+
 def normalize_image(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> float32 (3, H, W), scaled to [0, 1] then mean / std normalised."""
-    array = np.asarray(image, dtype=np.uint8)
-    tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(255.0)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
-    return tensor.sub(mean).div(std)
+    return normalize_pixels(image_pixels(image))
+
+
+def pixels_uint8_to_patches(pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """uint8 pixels (..., H, W, 3) -> normalised float32 patches (..., nh, nw, 3, p, p), computed on the
+    pixels' device (extraction uploads uint8, a quarter of float32's bytes, and patches on the GPU)."""
+    return pixels_to_patches(normalize_pixels(pixels), patch_size)
 
 
 def pixels_to_patches(pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -504,9 +520,17 @@ class Preprocess:
         self.grid_for_size(rgb.size, name)  # elongated images fail the same way as when planning
         return resize_image(rgb, self.patch_size, self.resolution, self.max_tokens)
 
+    def pixels(self, image: ImageInput, name: str | None = None) -> torch.Tensor:
+        """(H, W, 3) uint8 pixels of the resized image; :meth:`to_patches` turns them into patches."""
+        return image_pixels(self.rgb_image(image, name))
+
+    def to_patches(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (..., H, W, 3) from :meth:`pixels` -> float32 (..., nh, nw, 3, p, p), on their device."""
+        return pixels_uint8_to_patches(pixels, self.patch_size)
+
     def patches(self, image: ImageInput, name: str | None = None) -> torch.Tensor:
         """(nh, nw, 3, p, p) float32 patches of one image (path, bytes, PIL image or array)."""
-        return pixels_to_patches(normalize_image(self.rgb_image(image, name)), self.patch_size)
+        return self.to_patches(self.pixels(image, name))
 
     def describe(self) -> dict:
         """JSON description of every rule that decides the pixels (resize, limits, decoding)."""

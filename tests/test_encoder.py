@@ -212,3 +212,19 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_rotary_tables_are_cached_per_grid_and_bounded(tiny_checkpoint, monkeypatch):
+    import sail_vision.encoder as encoder_module
+    from sail_vision import SailEncoder
+
+    encoder = SailEncoder.from_pretrained(tiny_checkpoint)
+    torch.manual_seed(0)
+    a, b = torch.randn(1, 2, 3, 3, 8, 8), torch.randn(1, 3, 2, 3, 8, 8)
+    first = encoder.encode_patches(a, [2]).hidden_states[2]
+    monkeypatch.setattr(encoder_module, "ROTARY_CACHE_GRIDS", 1)
+    encoder.encode_patches(b, [2])
+    assert list(encoder._rotary_tables) == [(3, 2, False, torch.float32, torch.device("cpu"))]
+    assert torch.equal(encoder.encode_patches(a, [2]).hidden_states[2], first)  # rebuilt, same values
+    encoder.to(torch.float64)
+    assert not encoder._rotary_tables  # a conversion drops tables of the old dtype

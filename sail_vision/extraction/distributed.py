@@ -65,15 +65,15 @@ class DistContext:
         dist.broadcast_object_list(holder, src=0)
         return holder[0]
 
-    def gather_sum(self, value: int) -> int:
-        """Sum of an integer over ranks (on every rank)."""
+    def gather(self, value) -> list:
+        """Every rank's ``value`` (any picklable object), in rank order, on every rank."""
         if not self.enabled:
-            return value
+            return [value]
         import torch.distributed as dist
 
         values = [None] * self.world_size
         dist.all_gather_object(values, value)
-        return int(sum(values))
+        return values
 
     def close(self) -> None:
         if self.owns_group:

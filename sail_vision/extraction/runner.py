@@ -290,27 +290,38 @@ def _nonfinite_hint(checkpoint, max_layer: int, compute_dtype: str) -> str:
     return f"the model produced NaN/inf in {compute_dtype} from finite weights; try --dtype float32"
 
 
+def _unstorable(values, save_dtype):
+    """Boolean mask of the values that cannot be stored: NaN/inf, or beyond float16's range."""
+    import torch
+
+    bad = ~torch.isfinite(values)
+    if save_dtype == torch.float16:
+        bad |= values.abs() > FLOAT16_MAX
+    return bad
+
+
 def _batch_features(encoding, specs: Sequence[ArraySpec], save_dtype, rows, paths,
                     nonfinite_hint: Callable[[], str]) -> dict[str, np.ndarray]:
     """The arrays to store for one encoded batch, checked for non-finite and float16-overflowing values.
 
-    ``nonfinite_hint`` is called only when the model produced NaN/inf, to say why (it scans the weights).
+    One check for the whole batch (a single device-to-host sync); values are cast to the save dtype on
+    their device before the copy back. ``nonfinite_hint`` is called only when the model produced NaN/inf,
+    to say why (it scans the weights).
     """
     import torch
 
+    pooled = [encoding.pooled(spec.layer, spec.pool) for spec in specs]
+    if bool(torch.stack([_unstorable(values, save_dtype).any() for values in pooled]).any()):
+        spec, values = next((s, v) for s, v in zip(specs, pooled) if _unstorable(v, save_dtype).any())
+        bad = _unstorable(values, save_dtype)
+        which = sorted({int(rows[i]) for i in bad.reshape(bad.shape[0], -1).any(1).nonzero().flatten()})
+        overflow = save_dtype == torch.float16 and bool(torch.isfinite(values).all())
+        hint = "values exceed float16's range; use --save-dtype float32" if overflow else nonfinite_hint()
+        raise ExtractionError(f"layer {spec.layer} {spec.pool}: non-storable features for {paths[which[0]]} "
+                              f"(rows {which[:5]}): {hint}")
     out = {}
-    for spec in specs:
-        values = encoding.pooled(spec.layer, spec.pool)
-        bad = ~torch.isfinite(values)
-        if save_dtype == torch.float16:
-            bad |= values.abs() > FLOAT16_MAX
-        if bool(bad.any()):
-            which = sorted({int(rows[i]) for i in bad.reshape(bad.shape[0], -1).any(1).nonzero().flatten()})
-            overflow = save_dtype == torch.float16 and bool(torch.isfinite(values).all())
-            hint = "values exceed float16's range; use --save-dtype float32" if overflow else nonfinite_hint()
-            raise ExtractionError(f"layer {spec.layer} {spec.pool}: non-storable features for {paths[which[0]]} "
-                                  f"(rows {which[:5]}): {hint}")
-        values = values.to(device="cpu", dtype=save_dtype)
+    for spec, values in zip(specs, pooled):
+        values = values.to(dtype=save_dtype).cpu()
         if spec.layout == "grid":
             values = values.reshape(values.shape[0], *spec.shape[1:])
         out[spec.name] = values.numpy()
@@ -351,15 +362,15 @@ def _encode_share(out: Path, manifest: dict, batches, *, checkpoint, layers, nor
     try:
         for item in iterator:
             records = [failure_record(row, paths[row], kind, detail) for row, kind, detail in item["failures"]]
-            writer.put_failures(records)
-            if records and strict:
+            if records and strict:  # not recorded: the row stays pending, so --resume decodes it again
                 first = records[0]
                 raise ExtractionError(f"{first['path']}: {first['reason']} (--strict stops at the first bad "
                                       f"input; rows finished so far are kept: fix the file and --resume, or "
                                       f"run without --strict)")
+            writer.put_failures(records)
             rows = item["rows"].numpy()
-            if item["patches"] is not None:
-                patches = item["patches"].to(device, non_blocking=True)
+            if item["pixels"] is not None:
+                patches = preprocess.to_patches(item["pixels"].to(device, non_blocking=True))
                 encoding = encoder.encode_patches(patches, layers, norm=norm, add_cls=add_cls)
                 writer.put_batch(rows, _batch_features(encoding, specs, save_dtype, rows, paths, nonfinite_hint))
                 pause_point("extract:encoding")
@@ -529,11 +540,27 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
         dist.barrier()  # every rank has read the status files before any rank adds its own
         if not rank_status_file(out, dist.rank).is_file():
             RowStatus.create(rank_status_file(out, dist.rank), manifest["num_items"])
-        processed, _ = _encode_share(
-            out, manifest, pending[dist.rank::dist.world_size], checkpoint=checkpoint, layers=layers, norm=norm,
-            add_cls=add_cls, compute_dtype=compute_dtype, device=device, preprocess=preprocess, workers=workers,
-            strict=strict, progress=progress and dist.is_main, rank=dist.rank, commit_interval=commit_interval)
-        processed = dist.gather_sum(processed)
+        failure = None
+        try:
+            processed, _ = _encode_share(
+                out, manifest, pending[dist.rank::dist.world_size], checkpoint=checkpoint, layers=layers,
+                norm=norm, add_cls=add_cls, compute_dtype=compute_dtype, device=device, preprocess=preprocess,
+                workers=workers, strict=strict, progress=progress and dist.is_main, rank=dist.rank,
+                commit_interval=commit_interval)
+        except Exception as exc:
+            if not dist.enabled:
+                raise
+            # Tell the other ranks (they would otherwise wait in the next collective until its timeout).
+            failure, processed = exc, 0
+        shares = dist.gather((processed, None if failure is None else str(failure)))
+        if failure is not None:
+            raise failure
+        stopped = [(rank, message) for rank, (_, message) in enumerate(shares) if message is not None]
+        if stopped:
+            rank, message = stopped[0]
+            raise ExtractionError(f"rank {rank} stopped: {message} (the rows every rank finished are kept; "
+                                  f"fix the cause and rerun with --resume)")
+        processed = sum(count for count, _ in shares)
         dist.barrier()
         seconds = time.monotonic() - started
         if dist.is_main:

@@ -48,7 +48,8 @@ def test_batch_decoder_reports_failures_and_keeps_good_rows(tmp_path):
     grids = np.tile([2, 2], (4, 1))
     item = BatchDecoder(paths, pre, grids)[[0, 1, 2, 3]]
     assert item["rows"].tolist() == [0, 2]
-    assert item["patches"].shape == (2, 2, 2, 3, 8, 8)
+    assert item["pixels"].shape == (2, 16, 16, 3) and item["pixels"].dtype == torch.uint8  # a quarter of float32
+    assert torch.equal(pre.to_patches(item["pixels"]), torch.stack([pre.patches(str(p)) for p in good]))
     assert [(row, kind) for row, kind, _ in item["failures"]] == [(1, "truncated"), (3, "empty")]
     changed = BatchDecoder(paths, pre, np.tile([3, 3], (4, 1)))[[0]]
     assert changed["failures"][0][1] == "changed"
@@ -66,4 +67,5 @@ def test_loader_with_workers_yields_the_same_batches_in_order(tmp_path):
     single = [b["rows"].tolist() for b in batch_loader(paths, pre, grids, batches, workers=0)]
     multi = list(batch_loader(paths, pre, grids, batches, workers=2))
     assert [b["rows"].tolist() for b in multi] == single == [b.tolist() for b in batches]
-    assert all(tuple(b["patches"].shape[1:3]) == tuple(grids[b["rows"][0]]) for b in multi)
+    assert all(b["pixels"].dtype == torch.uint8 for b in multi)
+    assert all(tuple(s // 8 for s in b["pixels"].shape[1:3]) == tuple(grids[b["rows"][0]]) for b in multi)

@@ -231,3 +231,16 @@ def test_bad_options_raise_before_any_work(tiny_checkpoint, mixed_folder, tmp_pa
     with pytest.raises(InputError, match="save-dtype"):
         extract(tiny_checkpoint, mixed_folder, tmp_path / "o", save_dtype="int8", **FAST)
     assert not (tmp_path / "o").exists()
+
+
+def test_strict_stop_then_fixing_the_file_and_resuming_extracts_it(tiny_checkpoint, tmp_path):
+    images = tmp_path / "images"
+    for i in range(4):
+        save_rgb(images / f"{i}.png", 16, 16, seed=i)
+    good = (images / "2.png").read_bytes()
+    (images / "2.png").write_bytes(good[: len(good) // 2])  # header intact, pixel data truncated
+    with pytest.raises(ExtractionError, match="2.png.*fix the file and --resume"):
+        extract(tiny_checkpoint, images, tmp_path / "out", strict=True, **{**FAST, "batch_size": 1})
+    (images / "2.png").write_bytes(good)
+    result = extract(tiny_checkpoint, images, tmp_path / "out", strict=True, resume=True, **{**FAST, "batch_size": 1})
+    assert (result.num_valid, result.num_failed) == (4, 0)
