@@ -348,7 +348,9 @@ class SailCheckpoint:
                         tensor = handle.get_tensor(name)
                     else:
                         tensor = torch.stack([sl[r:r + 1][0] for r in rows])
-                    out[name] = tensor.to(device=device, dtype=dtype)
+                    # moved in its stored dtype, then cast on the device: a rank never makes a private
+                    # host copy of a converted tensor (the memory-mapped file is shared by all ranks)
+                    out[name] = tensor.to(device=device).to(dtype=dtype)
         return out
 
     def _require(self, names: Iterable[str]) -> None:

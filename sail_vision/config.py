@@ -57,6 +57,8 @@ class SailConfig:
         """The transformers ``MistralConfig`` whose decoder blocks SAIL's blocks are."""
         from transformers import MistralConfig
 
+        from .attention import mistral_attention_name
+
         cfg = MistralConfig(
             vocab_size=self.vocab_size,
             hidden_size=self.hidden_size,
@@ -71,7 +73,7 @@ class SailConfig:
             sliding_window=None,
             attention_dropout=0.0,
         )
-        cfg._attn_implementation = attn_implementation
+        cfg._attn_implementation = mistral_attention_name(attn_implementation)
         return cfg
 
     def validate(self, source: str = "config") -> None:

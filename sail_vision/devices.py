@@ -35,3 +35,46 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     return resolved
+
+
+def auto_dtype(device: torch.device) -> str:
+    """``--dtype auto``: bfloat16 on GPUs that compute it natively (Ampere and later), float16 on older
+    GPUs (where no fused kernel takes bfloat16), float32 on the CPU."""
+    if device.type != "cuda":
+        return "float32"
+    with torch.cuda.device(device):
+        return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16"
+
+
+def cuda_index(requested: int | None, *, distributed: bool, local_rank: int, device_count: int) -> int:
+    """The GPU a process computes on.
+
+    Under torchrun each rank takes ``cuda:LOCAL_RANK`` (or ``cuda:0`` when a launcher gave each rank one
+    visible GPU); a single process takes ``requested`` (``cuda:N``), else GPU 0.
+    """
+    if device_count < 1:
+        raise InputError("--device cuda: CUDA is not available on this machine; use --device cpu")
+    if distributed:
+        if requested is not None and requested != local_rank:
+            raise InputError(f"--device cuda:{requested} under torchrun: every rank uses cuda:LOCAL_RANK; pass "
+                             f"--device cuda (choose GPUs with CUDA_VISIBLE_DEVICES)")
+        if local_rank < device_count:
+            return local_rank
+        if device_count == 1:
+            return 0
+        raise InputError(f"LOCAL_RANK {local_rank} but only {device_count} GPUs are visible; start at most "
+                         f"{device_count} processes per machine")
+    index = 0 if requested is None else requested
+    if index >= device_count:
+        raise InputError(f"--device cuda:{index}: this machine has {device_count} GPU(s) (cuda:0..cuda:"
+                         f"{device_count - 1})")
+    return index
+
+
+def select_cuda_device(device: torch.device, *, distributed: bool, local_rank: int) -> torch.device:
+    """The process's GPU (see :func:`cuda_index`), made the current device, so that pinned-memory threads,
+    NCCL and the caching allocator all use it rather than GPU 0."""
+    index = cuda_index(device.index, distributed=distributed, local_rank=local_rank,
+                       device_count=torch.cuda.device_count())
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)

@@ -33,21 +33,25 @@ class DistContext:
         return self.world_size > 1
 
     @classmethod
-    def setup(cls, device_type: str) -> "DistContext":
-        """Join (or create, under torchrun) the default process group."""
+    def setup(cls, device: torch.device) -> tuple["DistContext", torch.device]:
+        """Join (or create, under torchrun) the default process group; returns it with this process's
+        device (on CUDA: its GPU, made current before NCCL starts, see ``devices.select_cuda_device``)."""
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if world_size <= 1:
-            return cls()
+        from ..devices import select_cuda_device
+
+        joined = dist.is_available() and dist.is_initialized()
+        world_size = dist.get_world_size() if joined else int(os.environ.get("WORLD_SIZE", "1"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        backend = "nccl" if device_type == "cuda" else "gloo"
-        if device_type == "cuda":
-            torch.cuda.set_device(local_rank)
+        if device.type == "cuda":
+            device = select_cuda_device(device, distributed=world_size > 1, local_rank=local_rank)
+        if joined:
+            return cls(dist.get_rank(), world_size, local_rank), device
+        if world_size <= 1:
+            return cls(), device
+        backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=DEFAULT_TIMEOUT)
-        return cls(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=True)
+        return cls(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=True), device
 
     def barrier(self) -> None:
         if self.enabled:

@@ -87,11 +87,11 @@ class ExtractionResult:
 
 
 # ---------------------------------------------------------------------------------- options
-def _resolve_compute_dtype(dtype, device_type: str) -> str:
-    from ..devices import resolve_dtype
+def _resolve_compute_dtype(dtype, device) -> str:
+    from ..devices import auto_dtype, resolve_dtype
 
     if dtype is None or dtype == "auto":
-        return "bfloat16" if device_type == "cuda" else "float32"
+        return auto_dtype(device)
     return str(resolve_dtype(dtype)).removeprefix("torch.")
 
 
@@ -451,6 +451,7 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
     instead). Under ``torchrun`` each rank encodes its share of the batches. Returns an
     :class:`ExtractionResult`; failed images are counted there and in the manifest, not raised.
     """
+    from ..attention import describe_attention
     from ..checkpoint import SailCheckpoint
     from ..devices import resolve_device
     from ..layer_indices import resolve_layer_indices
@@ -470,7 +471,8 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
         raise InputError(f"--workers must be 0 or more, got {workers}")
     pools = _normalise_pools(pools)
     device = resolve_device(device)
-    compute_dtype = _resolve_compute_dtype(dtype, device.type)
+    if dtype not in (None, "auto"):
+        _resolve_compute_dtype(dtype, device)  # a bad --dtype fails before any process group is joined
     ckpt = SailCheckpoint(checkpoint)
     cfg = ckpt.config
     layers = resolve_layer_indices(layers, cfg.num_hidden_layers)
@@ -501,17 +503,16 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
             "preprocessing": {**preprocess.describe(), "norm": bool(norm), "add_cls": add_cls,
                               "resize": "bilinear", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
             "dtypes": {"compute": compute_dtype, "save": save_dtype},
+            "attention": describe_attention("sdpa", device.type, compute_dtype,
+                                            cfg.num_attention_heads // cfg.num_key_value_heads),
             "settings": settings, "software": _software_versions(),
         }
         return settings, manifest_base
 
-    dist = DistContext.setup(device.type)
-    if dist.enabled and device.type == "cuda":
-        import torch
-
-        device = torch.device("cuda", dist.local_rank)
+    dist, device = DistContext.setup(device)
     lock = contextlib.ExitStack()
     try:
+        compute_dtype = _resolve_compute_dtype(dtype, device)
         outcome = None
         if dist.is_main:
             try:
