@@ -290,42 +290,73 @@ def _nonfinite_hint(checkpoint, max_layer: int, compute_dtype: str) -> str:
     return f"the model produced NaN/inf in {compute_dtype} from finite weights; try --dtype float32"
 
 
-def _unstorable(values, save_dtype):
-    """Boolean mask of the values that cannot be stored: NaN/inf, or beyond float16's range."""
-    import torch
+@dataclass
+class _CopyBack:
+    """One batch's features on their way to the host: cast on the device, copied without waiting."""
 
-    bad = ~torch.isfinite(values)
-    if save_dtype == torch.float16:
-        bad |= values.abs() > FLOAT16_MAX
-    return bad
+    rows: np.ndarray
+    features: dict  # name -> host tensor (pinned on CUDA), in the save dtype
+    flags: object  # host bool tensor (features, 2): any NaN/inf, any value beyond float16's range
+    ready: object = None  # CUDA event recorded after the copies; None on the CPU
 
 
-def _batch_features(encoding, specs: Sequence[ArraySpec], save_dtype, rows, paths,
-                    nonfinite_hint: Callable[[], str]) -> dict[str, np.ndarray]:
-    """The arrays to store for one encoded batch, checked for non-finite and float16-overflowing values.
-
-    One check for the whole batch (a single device-to-host sync); values are cast to the save dtype on
-    their device before the copy back. ``nonfinite_hint`` is called only when the model produced NaN/inf,
-    to say why (it scans the weights).
-    """
+def _start_copy_back(encoding, specs: Sequence[ArraySpec], save_dtype, rows) -> _CopyBack:
+    """Queue the checks, casts and device-to-host copies of one batch; nothing waits for the device."""
     import torch
 
     pooled = [encoding.pooled(spec.layer, spec.pool) for spec in specs]
-    if bool(torch.stack([_unstorable(values, save_dtype).any() for values in pooled]).any()):
-        spec, values = next((s, v) for s, v in zip(specs, pooled) if _unstorable(v, save_dtype).any())
-        bad = _unstorable(values, save_dtype)
-        which = sorted({int(rows[i]) for i in bad.reshape(bad.shape[0], -1).any(1).nonzero().flatten()})
-        overflow = save_dtype == torch.float16 and bool(torch.isfinite(values).all())
+    flags = torch.stack([torch.stack([(~torch.isfinite(v)).any(),
+                                      (v.abs() > FLOAT16_MAX).any() if save_dtype == torch.float16
+                                      else torch.zeros((), dtype=torch.bool, device=v.device)])
+                         for v in pooled])
+    on_cuda = flags.is_cuda
+
+    def to_host(tensor):
+        if not on_cuda:
+            return tensor
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        return host.copy_(tensor, non_blocking=True)
+
+    features = {spec.name: to_host(values.to(dtype=save_dtype)) for spec, values in zip(specs, pooled)}
+    copy = _CopyBack(rows, features, to_host(flags))
+    if on_cuda:
+        copy.ready = torch.cuda.Event()
+        copy.ready.record()
+    return copy
+
+
+def _finish_copy_back(copy: _CopyBack, specs: Sequence[ArraySpec], paths,
+                      nonfinite_hint: Callable[[], str]) -> dict[str, np.ndarray]:
+    """Wait for one batch's copies, refuse values that cannot be stored, return the arrays to write.
+
+    ``nonfinite_hint`` is called only when the model produced NaN/inf, to say why (it scans the weights).
+    """
+    if copy.ready is not None:
+        copy.ready.synchronize()
+    flags = copy.flags.numpy()
+    if flags.any():
+        first = int(np.flatnonzero(flags.any(1))[0])
+        spec = specs[first]
+        values = copy.features[spec.name].float().numpy()  # NaN stays NaN; a float16 overflow became inf
+        bad = ~np.isfinite(values.reshape(values.shape[0], -1)).all(1)
+        which = sorted(int(copy.rows[i]) for i in np.flatnonzero(bad))
+        overflow = bool(flags[first, 1]) and not bool(flags[first, 0])
         hint = "values exceed float16's range; use --save-dtype float32" if overflow else nonfinite_hint()
         raise ExtractionError(f"layer {spec.layer} {spec.pool}: non-storable features for {paths[which[0]]} "
                               f"(rows {which[:5]}): {hint}")
     out = {}
-    for spec, values in zip(specs, pooled):
-        values = values.to(dtype=save_dtype).cpu()
+    for spec in specs:
+        values = copy.features[spec.name]
         if spec.layout == "grid":
             values = values.reshape(values.shape[0], *spec.shape[1:])
         out[spec.name] = values.numpy()
     return out
+
+
+def _batch_features(encoding, specs: Sequence[ArraySpec], save_dtype, rows, paths,
+                    nonfinite_hint: Callable[[], str]) -> dict[str, np.ndarray]:
+    """The checked arrays of one batch, at once (the loop overlaps the two halves across batches)."""
+    return _finish_copy_back(_start_copy_back(encoding, specs, save_dtype, rows), specs, paths, nonfinite_hint)
 
 
 def _encode_share(out: Path, manifest: dict, batches, *, checkpoint, layers, norm, add_cls, compute_dtype,
@@ -359,21 +390,30 @@ def _encode_share(out: Path, manifest: dict, batches, *, checkpoint, layers, nor
 
         bar = tqdm(total=total, desc="extracting", unit="img", dynamic_ncols=True, smoothing=0.05)
     processed = failed = 0
+    in_flight = None  # the batch whose features are being copied back
     try:
         for item in iterator:
             records = [failure_record(row, paths[row], kind, detail) for row, kind, detail in item["failures"]]
             if records and strict:  # not recorded: the row stays pending, so --resume decodes it again
+                if in_flight is not None:  # the batch before it is finished work: keep it
+                    writer.put_batch(in_flight.rows, _finish_copy_back(in_flight, specs, paths, nonfinite_hint))
                 first = records[0]
                 raise ExtractionError(f"{first['path']}: {first['reason']} (--strict stops at the first bad "
                                       f"input; rows finished so far are kept: fix the file and --resume, or "
                                       f"run without --strict)")
             writer.put_failures(records)
             rows = item["rows"].numpy()
+            started = None
             if item["pixels"] is not None:
                 patches = preprocess.to_patches(item["pixels"].to(device, non_blocking=True))
                 encoding = encoder.encode_patches(patches, layers, norm=norm, add_cls=add_cls)
-                writer.put_batch(rows, _batch_features(encoding, specs, save_dtype, rows, paths, nonfinite_hint))
+                started = _start_copy_back(encoding, specs, save_dtype, rows)
+            # The previous batch is handed to the writer only now, after this one was queued on the
+            # device: the GPU computes while the host waits for copies, checks and writes.
+            if in_flight is not None:
+                writer.put_batch(in_flight.rows, _finish_copy_back(in_flight, specs, paths, nonfinite_hint))
                 pause_point("extract:encoding")
+            in_flight = started
             processed += len(rows) + len(records)
             failed += len(records)
             if bar is not None:
@@ -382,6 +422,9 @@ def _encode_share(out: Path, manifest: dict, batches, *, checkpoint, layers, nor
                     bar.set_postfix(failed=failed, refresh=False)
             if delay:
                 time.sleep(delay)
+        if in_flight is not None:
+            writer.put_batch(in_flight.rows, _finish_copy_back(in_flight, specs, paths, nonfinite_hint))
+            pause_point("extract:encoding")
     finally:
         if bar is not None:
             bar.close()

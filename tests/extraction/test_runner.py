@@ -244,3 +244,21 @@ def test_strict_stop_then_fixing_the_file_and_resuming_extracts_it(tiny_checkpoi
     (images / "2.png").write_bytes(good)
     result = extract(tiny_checkpoint, images, tmp_path / "out", strict=True, resume=True, **{**FAST, "batch_size": 1})
     assert (result.num_valid, result.num_failed) == (4, 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("save_dtype", [torch.float16, torch.float32])
+def test_cuda_copy_back_equals_the_cpu_arrays(save_dtype):
+    from sail_vision.extraction.runner import _finish_copy_back, _start_copy_back
+
+    spec = [ArraySpec("layer-4_mean", "layer-4_mean.npy", (1, 8), "float16", "pooled", 4, "mean")]
+    states = {4: torch.randn(3, 6, 8)}
+    encodings = [SailEncoding(hidden_states={4: s.to(device)}, grids=[(2, 2)] * 3, add_cls=False, num_layers=4)
+                 for s in states.values() for device in ("cpu", "cuda")]
+    cpu, cuda = (_finish_copy_back(_start_copy_back(e, spec, save_dtype, np.arange(3)), spec, ["a", "b", "c"],
+                                   _no_hint) for e in encodings)
+    np.testing.assert_array_equal(cpu["layer-4_mean"], cuda["layer-4_mean"])
+    bad = SailEncoding(hidden_states={4: torch.full((1, 6, 8), float("nan"), device="cuda")}, grids=[(2, 2)],
+                       add_cls=False, num_layers=4)
+    with pytest.raises(ExtractionError, match="/x.jpg .*: the hint"):
+        _finish_copy_back(_start_copy_back(bad, spec, save_dtype, np.array([0])), spec, ["/x.jpg"], lambda: "the hint")
