@@ -90,3 +90,23 @@ def test_run_all_help():
     proc = _run("run_all.py", "--help")
     for name in ("bench_throughput", "bench_memory", "bench_extract", "bench_probe_grid"):
         assert name in proc.stdout
+
+
+def test_gpu_benchmark_quick_runs_on_any_device():
+    _run("bench_gpu.py", "--quick", "--device", "cpu")
+    data = _load("bench_gpu")
+    assert len(data["encoder"]) == 4 and len(data["extract"]) == 2  # 2 resolutions x (last, middle) layers
+    for row in data["encoder"]:
+        assert _positive(row["images_s"]) and _positive(row["tflop_s"]), row
+    for row in data["extract"]:
+        assert row["images"] == 8 and _positive(row["extract_vs_encoder"]), row
+
+
+def test_sail_7b_flops_per_image_match_the_paper_figure():
+    spec = importlib.util.spec_from_file_location("bench_gpu_mod", BENCH / "bench_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from sail_vision.checkpoint_generator import preset_config
+
+    flops = module.flops_per_image(preset_config("sail-7b"), 7 * 7 + 2, 32)  # 224 px: 49 patches + 2 tokens
+    assert 0.68e12 < flops < 0.73e12  # "about 0.69 TFLOP per image" (issue 13)
