@@ -32,7 +32,18 @@ class _RepeatedHeads:
 
 
 def sail_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
-    """transformers' sdpa attention, with key/value heads repeated for float32 on CUDA."""
+    """transformers' sdpa attention, with key/value heads repeated for float32 on CUDA.
+
+    With ``sail_packing`` (a :class:`~sail_vision.packing.PackedLayout`) the sequence holds several
+    images end to end and attention is block-diagonal, computed by the layout's kernel.
+    """
+    layout = kwargs.pop("sail_packing", None)
+    if layout is not None:
+        return _packed_attention(module, query, key, value, layout, **kwargs)
+    return _sdpa(module, query, key, value, attention_mask, **kwargs)
+
+
+def _sdpa(module, query, key, value, attention_mask, **kwargs):
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
     groups = getattr(module, "num_key_value_groups", 1)
@@ -40,6 +51,47 @@ def sail_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
         module = _RepeatedHeads(module)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _packed_attention(module, query, key, value, layout, *, scaling=None, **kwargs):
+    """Block-diagonal attention over a packed (1, heads, T, head_dim) sequence -> (1, T, heads, head_dim)."""
+    kernel = layout.kernel
+    if kernel == "split":  # sdpa once per image: exactly the one-at-a-time computation
+        outputs = [_sdpa(module, query[:, :, s:s + n], key[:, :, s:s + n], value[:, :, s:s + n], None,
+                         scaling=scaling, **kwargs)[0]
+                   for s, n in zip(layout.starts, layout.lengths)]
+        return torch.cat(outputs, dim=1), None
+    if kernel == "mask":
+        return _sdpa(module, query, key, value, layout.bool_mask(query.device), scaling=scaling, **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    if kernel == "flex":
+        out = _flex_attention(query.is_cuda)(query, key, value, block_mask=layout.flex_block_mask(query.device), scale=scaling,
+                             enable_gqa=groups > 1)
+        return out.transpose(1, 2).contiguous(), None
+    if kernel == "varlen":
+        from .packing import varlen_kernel
+
+        cu = layout.cu_seqlens(query.device)
+        longest = max(layout.lengths)
+        out = varlen_kernel()(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), cu, cu,
+                              longest, longest, scale=scaling, enable_gqa=groups > 1)
+        return out[None], None
+    raise ValueError(f"unknown packed attention kernel {kernel!r}")
+
+
+_compiled_flex = None
+
+
+def _flex_attention(compiled: bool):
+    """FlexAttention; compiled (a fused kernel, built once per process) on CUDA, eager elsewhere."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if not compiled:
+        return flex_attention
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=True)
+    return _compiled_flex
 
 
 def mistral_attention_name(attn_implementation: str) -> str:

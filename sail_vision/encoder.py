@@ -20,6 +20,8 @@ from .devices import resolve_device, resolve_dtype
 from .errors import InputError, LayerIndexError
 from .layer_indices import resolve_layer_indices
 from .outputs import SailEncoding
+from .packing import (BATCHING, DEFAULT_MAX_BATCH_TOKENS, PACKED_ATTENTION, PackedLayout, plan_packs,
+                      resolve_packed_attention)
 from .positions import SailRotaryEmbedding, image_position_ids
 from .preprocessing import DEFAULT_MAX_TOKENS, image_to_patches, pixels_to_patches
 
@@ -36,7 +38,7 @@ class SailEncoder(nn.Module):
     """
 
     def __init__(self, config: SailConfig, token_ids: VisionTokenIds, *, num_blocks: int | None = None,
-                 attn_implementation: str = "sdpa"):
+                 attn_implementation: str = "sdpa", packed_attention: str = "auto"):
         super().__init__()
         from transformers.models.mistral.modeling_mistral import MistralDecoderLayer, MistralRMSNorm
 
@@ -44,6 +46,11 @@ class SailEncoder(nn.Module):
             raise InputError(f"attn_implementation {attn_implementation!r}: use 'sdpa' or 'eager'")
         self.config = config
         self.token_ids = token_ids
+        self.attn_implementation = attn_implementation
+        #: Kernel for images packed into one sequence (see ``packing.PACKED_ATTENTION``).
+        self.packed_attention = packed_attention
+        if packed_attention not in PACKED_ATTENTION:
+            raise InputError(f"packed_attention {packed_attention!r}: choose from {', '.join(PACKED_ATTENTION)}")
         self.num_layers = config.num_hidden_layers
         self.num_blocks = self.num_layers if num_blocks is None else num_blocks
         mistral_cfg = config.to_mistral_config(attn_implementation)
@@ -63,13 +70,15 @@ class SailEncoder(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: str | torch.dtype = torch.float32,
                         device: str | torch.device = "cpu", max_layer: int | None = None,
-                        attn_implementation: str = "sdpa") -> "SailEncoder":
+                        attn_implementation: str = "sdpa", packed_attention: str = "auto") -> "SailEncoder":
         """Load a local SAIL checkpoint (Hugging Face format).
 
         ``max_layer=k`` builds and reads only blocks 1..k (hidden-state indices 0..k stay
         available; negative k counts from the end). ``lm_head`` and the token embedding table
         (except the six vision-token rows) are never read. Every tensor read is shape-checked
-        and every module parameter must be filled: nothing loads leniently.
+        and every module parameter must be filled: nothing loads leniently. ``packed_attention``
+        picks the kernel for images of different sizes packed into one sequence
+        (``packing.PACKED_ATTENTION``; ``auto`` suits the device).
         """
         ckpt = SailCheckpoint(path)
         cfg = ckpt.config
@@ -86,7 +95,8 @@ class SailEncoder(nn.Module):
             key = "vision_token_embeds" if name == embed_name else name.removeprefix("model.")
             state[key] = tensor
         with torch.device("meta"):
-            model = cls(cfg, ckpt.token_ids, num_blocks=num_blocks, attn_implementation=attn_implementation)
+            model = cls(cfg, ckpt.token_ids, num_blocks=num_blocks, attn_implementation=attn_implementation,
+                        packed_attention=packed_attention)
         model.load_state_dict(state, strict=True, assign=True)
         model.checkpoint_path = str(Path(path).resolve())
         model.requires_grad_(False)
@@ -122,16 +132,19 @@ class SailEncoder(nn.Module):
     # ------------------------------------------------------------------ encoding
     def encode(self, images, layers: int | Iterable[int] = -1, *, norm: bool = False,
                add_cls: bool = False, max_tokens: int = DEFAULT_MAX_TOKENS, resolution=None,
-               enable_grad: bool = False) -> SailEncoding:
+               enable_grad: bool = False, batching: str = "packed",
+               max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS) -> SailEncoding:
         """Encode images (paths, PIL images or uint8 arrays; one or a list).
 
         Preprocessing follows upstream (native resolution, capped at ``max_tokens`` patches)
-        unless ``resolution`` asks for a fixed size (see ``preprocessing.resize_image``).
+        unless ``resolution`` asks for a fixed size (see ``preprocessing.resize_image``). Images of
+        different sizes are packed (see :meth:`encode_patches`).
         """
         if not isinstance(images, (list, tuple)):
             images = [images]
         patches = [image_to_patches(img, self.patch_size, max_tokens, resolution) for img in images]
-        return self.encode_patches(patches, layers, norm=norm, add_cls=add_cls, enable_grad=enable_grad)
+        return self.encode_patches(patches, layers, norm=norm, add_cls=add_cls, enable_grad=enable_grad,
+                                   batching=batching, max_batch_tokens=max_batch_tokens)
 
     def encode_pixels(self, pixels: torch.Tensor, layers: int | Iterable[int] = -1, *, norm: bool = False,
                       add_cls: bool = False, enable_grad: bool = False) -> SailEncoding:
@@ -142,15 +155,27 @@ class SailEncoder(nn.Module):
                                    add_cls=add_cls, enable_grad=enable_grad)
 
     def encode_patches(self, patches, layers: int | Iterable[int] = -1, *, norm: bool = False,
-                       add_cls: bool = False, enable_grad: bool = False) -> SailEncoding:
+                       add_cls: bool = False, enable_grad: bool = False, batching: str = "packed",
+                       max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, packed_output: bool = False) -> SailEncoding:
         """Encode preprocessed patches: a (B, nh, nw, 3, p, p) tensor, one (nh, nw, 3, p, p)
         tensor, or a list of those with possibly different grids.
 
-        Images sharing a grid run as one batch; different grids run as separate batches and the
-        result is padded to the longest sequence (see ``SailEncoding.padding_mask``).
+        Images sharing one grid run as one batch. Images of different grids are, with
+        ``batching="packed"`` (default), laid end to end in sequences of at most
+        ``max_batch_tokens`` tokens with block-diagonal attention (each image's result equals its
+        one-at-a-time encoding; an image longer than the budget runs alone); with ``"grouped"`` they
+        run as one batch per grid. The result is padded to the longest sequence (see
+        ``SailEncoding.padding_mask``), or with ``packed_output=True`` kept packed (no padding copy).
         """
+        if batching not in BATCHING:
+            raise InputError(f"batching {batching!r}: choose from {', '.join(BATCHING)}")
         items = self._split_patch_input(patches)
         indices = self.resolve_layers(layers)
+        grids = [tuple(item.shape[:2]) for item in items]
+        if batching == "packed" and len(set(grids)) > 1:
+            with torch.set_grad_enabled(enable_grad):
+                encoding = self._encode_packed(items, indices, norm, add_cls, max_batch_tokens)
+            return encoding if packed_output else encoding.padded()
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, item in enumerate(items):
             groups[tuple(item.shape[:2])].append(i)
@@ -159,7 +184,6 @@ class SailEncoder(nn.Module):
             for grid, members in groups.items():
                 batch = torch.stack([items[i] for i in members]) if len(members) > 1 else items[members[0]][None]
                 results[grid] = (members, self._forward_batch(batch, indices, norm, add_cls))
-        grids = [tuple(item.shape[:2]) for item in items]
         if len(groups) == 1:
             (_, states), = results.values()
         else:
@@ -218,12 +242,58 @@ class SailEncoder(nn.Module):
         nh, nw = patches.shape[1:3]
         hidden = self._embed(patches, add_cls)
         cos_sin = self._rotary_for_grid(nh, nw, add_cls, hidden.dtype)
+        return self._run_blocks(hidden, cos_sin, indices, norm)
+
+    def _encode_packed(self, items: Sequence[torch.Tensor], indices: Sequence[int], norm: bool, add_cls: bool,
+                       max_batch_tokens: int) -> SailEncoding:
+        """Images of different grids in packed sequences; one packed encoding in input order."""
+        extra = 2 + int(add_cls)
+        lengths = [int(item.shape[0] * item.shape[1]) + extra for item in items]
+        packs = plan_packs(lengths, max_batch_tokens)
+        with self._no_autocast():
+            results = [self._forward_packed([items[i] for i in pack], indices, norm, add_cls) for pack in packs]
+        order = [i for pack in packs for i in pack]
+        starts = [0]
+        for i in order[:-1]:
+            starts.append(starts[-1] + lengths[i])
+        offsets = [0] * len(items)
+        for i, start in zip(order, starts):
+            offsets[i] = start
+        states = {k: results[0][k] if len(results) == 1 else torch.cat([r[k] for r in results], dim=1)
+                  for k in indices}
+        return SailEncoding(hidden_states=states, grids=[tuple(item.shape[:2]) for item in items], add_cls=add_cls,
+                            num_layers=self.num_layers, norm=norm, offsets=offsets)
+
+    def packed_kernel(self) -> str:
+        """The block-diagonal attention kernel packed sequences run with here."""
+        if self.attn_implementation == "eager":
+            return "eager (additive block mask)"
+        return resolve_packed_attention(self.packed_attention, self.device, self.dtype)
+
+    def _forward_packed(self, items: Sequence[torch.Tensor], indices: Sequence[int], norm: bool,
+                        add_cls: bool) -> dict[int, torch.Tensor]:
+        """One packed sequence: (1, sum of lengths, D) states per requested layer, images in order."""
+        hidden = torch.cat([self._embed(item[None], add_cls) for item in items], dim=1)
+        tables = [self._rotary_for_grid(item.shape[0], item.shape[1], add_cls, hidden.dtype) for item in items]
+        cos_sin = tuple(torch.cat(parts, dim=1) for parts in zip(*tables))
+        lengths = [int(item.shape[0] * item.shape[1]) + 2 + int(add_cls) for item in items]
+        if self.attn_implementation == "eager":
+            layout = PackedLayout(lengths)
+            return self._run_blocks(hidden, cos_sin, indices, norm,
+                                    attention_mask=layout.additive_mask(hidden.device, hidden.dtype))
+        layout = PackedLayout(lengths, kernel=self.packed_kernel())
+        return self._run_blocks(hidden, cos_sin, indices, norm, sail_packing=layout)
+
+    def _run_blocks(self, hidden: torch.Tensor, cos_sin, indices: Sequence[int], norm: bool,
+                    attention_mask=None, **attention_kwargs) -> dict[int, torch.Tensor]:
+        """Blocks 1..max(indices) on input embeddings; the states of the requested layers."""
         wanted = set(indices)
         kept = {}
         if 0 in wanted:
             kept[0] = self.norm(hidden) if norm else hidden
         for block_index in range(max(indices)):
-            hidden = self.layers[block_index](hidden, attention_mask=None, position_embeddings=cos_sin)
+            hidden = self.layers[block_index](hidden, attention_mask=attention_mask, position_embeddings=cos_sin,
+                                              **attention_kwargs)
             k = block_index + 1
             if k in wanted:
                 kept[k] = self.norm(hidden) if (norm or k == self.num_layers) else hidden

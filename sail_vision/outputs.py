@@ -21,6 +21,10 @@ class SailEncoding:
     order ``<vision>``, the nh*nw patches row-major, ``</vision>``, then ``<|vis_cls|>`` if
     ``add_cls``. When the images' grids differ, shorter sequences are zero-padded at the end
     (``padding_mask`` marks real tokens).
+
+    A *packed* encoding (``offsets`` set) instead holds ``hidden_states[k]`` of shape (1, T, D): the
+    images' sequences end to end, image b's starting at ``offsets[b]``. The pooled views and
+    :meth:`per_image` read both layouts; :meth:`padded` turns a packed encoding into the padded one.
     """
 
     hidden_states: dict[int, torch.Tensor]
@@ -28,6 +32,11 @@ class SailEncoding:
     add_cls: bool
     num_layers: int
     norm: bool = False
+    offsets: list[int] | None = None
+
+    @property
+    def packed(self) -> bool:
+        return self.offsets is not None
 
     @property
     def layers(self) -> list[int]:
@@ -55,8 +64,8 @@ class SailEncoding:
 
     @property
     def padding_mask(self) -> torch.Tensor:
-        """(B, seq) bool, True at real tokens."""
-        seq = next(iter(self.hidden_states.values())).shape[1]
+        """(B, seq) bool, True at real tokens (of the padded layout)."""
+        seq = max(self.seq_lens) if self.packed else next(iter(self.hidden_states.values())).shape[1]
         lens = torch.tensor(self.seq_lens)
         return torch.arange(seq)[None, :] < lens[:, None]
 
@@ -68,10 +77,26 @@ class SailEncoding:
                                   f"{self.layers}")
         return self.hidden_states[k]
 
+    def image_states(self, index: int, b: int) -> torch.Tensor:
+        """(seq_b, D) states of image b, without padding."""
+        states = self.layer(index)
+        if self.packed:
+            return states[0, self.offsets[b]:self.offsets[b] + self.seq_lens[b]]
+        return states[b, :self.seq_lens[b]]
+
     def patch_tokens(self, index: int = -1) -> torch.Tensor:
         """(B, nh*nw, D) patch states, row-major over the grid."""
         nh, nw = self.grid
+        if self.packed:
+            return torch.stack([self.image_states(index, b)[1:1 + nh * nw] for b in range(self.batch_size)])
         return self.layer(index)[:, 1:1 + nh * nw]
+
+    def patch_rows(self, index: int = -1) -> torch.Tensor:
+        """(sum of nh*nw, D): every image's patch states, row-major, images one after another
+        (any mix of grids)."""
+        if self.uniform and not self.packed:
+            return self.patch_tokens(index).reshape(-1, self.layer(index).shape[-1])
+        return torch.cat([self.image_states(index, b)[1:1 + nh * nw] for b, (nh, nw) in enumerate(self.grids)])
 
     def patch_maps(self, index: int = -1) -> torch.Tensor:
         """(B, D, nh, nw) patch states as 2-D feature maps."""
@@ -81,21 +106,19 @@ class SailEncoding:
 
     def mean_patch(self, index: int = -1) -> torch.Tensor:
         """(B, D) mean of each image's patch states (float32 accumulation)."""
-        states = self.layer(index)
-        return torch.stack([states[b, 1:1 + nh * nw].float().mean(0).to(states.dtype)
+        dtype = self.layer(index).dtype
+        return torch.stack([self.image_states(index, b)[1:1 + nh * nw].float().mean(0).to(dtype)
                             for b, (nh, nw) in enumerate(self.grids)])
 
     def end_token(self, index: int = -1) -> torch.Tensor:
         """(B, D) state of the ``</vision>`` token."""
-        states = self.layer(index)
-        return torch.stack([states[b, 1 + nh * nw] for b, (nh, nw) in enumerate(self.grids)])
+        return torch.stack([self.image_states(index, b)[1 + nh * nw] for b, (nh, nw) in enumerate(self.grids)])
 
     def cls_token(self, index: int = -1) -> torch.Tensor:
         """(B, D) state of ``<|vis_cls|>``; needs ``add_cls=True`` at encoding."""
         if not self.add_cls:
             raise InputError("no <|vis_cls|> token: encode with add_cls=True")
-        states = self.layer(index)
-        return torch.stack([states[b, 2 + nh * nw] for b, (nh, nw) in enumerate(self.grids)])
+        return torch.stack([self.image_states(index, b)[2 + nh * nw] for b, (nh, nw) in enumerate(self.grids)])
 
     def pooled(self, index: int, pool: str) -> torch.Tensor:
         """One of POOLS by name: 'patch' (B, nh*nw, D), 'mean', 'cls' or 'end' (B, D)."""
@@ -107,8 +130,19 @@ class SailEncoding:
 
     def per_image(self) -> list["SailEncoding"]:
         """Split into single-image encodings without padding."""
-        out = []
-        for b, (grid, length) in enumerate(zip(self.grids, self.seq_lens)):
-            states = {k: v[b:b + 1, :length] for k, v in self.hidden_states.items()}
-            out.append(SailEncoding(states, [grid], self.add_cls, self.num_layers, self.norm))
-        return out
+        return [SailEncoding({k: self.image_states(k, b)[None] for k in self.hidden_states}, [grid], self.add_cls,
+                             self.num_layers, self.norm)
+                for b, grid in enumerate(self.grids)]
+
+    def padded(self) -> "SailEncoding":
+        """The same states in the padded (B, seq, D) layout (itself when not packed)."""
+        if not self.packed:
+            return self
+        seq = max(self.seq_lens)
+        states = {}
+        for k, packed in self.hidden_states.items():
+            out = packed.new_zeros(self.batch_size, seq, packed.shape[-1])
+            for b, (start, length) in enumerate(zip(self.offsets, self.seq_lens)):
+                out[b, :length] = packed[0, start:start + length]
+            states[k] = out
+        return SailEncoding(states, list(self.grids), self.add_cls, self.num_layers, self.norm)

@@ -81,7 +81,19 @@ def register(subparsers) -> None:
     g.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: auto; under torchrun each "
                                                      "rank uses cuda:LOCAL_RANK)")
     g.add_argument("--batch-size", type=_positive_int, default=16,
-                   help="images per forward pass; a batch holds images of one patch grid (default: 16)")
+                   help="images per forward pass at a fixed --resolution or with --batching grouped; at native "
+                        "resolution it sets the default token budget (default: 16)")
+    g.add_argument("--batching", default="packed", choices=["packed", "grouped"],
+                   help="native resolution: 'packed' lays images of different sizes end to end in one sequence "
+                        "with block-diagonal attention (no padding, full batches; each image's features equal its "
+                        "one-at-a-time encoding); 'grouped' runs one batch per patch grid (default: packed)")
+    g.add_argument("--max-batch-tokens", type=_positive_int, default=None, metavar="N",
+                   help="token budget of one packed batch (default: --batch-size x the longest image's tokens, "
+                        "so memory stays what --batch-size images of the largest size need)")
+    g.add_argument("--packed-attention", default="auto", choices=["auto", "split", "mask", "flex", "varlen"],
+                   help="kernel for block-diagonal attention: split = sdpa once per image, mask = one sdpa call "
+                        "with a block mask, flex = FlexAttention, varlen = flash attention's variable-length "
+                        "kernel (CUDA, float16/bfloat16); auto = varlen where it runs, else split (default: auto)")
     g.add_argument("--workers", type=_non_negative_int, default=None,
                    help="DataLoader processes decoding images; 0 decodes in the main process "
                         f"(default: min(4, CPU count) = {min(4, os.cpu_count() or 1)})")
@@ -119,7 +131,8 @@ def run(args) -> int:
         batch_size=args.batch_size, workers=args.workers, resume=args.resume, overwrite=args.overwrite,
         save_dtype=args.save_dtype, limit=args.limit, strict=args.strict,
         max_pixels=args.max_pixels or None, layout=args.layout, split=args.split, labels_file=args.labels_file,
-        progress=not args.no_progress, commit_interval=args.commit_interval)
+        progress=not args.no_progress, commit_interval=args.commit_interval, batching=args.batching,
+        max_batch_tokens=args.max_batch_tokens, packed_attention=args.packed_attention)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 reports (and sets the exit status) for the whole run
     print(result.summary())

@@ -1,8 +1,9 @@
-"""Decoding images in DataLoader workers, in batches of images that share a patch grid.
+"""Decoding images in DataLoader workers, in planned batches: images that share a patch grid, or
+images of any sizes packed up to a token budget (native resolution).
 
 The batch plan is global and deterministic (it depends only on the input list, the patch grids
-and the batch size), so every image is always encoded beside the same neighbours: a resumed or
-multi-process run computes exactly the bytes a single uninterrupted run computes.
+and the batch size or token budget), so every image is always encoded beside the same neighbours:
+a resumed or multi-process run computes exactly the bytes a single uninterrupted run computes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..packing import plan_packs
 from ..preprocessing import BadImageError, Preprocess
 
 #: Rows whose image failed before any decoding (duplicates, unreadable headers) get this grid.
@@ -22,8 +24,8 @@ NO_GRID = (0, 0)
 class BatchDecoder(torch.utils.data.Dataset):
     """``dataset[rows]`` decodes the images of one planned batch.
 
-    Returns ``{"rows": (B,) int64, "pixels": (B, H, W, 3) uint8 or None, "failures": [(row, kind, detail),
-    ...]}``; images that cannot be used become failures. Workers hand over uint8 resized images (a
+    Returns ``{"rows": (B,) int64, "pixels": (B, H, W, 3) uint8 (a list of (H, W, 3) when the sizes
+    differ) or None, "failures": [(row, kind, detail), ...]}``; images that cannot be used become failures. Workers hand over uint8 resized images (a
     quarter of float32 patches' bytes in shared and pinned memory); ``Preprocess.to_patches`` makes
     the patches on the encoder's device.
     """
@@ -54,8 +56,9 @@ class BatchDecoder(torch.utils.data.Dataset):
                 continue
             kept.append(row)
             tensors.append(pixels)
+        same_size = len({t.shape for t in tensors}) == 1
         return {"rows": torch.tensor(kept, dtype=torch.int64),
-                "pixels": torch.stack(tensors) if tensors else None,
+                "pixels": (torch.stack(tensors) if same_size else tensors) if tensors else None,
                 "failures": failures}
 
 
@@ -130,6 +133,30 @@ def plan_batches(grids: np.ndarray, batch_size: int) -> list[np.ndarray]:
     for members in np.split(ordered, bounds):
         batches.extend(members[i:i + batch_size] for i in range(0, len(members), batch_size))
     return batches
+
+
+def sequence_lengths(grids: np.ndarray, extra_tokens: int) -> np.ndarray:
+    """Tokens of each row's sequence (patches plus ``extra_tokens``); 0 for rows without a grid."""
+    grids = np.asarray(grids, dtype=np.int64)
+    counts = grids[:, 0] * grids[:, 1]
+    return np.where(counts > 0, counts + extra_tokens, 0)
+
+
+def default_token_budget(grids: np.ndarray, batch_size: int, extra_tokens: int) -> int:
+    """``batch_size`` times the longest sequence: packed batches need no more memory than
+    ``batch_size`` images of the largest size."""
+    lengths = sequence_lengths(grids, extra_tokens)
+    return int(batch_size * max(1, int(lengths.max(initial=0))))
+
+
+def plan_packed_batches(grids: np.ndarray, max_batch_tokens: int, extra_tokens: int) -> list[np.ndarray]:
+    """Split the rows with a grid into packed batches of at most ``max_batch_tokens`` tokens
+    (``packing.plan_packs``: largest first, first fit); rows in each batch in index order."""
+    if max_batch_tokens <= 0:
+        raise InputError(f"--max-batch-tokens must be positive, got {max_batch_tokens}")
+    lengths = sequence_lengths(grids, extra_tokens)
+    usable = np.flatnonzero(lengths > 0)
+    return [usable[pack] for pack in plan_packs(lengths[usable], max_batch_tokens)]
 
 
 def batch_loader(paths: Sequence[str], preprocess: Preprocess, grids: np.ndarray, batches: Sequence[np.ndarray],

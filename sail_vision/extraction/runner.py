@@ -32,12 +32,13 @@ from ..checkpoint_digest import weights_digest
 from ..folder_lock import hold_folder
 from ..pause_points import pause_point
 from ..outputs import POOLS
+from ..packing import BATCHING, PACKED_ATTENTION, resolve_packed_attention
 from ..preprocessing import (ALPHA_BACKGROUND, DEFAULT_MAX_PIXELS, DEFAULT_MAX_TOKENS, IMAGENET_MEAN, IMAGENET_STD,
                              Preprocess)
 from .distributed import DistContext
 from ..sources import ImageSource, find_duplicates, resolve_inputs
 from ..sources.labels import labels_summary
-from .loader import NO_GRID, batch_loader, plan_batches, scan_grids
+from .loader import NO_GRID, batch_loader, default_token_budget, plan_batches, plan_packed_batches, scan_grids
 from .writer import (DONE, FAILED, PENDING, ArraySpec, BackgroundWriter, FailureLog, OutputArrays, RowStatus,
                      create_array_file, failure_record)
 
@@ -297,14 +298,26 @@ class _CopyBack:
     rows: np.ndarray
     features: dict  # name -> host tensor (pinned on CUDA), in the save dtype
     flags: object  # host bool tensor (features, 2): any NaN/inf, any value beyond float16's range
+    patch_counts: list = None  # patches of each image: how a "rows" feature's block splits into images
     ready: object = None  # CUDA event recorded after the copies; None on the CPU
+
+    def per_image(self, spec: ArraySpec) -> np.ndarray | list[np.ndarray]:
+        """The host values of ``spec``, one entry per image ((n_i, D) arrays for patch rows)."""
+        values = self.features[spec.name].numpy()
+        if spec.layout == "rows":
+            return np.split(values, np.cumsum(self.patch_counts)[:-1])
+        if spec.layout == "grid":
+            return values.reshape(values.shape[0], *spec.shape[1:])
+        return values
 
 
 def _start_copy_back(encoding, specs: Sequence[ArraySpec], save_dtype, rows) -> _CopyBack:
     """Queue the checks, casts and device-to-host copies of one batch; nothing waits for the device."""
     import torch
 
-    pooled = [encoding.pooled(spec.layer, spec.pool) for spec in specs]
+    # Patch rows of images of different grids travel as one (sum of patches, D) block per feature.
+    pooled = [encoding.patch_rows(spec.layer) if spec.layout == "rows" else encoding.pooled(spec.layer, spec.pool)
+              for spec in specs]
     flags = torch.stack([torch.stack([(~torch.isfinite(v)).any(),
                                       (v.abs() > FLOAT16_MAX).any() if save_dtype == torch.float16
                                       else torch.zeros((), dtype=torch.bool, device=v.device)])
@@ -318,7 +331,7 @@ def _start_copy_back(encoding, specs: Sequence[ArraySpec], save_dtype, rows) -> 
         return host.copy_(tensor, non_blocking=True)
 
     features = {spec.name: to_host(values.to(dtype=save_dtype)) for spec, values in zip(specs, pooled)}
-    copy = _CopyBack(rows, features, to_host(flags))
+    copy = _CopyBack(rows, features, to_host(flags), patch_counts=[nh * nw for nh, nw in encoding.grids])
     if on_cuda:
         copy.ready = torch.cuda.Event()
         copy.ready.record()
@@ -337,20 +350,14 @@ def _finish_copy_back(copy: _CopyBack, specs: Sequence[ArraySpec], paths,
     if flags.any():
         first = int(np.flatnonzero(flags.any(1))[0])
         spec = specs[first]
-        values = copy.features[spec.name].float().numpy()  # NaN stays NaN; a float16 overflow became inf
-        bad = ~np.isfinite(values.reshape(values.shape[0], -1)).all(1)
+        values = copy.per_image(spec)  # NaN stays NaN; a float16 overflow became inf
+        bad = [not np.isfinite(np.asarray(v, dtype=np.float32)).all() for v in values]
         which = sorted(int(copy.rows[i]) for i in np.flatnonzero(bad))
         overflow = bool(flags[first, 1]) and not bool(flags[first, 0])
         hint = "values exceed float16's range; use --save-dtype float32" if overflow else nonfinite_hint()
         raise ExtractionError(f"layer {spec.layer} {spec.pool}: non-storable features for {paths[which[0]]} "
                               f"(rows {which[:5]}): {hint}")
-    out = {}
-    for spec in specs:
-        values = copy.features[spec.name]
-        if spec.layout == "grid":
-            values = values.reshape(values.shape[0], *spec.shape[1:])
-        out[spec.name] = values.numpy()
-    return out
+    return {spec.name: copy.per_image(spec) for spec in specs}
 
 
 def _batch_features(encoding, specs: Sequence[ArraySpec], save_dtype, rows, paths,
@@ -361,7 +368,7 @@ def _batch_features(encoding, specs: Sequence[ArraySpec], save_dtype, rows, path
 
 def _encode_share(out: Path, manifest: dict, batches, *, checkpoint, layers, norm, add_cls, compute_dtype,
                   device, preprocess: Preprocess, workers: int, strict: bool, progress: bool, rank: int,
-                  commit_interval: float) -> tuple[int, int]:
+                  commit_interval: float, packed_attention: str = "auto") -> tuple[int, int]:
     """Encode this rank's batches and write them; returns (images processed, bytes written)."""
     import torch
 
@@ -375,7 +382,8 @@ def _encode_share(out: Path, manifest: dict, batches, *, checkpoint, layers, nor
     total = int(sum(len(b) for b in batches))
     if not batches:
         return 0, 0
-    encoder = SailEncoder.from_pretrained(checkpoint, dtype=compute_dtype, device=device, max_layer=max(layers))
+    encoder = SailEncoder.from_pretrained(checkpoint, dtype=compute_dtype, device=device, max_layer=max(layers),
+                                          packed_attention=packed_attention)
     nonfinite_hint = functools.partial(_nonfinite_hint, checkpoint, max(layers), compute_dtype)
     loader = batch_loader(paths, preprocess, grids, batches, workers=workers, pin_memory=device.type == "cuda")
     iterator = iter(loader)  # starts the worker processes before the writer thread exists
@@ -405,8 +413,15 @@ def _encode_share(out: Path, manifest: dict, batches, *, checkpoint, layers, nor
             rows = item["rows"].numpy()
             started = None
             if item["pixels"] is not None:
-                patches = preprocess.to_patches(item["pixels"].to(device, non_blocking=True))
-                encoding = encoder.encode_patches(patches, layers, norm=norm, add_cls=add_cls)
+                pixels = item["pixels"]
+                if isinstance(pixels, list):  # a packed batch of images of different sizes
+                    patches = [preprocess.to_patches(p.to(device, non_blocking=True)[None])[0] for p in pixels]
+                    planned_as_one = sum(p.shape[0] * p.shape[1] + 3 for p in patches)  # the plan packed it already
+                    encoding = encoder.encode_patches(patches, layers, norm=norm, add_cls=add_cls, packed_output=True,
+                                                      max_batch_tokens=planned_as_one)
+                else:
+                    encoding = encoder.encode_patches(preprocess.to_patches(pixels.to(device, non_blocking=True)),
+                                                      layers, norm=norm, add_cls=add_cls)
                 started = _start_copy_back(encoding, specs, save_dtype, rows)
             # The previous batch is handed to the writer only now, after this one was queued on the
             # device: the GPU computes while the host waits for copies, checks and writes.
@@ -485,18 +500,22 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
             workers: int | None = None, resume: bool = False, overwrite: bool = False, save_dtype: str = "float16",
             limit: int | None = None, strict: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS,
             layout: str = "auto", split: str | None = None, labels_file: str | Path | None = None,
-            progress: bool = True, commit_interval: float = 2.0) -> ExtractionResult:
+            progress: bool = True, commit_interval: float = 2.0, batching: str = "packed",
+            max_batch_tokens: int | None = None, packed_attention: str = "auto") -> ExtractionResult:
     """Extract features of ``images`` with the SAIL checkpoint at ``checkpoint`` into ``out``.
 
     ``images``: a folder, a list file, or a list of paths (see ``inputs.resolve_inputs`` and the
     ``layout`` / ``split`` / ``labels_file`` options). One ``layer-{k}_{pool}.npy`` is written
     per (layer, pool). Bad images are skipped and recorded (``strict`` stops at the first one
-    instead). Under ``torchrun`` each rank encodes its share of the batches. Returns an
+    instead). At native resolution images of different sizes are packed into batches of at most
+    ``max_batch_tokens`` tokens (default: ``batch_size`` times the longest image's), attention
+    block-diagonal (``packed_attention`` kernel); ``batching="grouped"`` runs same-grid batches of
+    ``batch_size`` instead. Under ``torchrun`` each rank encodes its share of the batches. Returns an
     :class:`ExtractionResult`; failed images are counted there and in the manifest, not raised.
     """
     from ..attention import describe_attention
     from ..checkpoint import SailCheckpoint
-    from ..devices import resolve_device
+    from ..devices import resolve_device, resolve_dtype
     from ..layer_indices import resolve_layer_indices
 
     started = time.monotonic()
@@ -506,6 +525,12 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
         raise InputError(f"--save-dtype {save_dtype!r}: choose float16 or float32")
     if batch_size <= 0:
         raise InputError(f"--batch-size must be positive, got {batch_size}")
+    if batching not in BATCHING:
+        raise InputError(f"--batching {batching!r}: choose from {', '.join(BATCHING)}")
+    if max_batch_tokens is not None and max_batch_tokens <= 0:
+        raise InputError(f"--max-batch-tokens must be positive, got {max_batch_tokens}")
+    if packed_attention not in PACKED_ATTENTION:
+        raise InputError(f"--packed-attention {packed_attention!r}: choose from {', '.join(PACKED_ATTENTION)}")
     if not commit_interval > 0:
         raise InputError(f"--commit-interval must be positive, got {commit_interval}")
     if workers is None:
@@ -528,6 +553,7 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
     source_args = {"images": images_arg, "layout": layout, "split": split, "limit": limit,
                    "labels_file": str(Path(labels_file).absolute()) if labels_file else None}
     add_cls = "cls" in pools
+    packed = batching == "packed" and preprocess.fixed_grid is None  # a fixed resolution has one grid
 
     def describe_run() -> tuple[dict, dict]:
         """(settings resume compares, manifest skeleton); rank 0 only: hashing the weights reads them all."""
@@ -535,7 +561,14 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
         settings = {"config_fingerprint": cfg.fingerprint(), "weights_digest": digest, "layers": layers,
                     "pools": pools, "norm": bool(norm), "add_cls": add_cls, "preprocessing": preprocess.describe(),
                     "dtype": compute_dtype, "save_dtype": save_dtype, "batch_size": int(batch_size),
-                    "inputs": source_args}
+                    "batching": "packed" if packed else "grouped", "inputs": source_args}
+        if packed:
+            settings["max_batch_tokens"] = max_batch_tokens  # None: batch_size x the longest sequence
+            settings["packed_attention"] = packed_kernel
+        attention = describe_attention("sdpa", device.type, compute_dtype,
+                                       cfg.num_attention_heads // cfg.num_key_value_heads)
+        if packed:
+            attention += f"; images of different sizes packed, block-diagonal attention: {packed_kernel}"
         manifest_base = {
             "format": FORMAT_NAME, "version": FORMAT_VERSION, "complete": False, "num_items": 0,
             "num_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size, "layers": layers, "pools": pools,
@@ -546,8 +579,7 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
             "preprocessing": {**preprocess.describe(), "norm": bool(norm), "add_cls": add_cls,
                               "resize": "bilinear", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
             "dtypes": {"compute": compute_dtype, "save": save_dtype},
-            "attention": describe_attention("sdpa", device.type, compute_dtype,
-                                            cfg.num_attention_heads // cfg.num_key_value_heads),
+            "attention": attention,
             "settings": settings, "software": _software_versions(),
         }
         return settings, manifest_base
@@ -556,6 +588,7 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
     lock = contextlib.ExitStack()
     try:
         compute_dtype = _resolve_compute_dtype(dtype, device)
+        packed_kernel = resolve_packed_attention(packed_attention, device, resolve_dtype(compute_dtype))
         outcome = None
         if dist.is_main:
             try:
@@ -578,7 +611,13 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
                                     output_bytes=_output_bytes(out, manifest), world_size=dist.world_size,
                                     labels=_label_summary(manifest))
         status = RowStatus.combined(status_files(out), manifest["num_items"])
-        batches = plan_batches(np.load(out / PATCH_GRIDS_FILE), batch_size)
+        grids = np.load(out / PATCH_GRIDS_FILE)
+        if packed:
+            extra = 2 + int(add_cls)
+            budget = max_batch_tokens or default_token_budget(grids, batch_size, extra)
+            batches = plan_packed_batches(grids, budget, extra)
+        else:
+            batches = plan_batches(grids, batch_size)
         pending = [b for b in batches if (status[b] == PENDING).any()]
         resumed = len(pending) < len(batches) or int((status == DONE).sum()) > 0
         dist.barrier()  # every rank has read the status files before any rank adds its own
@@ -590,7 +629,7 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
                 out, manifest, pending[dist.rank::dist.world_size], checkpoint=checkpoint, layers=layers,
                 norm=norm, add_cls=add_cls, compute_dtype=compute_dtype, device=device, preprocess=preprocess,
                 workers=workers, strict=strict, progress=progress and dist.is_main, rank=dist.rank,
-                commit_interval=commit_interval)
+                commit_interval=commit_interval, packed_attention=packed_attention)
         except Exception as exc:
             if not dist.enabled:
                 raise

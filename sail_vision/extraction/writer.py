@@ -147,7 +147,8 @@ class OutputArrays:
         self.offsets = dict(offsets or {})
 
     def write(self, name: str, rows: np.ndarray, values: np.ndarray) -> None:
-        """Store one batch: ``values[j]`` is row ``rows[j]`` ((D,), (nh, nw, D) or (n, D) patch rows)."""
+        """Store one batch: ``values[j]`` is row ``rows[j]`` ((D,), (nh, nw, D) or (n, D) patch rows; for
+        patch rows ``values`` may be a list, as images of one packed batch have different grids)."""
         file = self.files[name]
         if self.specs[name].layout == "rows":
             offsets = self.offsets[name]
@@ -326,7 +327,8 @@ class BackgroundWriter:
                 if kind == "batch":
                     for name, values in features.items():
                         self.arrays.write(name, payload, values)
-                        self.bytes_written += values.nbytes
+                        self.bytes_written += (sum(v.nbytes for v in values) if isinstance(values, list)
+                                               else values.nbytes)
                     self._done_rows.append(payload)
                 else:
                     self._failures.extend(payload)

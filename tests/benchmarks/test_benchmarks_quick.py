@@ -110,3 +110,16 @@ def test_sail_7b_flops_per_image_match_the_paper_figure():
 
     flops = module.flops_per_image(preset_config("sail-7b"), 7 * 7 + 2, 32)  # 224 px: 49 patches + 2 tokens
     assert 0.68e12 < flops < 0.73e12  # "about 0.69 TFLOP per image" (issue 13)
+
+
+def test_packing_quick():
+    proc = _run("bench_packing.py", "--quick")
+    assert "packed_vs_grouped" in proc.stdout
+    data = _load("bench_packing")
+    modes = {row["mode"]: row for row in data["rows"]}
+    assert set(modes) == {"packed", "grouped", "single"}
+    assert all(_positive(row["img/s"]) for row in modes.values())
+    assert modes["single"]["forwards"] == data["images"] == 12
+    assert modes["packed"]["forwards"] < modes["grouped"]["forwards"] < modes["single"]["forwards"]
+    summary = data["summary"][0]
+    assert summary["packed_vs_single_max_abs_diff"] <= 1e-5 and summary["distinct_grids"] > 1
