@@ -25,9 +25,11 @@ def median(values) -> float:
     return float(statistics.median(values))
 
 
-def alternate(contenders: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+def alternate(contenders: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 1, *,
+              self_timed: bool = False) -> dict[str, list[float]]:
     """Time each zero-argument callable ``repeats`` times, interleaved: round r runs the contenders
-    in order (reversed on odd rounds). ``warmup`` untimed rounds come first. Returns seconds per call."""
+    in order (reversed on odd rounds). ``warmup`` untimed rounds come first. Returns seconds per call;
+    with ``self_timed`` each callable returns its own elapsed seconds (e.g. timed in another process)."""
     names = list(contenders)
     for _ in range(warmup):
         for name in names:
@@ -36,8 +38,8 @@ def alternate(contenders: Mapping[str, Callable[[], object]], repeats: int, warm
     for r in range(repeats):
         for name in (names if r % 2 == 0 else names[::-1]):
             start = time.perf_counter()
-            contenders[name]()
-            times[name].append(time.perf_counter() - start)
+            result = contenders[name]()
+            times[name].append(float(result) if self_timed else time.perf_counter() - start)
     return times
 
 
