@@ -16,11 +16,18 @@ from ..devices import resolve_device, resolve_dtype
 from ..encoder import SailEncoder
 from ..errors import CheckpointError, InputError
 from ..layer_indices import resolve_layer_indices
+from ..packing import BATCHING, DEFAULT_MAX_BATCH_TOKENS
+from ..preprocessing import pixels_to_patches
 from .compat import ensure_mmseg
 
 ensure_mmseg()
 from mmengine.model import BaseModule  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
+
+#: How a list of images of different sizes runs: the encoder's ``packing.BATCHING`` (``packed``: one
+#: sequence per token budget, block-diagonal attention; ``grouped``: one batch per patch grid) plus
+#: ``single``: one forward per image.
+BACKBONE_BATCHING = BATCHING + ("single",)
 
 
 @MODELS.register_module()
@@ -41,13 +48,31 @@ class SAILBackbone(BaseModule):
         device: where SAIL's weights are read to: 'auto' (the current CUDA device when CUDA is
             available, which under DDP is each rank's own GPU; else the CPU), 'cpu', 'cuda' (the
             current CUDA device) or 'cuda:N'. Default ``'auto'``.
+        batching: how a *list* of images of different sizes runs (``BACKBONE_BATCHING``):
+            ``'packed'`` lays them end to end in sequences of at most ``max_batch_tokens`` tokens
+            with block-diagonal attention (``SailEncoder.encode_patches(batching='packed')``),
+            ``'grouped'`` runs one batch per patch grid, ``'single'`` one forward per image. All
+            three give every image the maps it gets alone. Default ``'packed'``.
+        max_batch_tokens: token budget of one packed sequence (an image takes
+            ``nh * nw + 2`` tokens; one longer than the budget runs alone). Default
+            ``packing.DEFAULT_MAX_BATCH_TOKENS`` (16392, four SAIL-7B images of 4096 patches).
         init_cfg: must stay ``None``: weights come from ``checkpoint`` only.
 
-    Input: normalised (B, 3, H, W). H and W need not be multiples of the patch size p: the
-    batch is zero-padded at the bottom/right (zero = the mean colour after normalisation) and
-    the maps keep every patch that touches the image, so each map is
-    (B, D, ceil(H/p), ceil(W/p)) -- exactly (B, D, H/p, W/p) when p divides H and W.
-    Output: a tuple of float32 maps in ``out_indices`` order.
+    Input: normalised (B, 3, H, W), or a list of normalised (3, H_i, W_i) images of any sizes.
+    H and W need not be multiples of the patch size p: each image is zero-padded at the
+    bottom/right (zero = the mean colour after normalisation) and the maps keep every patch that
+    touches the image, so each map is (B, D, ceil(H/p), ceil(W/p)) -- exactly (B, D, H/p, W/p)
+    when p divides H and W.
+    Output: for a tensor, a tuple of float32 maps in ``out_indices`` order; for a list, a list
+    with one such tuple of (1, D, ceil(H_i/p), ceil(W_i/p)) maps per image, each equal to what
+    the image alone gives.
+
+    A (B, 3, H, W) tensor is one batch of one size: mmseg's ``SegDataPreProcessor`` has already
+    stacked (and, where its ``test_cfg`` says so, padded) the images, and padding there is mmseg's
+    contract, so the tensor runs as one forward and ``batching`` does not apply. Images of
+    different sizes meet only in a list, as :func:`sail_vision.mmseg.inference.segment_images`
+    (``sail-vision segment`` over several images) passes them in whole-image inference; there
+    ``batching`` applies.
 
     When frozen, the encoder is held outside the module tree: ``parameters()``, ``state_dict()``
     (so mmengine checkpoints stay small), ``init_weights()`` and DDP never see it, and
@@ -58,10 +83,14 @@ class SAILBackbone(BaseModule):
 
     def __init__(self, checkpoint: str, out_indices: int | Sequence[int] = (-1,), norm: bool = False,
                  frozen: bool = True, dtype: str = "float32", attn_implementation: str = "sdpa",
-                 device: str = "auto", init_cfg=None):
-        settings = self._resolve_arguments(checkpoint, out_indices, dtype, device, init_cfg)
+                 device: str = "auto", batching: str = "packed",
+                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, init_cfg=None):
+        settings = self._resolve_arguments(checkpoint, out_indices, dtype, device, batching, max_batch_tokens,
+                                           init_cfg)
         super().__init__(init_cfg=None)
         self.out_indices = settings["out_indices"]
+        self.batching = settings["batching"]
+        self.max_batch_tokens = settings["max_batch_tokens"]
         self.norm = bool(norm)
         self.frozen = bool(frozen)
         self.compute_dtype = settings["dtype"]
@@ -82,8 +111,9 @@ class SAILBackbone(BaseModule):
         """Check a ``model.backbone`` config dict without reading any weight.
 
         Raises a one-line :class:`~sail_vision.errors.SailVisionError` for an unknown argument,
-        a missing checkpoint folder, an out-of-range index, a bad dtype or device; returns the
-        resolved ``out_indices``, ``dtype`` and ``device``. The tools call it before mmengine's
+        a missing checkpoint folder, an out-of-range index, a bad dtype, device, batching or token
+        budget; returns the resolved ``out_indices``, ``dtype``, ``device``, ``batching`` and
+        ``max_batch_tokens``. The tools call it before mmengine's
         Runner starts, so a bad ``--cfg-options`` value is reported before anything is logged.
         """
         kwargs = {k: v for k, v in dict(cfg).items() if k != "type"}
@@ -95,10 +125,10 @@ class SAILBackbone(BaseModule):
         bound.apply_defaults()
         args = bound.arguments
         return cls._resolve_arguments(args["checkpoint"], args["out_indices"], args["dtype"], args["device"],
-                                      args["init_cfg"])
+                                      args["batching"], args["max_batch_tokens"], args["init_cfg"])
 
     @staticmethod
-    def _resolve_arguments(checkpoint, out_indices, dtype, device, init_cfg) -> dict:
+    def _resolve_arguments(checkpoint, out_indices, dtype, device, batching, max_batch_tokens, init_cfg) -> dict:
         if init_cfg is not None:
             raise CheckpointError(f"SAILBackbone init_cfg={init_cfg!r}: SAIL weights come from "
                                   f"checkpoint={checkpoint!r} only; remove init_cfg")
@@ -107,9 +137,16 @@ class SAILBackbone(BaseModule):
                                   f"the current directory); point model.backbone.checkpoint to a local SAIL "
                                   f"checkpoint. The tiny demo configs need `python -m sail_vision.mmseg.synthetic` "
                                   f"run first")
+        if batching not in BACKBONE_BATCHING:
+            raise InputError(f"SAILBackbone batching={batching!r}: choose from "
+                             f"{', '.join(repr(b) for b in BACKBONE_BATCHING)}")
+        if isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, int) or max_batch_tokens <= 0:
+            raise InputError(f"SAILBackbone max_batch_tokens={max_batch_tokens!r}: use a positive whole number "
+                             f"of tokens (default {DEFAULT_MAX_BATCH_TOKENS})")
         num_layers = load_sail_config(checkpoint).num_hidden_layers
         return {"out_indices": tuple(resolve_layer_indices(out_indices, num_layers)),
-                "dtype": resolve_dtype(dtype), "device": _resolve_device(device)}
+                "dtype": resolve_dtype(dtype), "device": _resolve_device(device), "batching": batching,
+                "max_batch_tokens": max_batch_tokens}
 
     @property
     def encoder(self) -> SailEncoder:
@@ -150,17 +187,61 @@ class SAILBackbone(BaseModule):
         """Map size for an input of height x width pixels."""
         return math.ceil(height / self.patch_size), math.ceil(width / self.patch_size)
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def sequence_length(self, height: int, width: int) -> int:
+        """Tokens an image of height x width pixels takes in a packed sequence (``max_batch_tokens``
+        counts these): its patches plus ``<vision>`` and ``</vision>``."""
+        nh, nw = self.output_size(height, width)
+        return nh * nw + 2
+
+    def forward(self, pixels: torch.Tensor | Sequence[torch.Tensor]):
+        """Maps of a (B, 3, H, W) batch, or of each image in a list of (3, H, W) (see the class)."""
+        if isinstance(pixels, torch.Tensor):
+            encoder = self._encoder_on(pixels.device)
+            encoding = encoder.encode_pixels(self._pad(pixels).to(encoder.dtype), self.out_indices, norm=self.norm,
+                                             enable_grad=self._grad())
+            return self._maps(encoding)
+        images = [self._pad(image) for image in self._check_images(pixels)]
+        if self.batching == "single":
+            return [self._maps(self._encode_images([image], "grouped")) for image in images]
+        return [self._maps(one) for one in self._encode_images(images, self.batching).per_image()]
+
+    @staticmethod
+    def _check_images(images) -> list[torch.Tensor]:
+        images = list(images)
+        if not images:
+            raise InputError("SAILBackbone got an empty list of images")
+        for image in images:
+            if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
+                shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+                raise InputError(f"SAILBackbone takes a (B, 3, H, W) tensor or a list of (3, H, W) images; "
+                                 f"the list holds {shape}")
+        return images
+
+    def _encoder_on(self, device: torch.device) -> SailEncoder:
+        """The encoder, moved to ``device`` first if the input lives elsewhere."""
         encoder = self.encoder
-        if pixels.device != encoder.device:
-            encoder.to(pixels.device)
+        if device != encoder.device:
+            encoder.to(device)
+        return encoder
+
+    def _grad(self) -> bool:
+        return (not self.frozen) and torch.is_grad_enabled()
+
+    def _pad(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(..., 3, H, W) zero-padded at the bottom/right to multiples of the patch size."""
         p = self.patch_size
         pad_h, pad_w = -pixels.shape[-2] % p, -pixels.shape[-1] % p
-        if pad_h or pad_w:
-            pixels = F.pad(pixels, (0, pad_w, 0, pad_h))
-        grad = (not self.frozen) and torch.is_grad_enabled()
-        encoding = encoder.encode_pixels(pixels.to(encoder.dtype), self.out_indices, norm=self.norm,
-                                         enable_grad=grad)
+        return F.pad(pixels, (0, pad_w, 0, pad_h)) if pad_h or pad_w else pixels
+
+    def _encode_images(self, images: list[torch.Tensor], batching: str):
+        """Padded (3, H, W) images of any sizes through one ``SailEncoder.encode_patches`` call."""
+        encoder = self._encoder_on(images[0].device)
+        patches = [pixels_to_patches(image.to(encoder.dtype), self.patch_size) for image in images]
+        return encoder.encode_patches(patches, self.out_indices, norm=self.norm, enable_grad=self._grad(),
+                                      batching=batching, max_batch_tokens=self.max_batch_tokens,
+                                      packed_output=True)
+
+    def _maps(self, encoding) -> tuple[torch.Tensor, ...]:
         return tuple(encoding.patch_maps(k).float().contiguous() for k in self.out_indices)
 
 

@@ -1,4 +1,5 @@
-"""Single-image inference with a trained segmentor and a colour overlay with a legend."""
+"""Inference with a trained segmentor (one image, or several of any sizes sharing forwards) and a
+colour overlay with a legend."""
 
 from __future__ import annotations
 
@@ -53,9 +54,65 @@ def segment(model, image) -> np.ndarray:
     """Predicted class index map (H, W) int64 for one image (path, PIL image or uint8 array)."""
     from mmseg.apis import inference_model
 
-    rgb = np.asarray(decode_image(image))
-    result = inference_model(model, np.ascontiguousarray(rgb[:, :, ::-1]))  # mmseg expects BGR arrays
+    return _class_map(inference_model(model, _bgr(image)))
+
+
+def segment_images(model, images) -> list[np.ndarray]:
+    """Predicted class index maps (H_i, W_i) int64 for several images of any sizes, in order.
+
+    Each map equals :func:`segment` of that image alone. With a ``SAILBackbone`` and whole-image
+    inference (``test_cfg.mode='whole'``) the images share backbone forwards: each goes through the
+    config's test pipeline and data preprocessor on its own (so mmseg's resizing and any padding of
+    its ``test_cfg`` are as for one image), then the images, grouped by ``packing.plan_packs`` into
+    chunks of the backbone's ``max_batch_tokens``, go through the backbone one chunk at a time as a
+    list, which it runs as its ``batching`` says (``'packed'`` by default: images of different sizes
+    in one sequence; see :class:`~sail_vision.mmseg.SAILBackbone`); neck, head and mmseg's
+    post-processing then run per image. Other backbones and slide inference (fixed-size crops that
+    mmseg batches itself) run image by image through :func:`segment`.
+    """
+    import torch
+
+    from ..packing import plan_packs
+    from .backbone import SAILBackbone
+
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, SAILBackbone) or model.test_cfg.get("mode", "whole") != "whole":
+        return [segment(model, image) for image in images]
+    pipeline = _test_pipeline(model)
+    samples = [pipeline(dict(img=_bgr(image))) for image in images]  # uint8 (3, H, W) inputs until their chunk
+    lengths = [backbone.sequence_length(*sample["inputs"].shape[-2:]) for sample in samples]
+    predictions = [None] * len(samples)
+    with torch.no_grad():
+        for chunk in plan_packs(lengths, backbone.max_batch_tokens):
+            batches = [model.data_preprocessor(dict(inputs=[samples[i]["inputs"]],
+                                                    data_samples=[samples[i]["data_samples"]]), False)
+                       for i in chunk]
+            features = backbone([batch["inputs"][0] for batch in batches])
+            for i, batch, maps in zip(chunk, batches, features):
+                x = model.neck(maps) if model.with_neck else maps
+                logits = model.decode_head.predict(x, [batch["data_samples"][0].metainfo], model.test_cfg)
+                predictions[i] = _class_map(model.postprocess_result(logits, batch["data_samples"])[0])
+                samples[i] = None
+    return predictions
+
+
+def _bgr(image) -> np.ndarray:
+    """An image (path, PIL image or uint8 array) as the contiguous BGR array mmseg's pipelines expect."""
+    return np.ascontiguousarray(np.asarray(decode_image(image))[:, :, ::-1])
+
+
+def _class_map(result) -> np.ndarray:
     return result.pred_sem_seg.data[0].cpu().numpy().astype(np.int64)
+
+
+def _test_pipeline(model):
+    """The config's test pipeline for arrays, as ``mmseg.apis.inference_model`` builds it (without
+    changing ``model.cfg``): no ``LoadAnnotations``, the first step loading from an array."""
+    from mmengine.dataset import Compose
+
+    steps = [dict(step) for step in model.cfg.test_pipeline if step.get("type") != "LoadAnnotations"]
+    steps[0]["type"] = "LoadImageFromNDArray"
+    return Compose(steps)
 
 
 def save_overlay(image, prediction: np.ndarray, classes, palette, out: str | Path, *, alpha: float = 0.5,

@@ -10,6 +10,7 @@ import torch
 from sail_vision import SailEncoder
 from sail_vision.errors import CheckpointError, InputError, LayerIndexError
 from sail_vision.mmseg import SAILBackbone
+from sail_vision.packing import DEFAULT_MAX_BATCH_TOKENS
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "sail"
 
@@ -160,7 +161,8 @@ def test_check_config_validates_without_reading_weights(tiny_checkpoint, monkeyp
     monkeypatch.setattr(SailEncoder, "from_pretrained", no_reading)
     settings = SAILBackbone.check_config(dict(type="SAILBackbone", checkpoint=str(tiny_checkpoint), out_indices=[-1, 2],
                                               dtype="bf16", device="cpu"))
-    assert settings == {"out_indices": (4, 2), "dtype": torch.bfloat16, "device": torch.device("cpu")}
+    assert settings == {"out_indices": (4, 2), "dtype": torch.bfloat16, "device": torch.device("cpu"),
+                        "batching": "packed", "max_batch_tokens": DEFAULT_MAX_BATCH_TOKENS}
     with pytest.raises(InputError, match="unexpected keyword argument 'depth'.*checkpoint, out_indices"):
         SAILBackbone.check_config(dict(checkpoint=str(tiny_checkpoint), depth=3))
     with pytest.raises(InputError, match="missing a required argument: 'checkpoint'"):
