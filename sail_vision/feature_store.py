@@ -11,8 +11,9 @@ A feature folder (written by ``sail-vision extract`` or :func:`write_feature_dir
 - ``failures.jsonl`` (one ``{"index", "path", "reason"}`` object per failed image);
 - ``manifest.json`` describing all of it; ``"complete": false`` while an extraction runs.
 
-Every array opens with ``np.load(path, mmap_mode="r")``. While an extraction runs, its working
-files live in ``.extract/`` and a lock file (``folder_lock.LOCK_FILE``) names the writer; both are
+Every array opens with ``np.load(path, mmap_mode="r")``. While an extraction runs, its parts live
+in ``parts/`` (each a feature folder of this format; see ``extraction.parts``), its working
+files in ``.extract/`` and a lock file (``folder_lock.LOCK_FILE``) names the writer; both are
 gone once it finishes. :func:`extraction_entries` says which entries of a folder are the
 extractor's own: ``--overwrite`` removes only those, and refuses when anything else is there.
 """
@@ -43,8 +44,11 @@ FAILURES_FILE = "failures.jsonl"
 PATCH_GRIDS_FILE = "patch_grids.npy"
 #: Working files of an unfinished extraction (plan, per-rank row status, failure logs).
 STATE_DIR = ".extract"
+#: The parts of an extraction that is not consolidated yet (see ``extraction.parts``).
+PARTS_DIR = "parts"
 #: Every fixed name an extraction writes in its folder.
-OWN_FILES = (MANIFEST_FILE, VALID_FILE, LABELS_FILE, PATHS_FILE, FAILURES_FILE, PATCH_GRIDS_FILE, STATE_DIR)
+OWN_FILES = (MANIFEST_FILE, VALID_FILE, LABELS_FILE, PATHS_FILE, FAILURES_FILE, PATCH_GRIDS_FILE, STATE_DIR,
+             PARTS_DIR)
 
 #: Layouts of a feature array: one vector per image, a patch grid per image (fixed resolution),
 #: or patch rows of all images concatenated (native resolution; see the offsets file).

@@ -28,6 +28,10 @@ class FolderInUseError(SailVisionError):
     """Another process is writing the folder (or it cannot be locked at all)."""
 
 
+class _Busy(FolderInUseError):
+    """Another live process holds the lock (the one case worth waiting for)."""
+
+
 #: Lock descriptors held by this process; a forked child (e.g. a DataLoader worker) drops its copies
 #: at once, so the lock dies with its holder even while orphaned workers linger.
 _HELD: set[int] = set()
@@ -76,7 +80,7 @@ def _acquire(folder: Path, path: Path, option: str) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise FolderInUseError(f"{option} {folder}: another sail-vision run is writing there "
+            raise _Busy(f"{option} {folder}: another sail-vision run is writing there "
                                    f"({_holder_text(path)}); wait for it to finish, or choose another "
                                    f"{option}") from None
         except OSError as exc:
@@ -94,12 +98,13 @@ def _acquire(folder: Path, path: Path, option: str) -> int:
 
 @contextmanager
 def hold_folder(folder: str | Path, what: str, *, option: str = "--out",
-                lock_name: str = LOCK_FILE) -> Iterator[Path]:
+                lock_name: str = LOCK_FILE, wait: float = 0) -> Iterator[Path]:
     """Create ``folder`` if needed and hold its exclusive lock until the block ends.
 
     ``what`` names this run in the holder record ("sail-vision extract"); ``option`` is how the
     user named the folder, for messages. Raises :class:`FolderInUseError` when another live process
-    holds the lock, and for a folder that cannot be created or written.
+    holds the lock (after waiting up to ``wait`` seconds for it to let go), and for a folder that
+    cannot be created or written.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -110,7 +115,15 @@ def hold_folder(folder: str | Path, what: str, *, option: str = "--out",
         raise FolderInUseError(f"{option} {folder}: cannot create the folder ({exc.strerror}); choose another "
                                f"{option}") from None
     path = folder / lock_name
-    fd = _acquire(folder, path, option)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fd = _acquire(folder, path, option)
+            break
+        except _Busy:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
     owner = os.getpid()
     _HELD.add(fd)
     try:

@@ -20,7 +20,10 @@ POINTS = {
     "atomic-write:manifest.json": "a new manifest.json is fully written under its temporary name, not yet renamed",
     "extract:overwrite": "--overwrite has removed the manifest and some of the old files",
     "extract:encoding": "the first batch of this process has been queued for writing",
-    "extract:finalize": "valid.npy and failures.jsonl are written, the manifest still says unfinished",
+    "extract:finalize": "valid.npy and failures.jsonl are written (of a part, or of the joined dataset), the "
+                        "manifest still says unfinished",
+    "extract:commit-part": "a part is finished in its work folder, not yet renamed to its own name",
+    "extract:consolidate": "the parts are being joined: one feature file of the dataset is written",
     "extract:cleanup": "the manifest says complete, the working files are not removed yet",
 }
 

@@ -38,6 +38,7 @@ def _non_negative_int(text: str) -> int:
 
 
 def register(subparsers) -> None:
+    from ..extraction.parts import DEFAULT_PART_SIZE
     from ..outputs import POOLS
 
     p = subparsers.add_parser(
@@ -110,6 +111,22 @@ def register(subparsers) -> None:
     g.add_argument("--commit-interval", type=float, default=2.0, metavar="SECONDS",
                    help="how often finished rows are flushed and marked done; a crash loses at most about "
                         "this much work (default: 2.0)")
+    g = p.add_argument_group("parts and task arrays")
+    g.add_argument("--part-size", type=_positive_int, default=DEFAULT_PART_SIZE, metavar="N",
+                   help="images per part, the unit of work, resume and scheduling: each part is extracted and "
+                        "committed on its own, then all are joined into the layer-{k}_{pool}.npy files; the "
+                        "same --part-size gives the same bytes however the parts are shared out "
+                        f"(default: {DEFAULT_PART_SIZE})")
+    g.add_argument("--num-tasks", type=_positive_int, default=None, metavar="N",
+                   help="run as one of N independent tasks (a Slurm job array, N machines): task I does parts "
+                        "I, I+N, I+2N, ...; the last task to finish joins the parts (default: "
+                        "$SLURM_ARRAY_TASK_COUNT when set, else 1)")
+    g.add_argument("--task-index", type=_non_negative_int, default=None, metavar="I",
+                   help="this task's index, 0..N-1 (default: $SLURM_ARRAY_TASK_ID minus "
+                        "$SLURM_ARRAY_TASK_MIN when set)")
+    g.add_argument("--finalize", action="store_true",
+                   help="only join the finished parts of --out into the dataset's files (after the tasks of a "
+                        "task array); an error naming the unfinished parts if some are missing")
     g = p.add_argument_group("bad inputs")
     g.add_argument("--strict", action="store_true",
                    help="stop at the first image that cannot be used (default: skip it and record it in "
@@ -132,11 +149,12 @@ def run(args) -> int:
         save_dtype=args.save_dtype, limit=args.limit, strict=args.strict,
         max_pixels=args.max_pixels or None, layout=args.layout, split=args.split, labels_file=args.labels_file,
         progress=not args.no_progress, commit_interval=args.commit_interval, batching=args.batching,
-        max_batch_tokens=args.max_batch_tokens, packed_attention=args.packed_attention)
+        max_batch_tokens=args.max_batch_tokens, packed_attention=args.packed_attention, part_size=args.part_size,
+        num_tasks=args.num_tasks, task_index=args.task_index, finalize=args.finalize)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 reports (and sets the exit status) for the whole run
     print(result.summary())
-    if result.num_failed:
+    if result.finished and result.num_failed:
         kinds = {}
         for record in result.failures:
             kinds[record["kind"]] = kinds.get(record["kind"], 0) + 1

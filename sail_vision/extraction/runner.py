@@ -1,9 +1,11 @@
 """``extract()``: encode a dataset and store chosen (layer, pool) features as ``.npy`` files.
 
-The run is planned once (input list, patch grids, preallocated files, a per-row status file;
-see ``feature_store`` for the output format), then every rank encodes its share of the global
-batch plan and writes rows in place. ``resume`` redoes only batches with unfinished rows, so an
-interrupted run ends with the same bytes as an uninterrupted one; so does any number of ranks.
+The dataset is listed once and cut into parts (:mod:`.parts`). Each part is planned on its own
+(patch grids, preallocated files, a per-row status file; see ``feature_store`` for the output
+format), encoded with rows written in place, finished and committed; ranks and tasks take parts,
+and whoever finds them all committed joins them. ``resume`` skips committed parts and redoes only
+batches with unfinished rows, so an interrupted run ends with the same bytes as an uninterrupted
+one; so does any split of the parts.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from ..preprocessing import (ALPHA_BACKGROUND, DEFAULT_MAX_PIXELS, DEFAULT_MAX_T
 from .distributed import DistContext
 from ..sources import ImageSource, find_duplicates, resolve_inputs
 from ..sources.labels import labels_summary
+from .parts import (DEFAULT_PART_SIZE, Part, TaskSlice, commit_part, consolidate, is_committed, parts_from_manifest,
+                    plan_parts, task_slice)
 from .loader import NO_GRID, batch_loader, default_token_budget, plan_batches, plan_packed_batches, scan_grids
 from .writer import (DONE, FAILED, PENDING, ArraySpec, BackgroundWriter, FailureLog, OutputArrays, RowStatus,
                      create_array_file, failure_record)
@@ -70,6 +74,12 @@ class ExtractionResult:
     already_complete: bool = False
     world_size: int = 1
     labels: str = ""  # one line: labelled rows and classes found, or why there are none
+    parts_total: int = 0
+    parts_waiting: int = 0  # parts other tasks still have to finish (the dataset is not joined yet)
+
+    @property
+    def finished(self) -> bool:
+        return self.parts_waiting == 0
 
     @property
     def images_per_second(self) -> float:
@@ -78,6 +88,11 @@ class ExtractionResult:
     def summary(self) -> str:
         """One line: images, failures, time, speed, bytes on disk."""
         labels = f"\n{self.labels}" if self.labels else ""
+        if not self.finished:
+            return (f"{self.out}: this task processed {self.images_processed} images in {self.seconds:.1f} s; "
+                    f"{self.parts_total - self.parts_waiting} of {self.parts_total} parts are finished, "
+                    f"{self.parts_waiting} still to do by the other tasks (the last task to finish joins them, "
+                    f"or run the same command with --finalize)")
         if self.already_complete:
             return (f"{self.out}: already complete ({self.num_items} images, {self.num_failed} failed); "
                     f"nothing to do{labels}")
@@ -132,14 +147,16 @@ def _specs_from_manifest(manifest: dict) -> list[ArraySpec]:
 class _Planner:
     """Rank 0's work before encoding: check the folder, list inputs, plan, preallocate."""
 
-    def __init__(self, out: Path, settings: dict, manifest_base: dict, preprocess: Preprocess, source_args: dict,
-                 *, hidden: int, strict: bool, workers: int, progress: bool):
+    def __init__(self, out: Path, settings: dict, manifest_base: dict, preprocess: Preprocess,
+                 source: Callable[[], ImageSource], *, hidden: int, strict: bool, workers: int, progress: bool,
+                 known_failures: dict[int, tuple[str, str]] | None = None):
         self.out = out
         self.state = out / STATE_DIR
         self.settings = settings
         self.manifest_base = manifest_base
         self.preprocess = preprocess
-        self.source_args = source_args
+        self._source = source
+        self.known_failures = known_failures or {}
         self.hidden = hidden
         self.strict = strict
         self.workers = workers
@@ -202,9 +219,6 @@ class _Planner:
             raise ExtractionError(f"--out {self.out}: cannot resume with different settings ({details}); rerun "
                                   f"with the original options, or pass --overwrite to start again")
 
-    def _source(self) -> ImageSource:
-        return resolve_inputs(**self.source_args)
-
     def _check_same_inputs(self) -> None:
         listed = (self.out / PATHS_FILE).read_text(encoding="utf-8")
         now = "".join(p + "\n" for p in self._source().paths)
@@ -216,10 +230,8 @@ class _Planner:
         source = self._source()
         paths = source.paths
         num_items = len(paths)
-        failures: dict[int, dict] = {}
-        for row, first in find_duplicates(paths).items():
-            failures[row] = failure_record(row, paths[row], "duplicate",
-                                           f"duplicate path: same as row {first}; extracted once, at row {first}")
+        failures: dict[int, dict] = {row: failure_record(row, paths[row], kind, detail)
+                                     for row, (kind, detail) in self.known_failures.items()}
         grids = np.zeros((num_items, 2), dtype=np.int32)
         fixed = self.preprocess.fixed_grid
         todo = [r for r in range(num_items) if r not in failures]
@@ -260,6 +272,38 @@ class _Planner:
         atomic_write_text(self.state / PLAN_FAILURES,
                           "".join(_json_line(failures[r]) for r in sorted(failures)))
         RowStatus.create(self.state / PLAN_STATUS, num_items, sorted(failures))
+        atomic_write_text(self.state / PLANNED_MARK, "")
+
+
+class _DatasetPlanner(_Planner):
+    """The dataset level: list the inputs once (``paths.txt``, ``labels.npy``) and cut them into parts.
+
+    Patch grids are scanned, and files preallocated, by each part's own :class:`_Planner`.
+    """
+
+    def __init__(self, out: Path, settings: dict, manifest_base: dict, source: Callable[[], ImageSource], *,
+                 part_size: int, progress: bool):
+        super().__init__(out, settings, manifest_base, None, source, hidden=0, strict=False, workers=0,
+                         progress=progress)
+        self.part_size = part_size
+
+    def _check_free_space(self, manifest: dict) -> None:
+        pass  # each part checks the space its own files need
+
+    def _plan(self) -> None:
+        source = self._source()
+        parts = plan_parts(len(source.paths), self.part_size)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.state.mkdir(exist_ok=True)
+        manifest = {**self.manifest_base, "num_items": len(source.paths),
+                    "labels": LABELS_FILE if source.labels is not None else None,
+                    "classes": source.classes, "inputs": source.description,
+                    "parts": {"part_size": self.part_size, "count": len(parts), "consolidated": False,
+                              "items": [p.describe() for p in parts]}}
+        write_manifest(self.out, manifest)  # "complete": false from the first moment
+        if source.labels is not None:
+            atomic_save_npy(self.out / LABELS_FILE, source.labels.astype(np.int64))
+        atomic_write_text(self.out / PATHS_FILE, "".join(p + "\n" for p in source.paths))
         atomic_write_text(self.state / PLANNED_MARK, "")
 
 
@@ -368,8 +412,10 @@ def _batch_features(encoding, specs: Sequence[ArraySpec], save_dtype, rows, path
 
 def _encode_share(out: Path, manifest: dict, batches, *, checkpoint, layers, norm, add_cls, compute_dtype,
                   device, preprocess: Preprocess, workers: int, strict: bool, progress: bool, rank: int,
-                  commit_interval: float, packed_attention: str = "auto") -> tuple[int, int]:
-    """Encode this rank's batches and write them; returns (images processed, bytes written)."""
+                  commit_interval: float, packed_attention: str = "auto", bar=None) -> tuple[int, int]:
+    """Encode these batches of one folder and write them; returns (images processed, bytes written).
+
+    ``bar``: a progress bar shared by several calls (not closed here); else ``progress`` makes one."""
     import torch
 
     from ..encoder import SailEncoder
@@ -392,8 +438,8 @@ def _encode_share(out: Path, manifest: dict, batches, *, checkpoint, layers, nor
     writer = BackgroundWriter(arrays, status, FailureLog(out / STATE_DIR / f"failures-rank{rank}.jsonl"),
                               commit_interval=commit_interval)
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
-    bar = None
-    if progress:
+    own_bar = bar is None and progress
+    if own_bar:
         from tqdm import tqdm
 
         bar = tqdm(total=total, desc="extracting", unit="img", dynamic_ncols=True, smoothing=0.05)
@@ -441,7 +487,7 @@ def _encode_share(out: Path, manifest: dict, batches, *, checkpoint, layers, nor
             writer.put_batch(in_flight.rows, _finish_copy_back(in_flight, specs, paths, nonfinite_hint))
             pause_point("extract:encoding")
     finally:
-        if bar is not None:
+        if own_bar:
             bar.close()
         del iterator
         try:
@@ -494,6 +540,85 @@ def _output_bytes(out: Path, manifest: dict) -> int:
 
 
 # ---------------------------------------------------------------------------------- API
+@dataclass
+class _PartJob:
+    """What every part of one run shares (the dataset's settings, the listing, the compute setup)."""
+
+    out: Path
+    settings: dict
+    manifest_base: dict
+    preprocess: Preprocess
+    paths: list[str]
+    labels: np.ndarray | None
+    classes: list[str] | None
+    duplicates: dict[int, int]
+    checkpoint: str | Path
+    layers: list[int]
+    norm: bool
+    add_cls: bool
+    compute_dtype: str
+    device: object
+    hidden: int
+    batch_size: int
+    packed: bool
+    max_batch_tokens: int | None
+    packed_attention: str
+    workers: int
+    strict: bool
+    progress: bool
+    commit_interval: float
+
+
+def _part_source(job: _PartJob, part: Part) -> ImageSource:
+    rows = slice(part.first_row, part.first_row + part.num_rows)
+    return ImageSource(job.paths[rows], None if job.labels is None else job.labels[rows], job.classes,
+                       description={"part": part.describe()})
+
+
+def _extract_part(job: _PartJob, part: Part, bar=None) -> int:
+    """Extract one part into its work folder (resuming what an earlier run left there), under the
+    part's own lock; returns the images processed. The caller commits it."""
+    work = part.work_folder(job.out)
+    first = part.first_row
+    known = {row - first: ("duplicate", f"duplicate path: same as row {orig}; extracted once, at row {orig}")
+             for row, orig in job.duplicates.items() if first <= row < first + part.num_rows}
+    with hold_folder(work, "sail-vision extract", option=f"part {part.name} of --out"):
+        planner = _Planner(work, job.settings, {**job.manifest_base, "part": part.describe()}, job.preprocess,
+                           lambda: _part_source(job, part), hidden=job.hidden, strict=job.strict,
+                           workers=job.workers, progress=job.progress and bar is None, known_failures=known)
+        if planner.prepare(resume=True, overwrite=False) == "complete":
+            return 0
+        started = time.monotonic()
+        manifest = read_manifest(work)
+        status = RowStatus.combined(status_files(work), manifest["num_items"])
+        grids = np.load(work / PATCH_GRIDS_FILE)
+        if job.packed:
+            extra = 2 + int(job.add_cls)
+            budget = job.max_batch_tokens or default_token_budget(grids, job.batch_size, extra)
+            batches = plan_packed_batches(grids, budget, extra)
+        else:
+            batches = plan_batches(grids, job.batch_size)
+        pending = [b for b in batches if (status[b] == PENDING).any()]
+        resumed = len(pending) < len(batches) or int((status == DONE).sum()) > 0
+        if not rank_status_file(work, 0).is_file():
+            RowStatus.create(rank_status_file(work, 0), manifest["num_items"])
+        processed, _ = _encode_share(
+            work, manifest, pending, checkpoint=job.checkpoint, layers=job.layers, norm=job.norm,
+            add_cls=job.add_cls, compute_dtype=job.compute_dtype, device=job.device, preprocess=job.preprocess,
+            workers=job.workers, strict=job.strict, progress=job.progress, rank=0,
+            commit_interval=job.commit_interval, packed_attention=job.packed_attention, bar=bar)
+        _finalize(work, manifest, seconds=time.monotonic() - started, world_size=1, workers=job.workers,
+                  device_type=job.device.type, resumed=resumed)
+        return processed
+
+
+def _result(out: Path, manifest: dict, **extra) -> ExtractionResult:
+    return ExtractionResult(out, manifest["num_items"], manifest["num_valid"], manifest["num_failed"],
+                            manifest["failures"].get("items", []), output_bytes=_output_bytes(out, manifest),
+                            labels=_label_summary(manifest), **extra)
+
+
+# ---------------------------------------------------------------------------------- API
 def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | Iterable[int] = (-1,),
             pools: str | Iterable[str] = ("mean",), norm: bool = False, resolution=None,
             max_tokens: int = DEFAULT_MAX_TOKENS, dtype: str | None = "auto", device=None, batch_size: int = 16,
@@ -501,7 +626,9 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
             limit: int | None = None, strict: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS,
             layout: str = "auto", split: str | None = None, labels_file: str | Path | None = None,
             progress: bool = True, commit_interval: float = 2.0, batching: str = "packed",
-            max_batch_tokens: int | None = None, packed_attention: str = "auto") -> ExtractionResult:
+            max_batch_tokens: int | None = None, packed_attention: str = "auto",
+            part_size: int = DEFAULT_PART_SIZE, num_tasks: int | None = None, task_index: int | None = None,
+            finalize: bool = False) -> ExtractionResult:
     """Extract features of ``images`` with the SAIL checkpoint at ``checkpoint`` into ``out``.
 
     ``images``: a folder, a list file, or a list of paths (see ``inputs.resolve_inputs`` and the
@@ -510,8 +637,14 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
     instead). At native resolution images of different sizes are packed into batches of at most
     ``max_batch_tokens`` tokens (default: ``batch_size`` times the longest image's), attention
     block-diagonal (``packed_attention`` kernel); ``batching="grouped"`` runs same-grid batches of
-    ``batch_size`` instead. Under ``torchrun`` each rank encodes its share of the batches. Returns an
-    :class:`ExtractionResult`; failed images are counted there and in the manifest, not raised.
+    ``batch_size`` instead.
+
+    The inputs are cut into parts of ``part_size`` rows (see :mod:`.parts`), each extracted and
+    committed on its own; under ``torchrun`` each rank takes its share of the parts, and
+    ``num_tasks`` / ``task_index`` (default: Slurm's array variables) run one task of a task
+    array. Whoever finds every part committed (the single process, rank 0, the last task, or
+    ``finalize=True``) joins them into the dataset's files. Returns an :class:`ExtractionResult`;
+    failed images are counted there and in the manifest, not raised.
     """
     from ..attention import describe_attention
     from ..checkpoint import SailCheckpoint
@@ -521,10 +654,14 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
     started = time.monotonic()
     if resume and overwrite:
         raise InputError("pass either --resume or --overwrite, not both")
+    if finalize and overwrite:
+        raise InputError("--finalize joins finished parts; it cannot be combined with --overwrite")
     if save_dtype not in SAVE_DTYPES:
         raise InputError(f"--save-dtype {save_dtype!r}: choose float16 or float32")
     if batch_size <= 0:
         raise InputError(f"--batch-size must be positive, got {batch_size}")
+    if part_size is None or part_size <= 0:
+        raise InputError(f"--part-size must be positive, got {part_size}")
     if batching not in BATCHING:
         raise InputError(f"--batching {batching!r}: choose from {', '.join(BATCHING)}")
     if max_batch_tokens is not None and max_batch_tokens <= 0:
@@ -537,6 +674,7 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
         workers = min(4, os.cpu_count() or 1)
     if workers < 0:
         raise InputError(f"--workers must be 0 or more, got {workers}")
+    task_slice(num_tasks, task_index)  # a bad task option fails before any process group is joined
     pools = _normalise_pools(pools)
     device = resolve_device(device)
     if dtype not in (None, "auto"):
@@ -561,7 +699,8 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
         settings = {"config_fingerprint": cfg.fingerprint(), "weights_digest": digest, "layers": layers,
                     "pools": pools, "norm": bool(norm), "add_cls": add_cls, "preprocessing": preprocess.describe(),
                     "dtype": compute_dtype, "save_dtype": save_dtype, "batch_size": int(batch_size),
-                    "batching": "packed" if packed else "grouped", "inputs": source_args}
+                    "batching": "packed" if packed else "grouped", "inputs": source_args,
+                    "part_size": int(part_size)}
         if packed:
             settings["max_batch_tokens"] = max_batch_tokens  # None: batch_size x the longest sequence
             settings["packed_attention"] = packed_kernel
@@ -585,6 +724,10 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
         return settings, manifest_base
 
     dist, device = DistContext.setup(device)
+    tasks = task_slice(num_tasks, task_index, rank=dist.rank, world_size=dist.world_size)
+    # A single run (one process or one torchrun job) holds the folder for its whole life; the tasks of
+    # a task array share it: each holds it only while planning or joining, and holds its parts.
+    shared = tasks.is_task_array or finalize
     lock = contextlib.ExitStack()
     try:
         compute_dtype = _resolve_compute_dtype(dtype, device)
@@ -592,12 +735,16 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
         outcome = None
         if dist.is_main:
             try:
-                # One writer per folder, for the whole run: taken before the folder is even looked at.
-                lock.enter_context(hold_folder(out, "sail-vision extract"))
-                settings, manifest_base = describe_run()
-                planner = _Planner(out, settings, manifest_base, preprocess, source_args, hidden=cfg.hidden_size,
-                                   strict=strict, workers=workers, progress=progress)
-                outcome = planner.prepare(resume=resume, overwrite=overwrite)
+                with contextlib.ExitStack() as planning:
+                    target = planning if shared else lock
+                    target.enter_context(hold_folder(out, "sail-vision extract", wait=600 if shared else 0))
+                    settings, manifest_base = describe_run()
+                    planner = _DatasetPlanner(out, settings, manifest_base, lambda: resolve_inputs(**source_args),
+                                              part_size=part_size, progress=progress)
+                    if finalize and not (out / MANIFEST_FILE).is_file():
+                        raise ExtractionError(f"--out {out}: nothing to finalize (no {MANIFEST_FILE}); run the "
+                                              f"extraction first")
+                    outcome = planner.prepare(resume=resume or shared, overwrite=overwrite)
             except Exception as exc:
                 dist.broadcast(("error", str(exc)))
                 raise
@@ -606,57 +753,78 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
             raise ExtractionError(f"rank 0 could not start: {outcome[1]}")
         manifest = read_manifest(out)
         if outcome == "complete":
-            return ExtractionResult(out, manifest["num_items"], manifest["num_valid"], manifest["num_failed"],
-                                    manifest["failures"].get("items", []), already_complete=True,
-                                    output_bytes=_output_bytes(out, manifest), world_size=dist.world_size,
-                                    labels=_label_summary(manifest))
-        status = RowStatus.combined(status_files(out), manifest["num_items"])
-        grids = np.load(out / PATCH_GRIDS_FILE)
-        if packed:
-            extra = 2 + int(add_cls)
-            budget = max_batch_tokens or default_token_budget(grids, batch_size, extra)
-            batches = plan_packed_batches(grids, budget, extra)
-        else:
-            batches = plan_batches(grids, batch_size)
-        pending = [b for b in batches if (status[b] == PENDING).any()]
-        resumed = len(pending) < len(batches) or int((status == DONE).sum()) > 0
-        dist.barrier()  # every rank has read the status files before any rank adds its own
-        if not rank_status_file(out, dist.rank).is_file():
-            RowStatus.create(rank_status_file(out, dist.rank), manifest["num_items"])
-        failure = None
+            return _result(out, manifest, already_complete=True, world_size=dist.world_size)
+        parts = parts_from_manifest(manifest)
+        paths = (out / PATHS_FILE).read_text(encoding="utf-8").split("\n")[: manifest["num_items"]]
+        job = _PartJob(out, manifest["settings"], {k: v for k, v in manifest.items() if k != "parts"}, preprocess,
+                       paths, np.load(out / LABELS_FILE) if manifest.get("labels") else None, manifest.get("classes"),
+                       find_duplicates(paths), checkpoint, layers, bool(norm), add_cls, compute_dtype, device,
+                       cfg.hidden_size, int(batch_size), packed, max_batch_tokens, packed_attention, workers, strict,
+                       progress and dist.is_main, commit_interval)
+        todo = [] if finalize else [p for p in tasks.parts_for(parts) if not is_committed(out, p)]
+        failure, processed = None, 0
         try:
-            processed, _ = _encode_share(
-                out, manifest, pending[dist.rank::dist.world_size], checkpoint=checkpoint, layers=layers,
-                norm=norm, add_cls=add_cls, compute_dtype=compute_dtype, device=device, preprocess=preprocess,
-                workers=workers, strict=strict, progress=progress and dist.is_main, rank=dist.rank,
-                commit_interval=commit_interval, packed_attention=packed_attention)
+            processed = _extract_parts(job, todo)
         except Exception as exc:
             if not dist.enabled:
                 raise
             # Tell the other ranks (they would otherwise wait in the next collective until its timeout).
-            failure, processed = exc, 0
+            failure = exc
         shares = dist.gather((processed, None if failure is None else str(failure)))
         if failure is not None:
             raise failure
         stopped = [(rank, message) for rank, (_, message) in enumerate(shares) if message is not None]
         if stopped:
             rank, message = stopped[0]
-            raise ExtractionError(f"rank {rank} stopped: {message} (the rows every rank finished are kept; "
+            raise ExtractionError(f"rank {rank} stopped: {message} (the parts every rank finished are kept; "
                                   f"fix the cause and rerun with --resume)")
         processed = sum(count for count, _ in shares)
-        dist.barrier()
         seconds = time.monotonic() - started
-        if dist.is_main:
-            manifest = _finalize(out, manifest, seconds=seconds, world_size=dist.world_size, workers=workers,
-                                 device_type=device.type, resumed=resumed)
+        waiting = [p.name for p in parts if not is_committed(out, p)]
+        if dist.is_main and not waiting:
+            with contextlib.ExitStack() as joining:
+                if shared:
+                    joining.enter_context(hold_folder(out, "sail-vision extract", wait=600))
+                manifest = read_manifest(out)
+                if not manifest.get("complete"):
+                    manifest = consolidate(out, manifest, {
+                        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        "seconds_last_session": round(seconds, 3), "world_size": dist.world_size,
+                        "num_tasks": tasks.num_tasks, "workers": workers, "device_type": device.type})
+                    remove_temporary_files(out)
         dist.barrier()
         manifest = read_manifest(out)
-        return ExtractionResult(out, manifest["num_items"], manifest["num_valid"], manifest["num_failed"],
-                                manifest["failures"]["items"], seconds=seconds, images_processed=processed,
-                                output_bytes=_output_bytes(out, manifest), world_size=dist.world_size,
-                                labels=_label_summary(manifest))
+        if not manifest.get("complete"):
+            if finalize:
+                raise ExtractionError(f"--out {out}: cannot finalize: {len(waiting)} part(s) not finished "
+                                      f"({', '.join(waiting[:5])}{' ...' if len(waiting) > 5 else ''}); run the "
+                                      f"tasks that own them again, then --finalize")
+            return ExtractionResult(out, manifest["num_items"], 0, 0, seconds=seconds, images_processed=processed,
+                                    world_size=dist.world_size, parts_waiting=len(waiting),
+                                    parts_total=len(parts))
+        return _result(out, manifest, seconds=seconds, images_processed=processed, world_size=dist.world_size)
     finally:
         try:
             lock.close()
         finally:
             dist.close()
+
+
+def _extract_parts(job: _PartJob, todo: Sequence[Part]) -> int:
+    """Extract and commit each part of ``todo`` in order; one progress bar for all of them."""
+    bar = None
+    if job.progress and len(todo) > 1:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(p.num_rows for p in todo), desc=f"extracting {len(todo)} parts", unit="img",
+                   dynamic_ncols=True, smoothing=0.05)
+    processed = 0
+    try:
+        for part in todo:
+            if not is_committed(job.out, part):
+                processed += _extract_part(job, part, bar)
+                commit_part(job.out, part)
+    finally:
+        if bar is not None:
+            bar.close()
+    return processed

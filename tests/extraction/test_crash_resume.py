@@ -10,9 +10,11 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from sail_vision.extraction import extract
-from sail_vision.extraction.runner import DELAY_ENV, rank_status_file, status_files
+from sail_vision.extraction.runner import DELAY_ENV, status_files
+from sail_vision.feature_store import PARTS_DIR
 from sail_vision.extraction.writer import DONE, PENDING
 
 from feature_dirs import compare_feature_dirs
@@ -33,36 +35,50 @@ def _dataset(root):
     (root / "tmp").rmdir()
 
 
-def test_sigkill_then_resume_is_byte_identical(tiny_checkpoint, tmp_path):
+def _rows_done(out) -> tuple[int, int]:
+    """(rows finished, rows pending) over the committed parts and the parts being extracted."""
+    done = pending = 0
+    parts = out / PARTS_DIR
+    for folder in sorted(parts.glob("part-*")) if parts.is_dir() else []:
+        done += int(np.load(folder / "valid.npy").size)
+    for work in sorted(parts.glob(".part-*.partial")) if parts.is_dir() else []:
+        files = status_files(work)
+        if files:
+            status = np.maximum.reduce([np.load(f) for f in files])
+            done, pending = done + int((status == DONE).sum()), pending + int((status == PENDING).sum())
+    return done, pending
+
+
+@pytest.mark.parametrize("part_size", [None, 5])
+def test_sigkill_then_resume_is_byte_identical(tiny_checkpoint, tmp_path, part_size):
     images = tmp_path / "train"
     _dataset(images)
     out = tmp_path / "killed"
+    parts = [] if part_size is None else ["--part-size", str(part_size)]
     command = [sys.executable, "-m", "sail_vision", "extract", "--checkpoint", str(tiny_checkpoint),
-               "--images", str(images), "--out", str(out), *OPTIONS]
+               "--images", str(images), "--out", str(out), *OPTIONS, *parts]
     process = subprocess.Popen(command, env={**os.environ, DELAY_ENV: "0.25"}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
-    status_file = rank_status_file(out, 0)
     deadline = time.monotonic() + 90
     done = 0
-    while done < 6:
+    while done < 7:
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "extraction did not make progress"
         time.sleep(0.05)
-        if status_file.is_file():
-            try:
-                done = int((np.load(status_file, mmap_mode="r") == DONE).sum())
-            except ValueError:  # the status file is being created
-                continue
+        try:
+            done, _ = _rows_done(out)
+        except (ValueError, OSError):  # a status file is being created, a part being committed
+            continue
     process.send_signal(signal.SIGKILL)
     process.wait()
-    status = np.maximum.reduce([np.load(f) for f in status_files(out)])
-    assert (status == PENDING).sum() > 6, "killed too late to test resuming"
+    assert 24 - _rows_done(out)[0] > 6, "killed too late to test resuming"
 
     resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert "extracted 24 images (23 ok, 1 failed)" in resumed.stdout
+    assert not (out / PARTS_DIR).exists()
 
     reference = tmp_path / "reference"
     extract(tiny_checkpoint, images, reference, layers=[1, -1], pools=["patch", "mean", "end"], batch_size=2,
-            workers=0, progress=False)
+            workers=0, progress=False, **({} if part_size is None else {"part_size": part_size}))
     compare_feature_dirs(out, reference)

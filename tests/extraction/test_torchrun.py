@@ -35,12 +35,13 @@ def test_a_rank_that_stops_stops_every_rank_cleanly(tiny_checkpoint, tmp_path):
     images = tmp_path / "images"
     for i in range(6):
         save_rgb(images / f"{i:02d}.png", 16, 16, seed=i)
-    # batches of one image go to ranks 0, 1, 0, 1, ...: image 03 is rank 1's
+    # parts of one image go to ranks 0, 1, 0, 1, ...: image 03 is rank 1's
     good = (images / "03.png").read_bytes()
     (images / "03.png").write_bytes(good[: len(good) // 2])  # header intact, pixel data truncated
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "--module", "sail_vision", "extract", "--checkpoint", str(tiny_checkpoint), "--images", str(images),
-               "--out", str(tmp_path / "out"), "--batch-size", "1", "--workers", "0", "--no-progress", "--strict"]
+               "--out", str(tmp_path / "out"), "--batch-size", "1", "--part-size", "1", "--workers", "0", "--no-progress",
+               "--strict"]
     run = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert run.returncode != 0
     ours = [line for line in run.stderr.splitlines() if line.startswith("sail-vision extract: error: ")]
@@ -48,6 +49,6 @@ def test_a_rank_that_stops_stops_every_rank_cleanly(tiny_checkpoint, tmp_path):
     told = [line for line in ours if "rank 1 stopped: " in line]  # rank 0's line; torchrun's own report follows
     assert len(told) == 1 and "--resume" in told[0], ours
     (images / "03.png").write_bytes(good)
-    result = extract(tiny_checkpoint, images, tmp_path / "out", batch_size=1, workers=0, progress=False,
-                     resume=True, strict=True)
+    result = extract(tiny_checkpoint, images, tmp_path / "out", batch_size=1, part_size=1, workers=0,
+                     progress=False, resume=True, strict=True)
     assert (result.num_valid, result.num_failed) == (6, 0)
