@@ -243,12 +243,87 @@ def unallocated_bytes(path: str | Path) -> int:
     return max(0, st.st_size - getattr(st, "st_blocks", 0) * 512)
 
 
+class PartedArray:
+    """The first-axis concatenation of several ``.npy`` files (the parts of an extraction), read
+    lazily: each file is memory-mapped, and indexing (an integer, a slice, an index or boolean
+    array, optionally followed by indices of the other axes) copies only the rows asked for.
+    ``np.asarray`` on the whole array reads everything."""
+
+    def __init__(self, files: Sequence[Path]):
+        self.files = [Path(f) for f in files]
+        self._arrays = [np.load(f, mmap_mode="r") for f in self.files]
+        first = self._arrays[0]
+        if any(a.shape[1:] != first.shape[1:] or a.dtype != first.dtype for a in self._arrays):
+            raise FeatureStoreError(f"{self.files[0].parent.parent}: the parts' {self.files[0].name} differ in "
+                                    f"shape or dtype; re-extract this folder")
+        self.starts = np.concatenate([[0], np.cumsum([len(a) for a in self._arrays])]).astype(np.int64)
+        self.shape = (int(self.starts[-1]), *first.shape[1:])
+        self.dtype = first.dtype
+
+    ndim = property(lambda self: len(self.shape))
+    size = property(lambda self: int(np.prod(self.shape, dtype=np.int64)))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _rows(self, index: np.ndarray) -> np.ndarray:
+        out = np.empty((len(index), *self.shape[1:]), dtype=self.dtype)
+        if len(index) == 0:
+            return out
+        if index.min() < 0 or index.max() >= self.shape[0]:
+            raise IndexError(f"row index out of range for {self.shape[0]} rows")
+        part = np.searchsorted(self.starts, index, side="right") - 1
+        for p in np.unique(part):
+            where = np.flatnonzero(part == p)
+            local = index[where] - self.starts[p]
+            if local.size and np.all(np.diff(local) == 1):
+                out[where] = self._arrays[p][int(local[0]):int(local[-1]) + 1]
+            else:
+                out[where] = self._arrays[p][local]
+        return out
+
+    def __getitem__(self, key):
+        rest = ()
+        if isinstance(key, tuple):
+            key, rest = key[0], key[1:]
+        if isinstance(key, (int, np.integer)):
+            row = int(key) + (self.shape[0] if key < 0 else 0)
+            return self._rows(np.array([row]))[0][rest]
+        if isinstance(key, slice):
+            result = self._rows(np.arange(*key.indices(self.shape[0]), dtype=np.int64))
+        else:
+            key = np.asarray(key)
+            if key.dtype == bool:
+                if key.shape != (self.shape[0],):
+                    raise IndexError(f"boolean index of shape {key.shape} for {self.shape[0]} rows")
+                key = np.flatnonzero(key)
+            result = self._rows(np.where(key < 0, key + self.shape[0], key).astype(np.int64))
+        return result[(slice(None), *rest)] if rest else result
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"PartedArray(shape={self.shape}, dtype={self.dtype}, parts={len(self.files)})"
+
+
+def parted_files(folder: Path, manifest: Mapping, file: str) -> list[Path] | None:
+    """The per-part files holding ``file`` of a folder whose parts are not joined yet, else None."""
+    parts = manifest.get("parts") or {}
+    if parts.get("consolidated", True):
+        return None
+    return [folder / PARTS_DIR / item["name"] / file for item in parts["items"]]
+
+
 class FeatureDir:
     """A finished feature folder; open it with :func:`open_feature_dir`.
 
     ``feature(name)`` memory-maps ``{name}.npy`` and, by default, returns only the rows of
     images that were processed successfully (``valid``); ``labels`` and ``paths`` follow the
-    same rows. Pass ``valid_only=False`` for the raw file (failed rows are zeros there).
+    same rows. Pass ``valid_only=False`` for the raw file (failed rows are zeros there). In a
+    folder whose parts are not joined (``extract --no-consolidate``) feature arrays are
+    :class:`PartedArray` views over the parts' files, indexed like memory-mapped arrays.
     """
 
     def __init__(self, path: Path, manifest: dict):
@@ -301,6 +376,15 @@ class FeatureDir:
 
     # ------------------------------------------------------------------ rows
     @property
+    def consolidated(self) -> bool:
+        """False while the feature arrays still live in the extraction's parts."""
+        return parted_files(self.path, self.manifest, "") is None
+
+    def _array(self, file: str):
+        parted = parted_files(self.path, self.manifest, file)
+        return np.load(self.path / file, mmap_mode="r") if parted is None else PartedArray(parted)
+
+    @property
     def valid(self) -> np.ndarray:
         """(N,) bool: which rows hold features of a successfully processed image."""
         if self._valid is None:
@@ -327,7 +411,7 @@ class FeatureDir:
         (the result is then an in-memory copy unless every row is valid).
         """
         info = self.info(name)
-        array = np.load(self.path / info["file"], mmap_mode="r")
+        array = self._array(info["file"])
         if info.get("layout") == "rows":
             if not valid_only or self.all_valid:
                 return array
@@ -366,7 +450,7 @@ class FeatureDir:
         grids = self.patch_grids(valid_only=valid_only)
         if grids is None:
             raise FeatureStoreError(f"{self.path}: no {PATCH_GRIDS_FILE}; cannot shape native patch rows")
-        rows = np.load(self.path / info["file"], mmap_mode="r")
+        rows = self._array(info["file"])
         raw_index = int(np.flatnonzero(self.valid)[index]) if (valid_only and not self.all_valid) else index
         offsets = np.load(self.path / info["offsets"], mmap_mode="r")
         nh, nw = (int(v) for v in grids[index])
@@ -455,7 +539,12 @@ def _check_manifest(folder: Path, manifest: dict) -> None:
     for name, info in features.items():
         if not isinstance(info, dict) or not isinstance(info.get("file"), str):
             fail(f"feature {name!r} has no \"file\"")
-        shape, dtype = _check_array(folder, info["file"], None, fail)
+        parted = parted_files(folder, manifest, info["file"])
+        if parted is None:
+            shape, dtype = _check_array(folder, info["file"], None, fail)
+        else:
+            found = [_check_array(folder, str(f.relative_to(folder)), None, fail) for f in parted]
+            shape, dtype = (sum(s[0] for s, _ in found), *found[0][0][1:]), found[0][1]
         if list(shape) != list(info.get("shape", shape)) or str(dtype) != info.get("dtype", str(dtype)):
             fail(f"feature {name!r}: {info['file']} holds {shape} {dtype}, but the manifest says "
                  f"{info.get('shape')} {info.get('dtype')}")

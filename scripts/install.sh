@@ -12,7 +12,7 @@ pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
 # torch first, exact: a looser requirement makes pip fetch a multi-GB CUDA build.
 "${pip[@]}" "torch==2.13.0"
 # mmcv-lite: mmcv without compiled ops (CPU); the [mmseg] extra leaves the choice of mmcv to the user.
-"${pip[@]}" -c "$root/constraints-ci.txt" mmcv-lite -e "$root[test,mmseg,shards]"
+"${pip[@]}" -c "$root/constraints-ci.txt" mmcv-lite -e "$root[test,mmseg,shards,ray]"
 # mmengine / mmcv pull in opencv-python, which needs libGL; swap in the headless build.
 "$venv/bin/python" -m pip uninstall -q -y opencv-python >/dev/null 2>&1 || true
 "${pip[@]}" --no-deps -c "$root/constraints-ci.txt" --force-reinstall opencv-python-headless

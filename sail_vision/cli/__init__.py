@@ -18,6 +18,7 @@ COMMANDS = (
     "sail_vision.cli.make_checkpoint",
     "sail_vision.cli.info",
     "sail_vision.cli.extract",
+    "sail_vision.cli.consolidate",
     "sail_vision.cli.pca",
     "sail_vision.cli.demo",
     "sail_vision.cli.probe",

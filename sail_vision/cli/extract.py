@@ -51,9 +51,12 @@ def register(subparsers) -> None:
     g.add_argument("--checkpoint", required=True, help="SAIL checkpoint folder (required)")
     g.add_argument("--images", required=True, nargs="+", metavar="PATH",
                    help="a folder (recursive), an ImageNet split or root, an ADE20K folder, a .txt/.csv list "
-                        "of paths with optional labels, or image files (required)")
-    g.add_argument("--layout", default="auto", choices=["auto", "folder", "imagenet", "ade20k", "list"],
-                   help="how to read --images (default: auto, guessed from the folder structure)")
+                        "of paths with optional labels, image files, WebDataset tar shards "
+                        "('train-{000000..000146}.tar', 'pipe:CMD', a folder of .tar files) or Parquet files "
+                        "as Hugging Face stores them; each shard is one part (required)")
+    g.add_argument("--layout", default="auto",
+                   choices=["auto", "folder", "imagenet", "ade20k", "list", "webdataset", "parquet"],
+                   help="how to read --images (default: auto, guessed from the names and folder structure)")
     g.add_argument("--split", default=None,
                    help="split folder: train/val for ImageNet roots, training/validation for ADE20K (default: none)")
     g.add_argument("--labels-file", default=None,
@@ -124,6 +127,21 @@ def register(subparsers) -> None:
     g.add_argument("--task-index", type=_non_negative_int, default=None, metavar="I",
                    help="this task's index, 0..N-1 (default: $SLURM_ARRAY_TASK_ID minus "
                         "$SLURM_ARRAY_TASK_MIN when set)")
+    g.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: this process extracts its parts (under torchrun each rank, in a task array each "
+                        "task); ray: a pool of Ray actors, each holding the model, takes the parts "
+                        "(pip install 'sail-vision[ray]') (default: local)")
+    g.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="Ray cluster to use ('auto', 'ray://HOST:10001'); default: start a local Ray for this run")
+    g.add_argument("--ray-actors", type=_positive_int, default=None, metavar="N",
+                   help="actors encoding parts (default: one per GPU of the cluster, else its CPUs divided by "
+                        "--ray-cpus-per-actor)")
+    g.add_argument("--ray-cpus-per-actor", type=_positive_int, default=4, metavar="N",
+                   help="CPUs each actor reserves (torch threads on CPU actors) (default: 4)")
+    g.add_argument("--no-consolidate", action="store_true",
+                   help="when every part is done, finish the dataset but keep the feature arrays in their parts "
+                        "(no copy; open_feature_dir, probes and pca read them as one dataset); "
+                        "`sail-vision consolidate DIR` joins them later (default: join them)")
     g.add_argument("--finalize", action="store_true",
                    help="only join the finished parts of --out into the dataset's files (after the tasks of a "
                         "task array); an error naming the unfinished parts if some are missing")
@@ -150,7 +168,9 @@ def run(args) -> int:
         max_pixels=args.max_pixels or None, layout=args.layout, split=args.split, labels_file=args.labels_file,
         progress=not args.no_progress, commit_interval=args.commit_interval, batching=args.batching,
         max_batch_tokens=args.max_batch_tokens, packed_attention=args.packed_attention, part_size=args.part_size,
-        num_tasks=args.num_tasks, task_index=args.task_index, finalize=args.finalize)
+        num_tasks=args.num_tasks, task_index=args.task_index, finalize=args.finalize,
+        consolidate=not args.no_consolidate, engine=args.engine, ray_address=args.ray_address,
+        ray_actors=args.ray_actors, ray_cpus_per_actor=args.ray_cpus_per_actor)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 reports (and sets the exit status) for the whole run
     print(result.summary())

@@ -30,8 +30,9 @@ class BatchDecoder(torch.utils.data.Dataset):
     the patches on the encoder's device.
     """
 
-    def __init__(self, paths: Sequence[str], preprocess: Preprocess, grids: np.ndarray):
+    def __init__(self, paths: Sequence[str], preprocess: Preprocess, grids: np.ndarray, images: Sequence = None):
         self.paths = paths
+        self.images = paths if images is None else images
         self.preprocess = preprocess
         self.grids = grids
 
@@ -44,7 +45,7 @@ class BatchDecoder(torch.utils.data.Dataset):
             row = int(row)
             path = self.paths[row]
             try:
-                pixels = self.preprocess.pixels(path)
+                pixels = self.preprocess.pixels(self.images[row], path)
                 planned = tuple(int(v) for v in self.grids[row])
                 p = self.preprocess.patch_size
                 grid = (pixels.shape[0] // p, pixels.shape[1] // p)
@@ -65,8 +66,9 @@ class BatchDecoder(torch.utils.data.Dataset):
 class HeaderScanner(torch.utils.data.Dataset):
     """``dataset[rows]`` -> [(row, (nh, nw) or None, (kind, detail) or None)] from file headers."""
 
-    def __init__(self, paths: Sequence[str], preprocess: Preprocess):
+    def __init__(self, paths: Sequence[str], preprocess: Preprocess, images: Sequence = None):
         self.paths = paths
+        self.images = paths if images is None else images
         self.preprocess = preprocess
 
     def __len__(self) -> int:
@@ -76,7 +78,7 @@ class HeaderScanner(torch.utils.data.Dataset):
         out = []
         for row in rows:
             try:
-                out.append((int(row), self.preprocess.grid_of_file(self.paths[int(row)]), None))
+                out.append((int(row), self.preprocess.grid_of_file(self.images[int(row)], self.paths[int(row)]), None))
             except BadImageError as exc:
                 out.append((int(row), None, (exc.kind, exc.detail)))
         return out
@@ -94,15 +96,16 @@ def _identity(item):
 
 
 def scan_grids(paths: Sequence[str], preprocess: Preprocess, rows: Sequence[int], *, workers: int = 0,
-               chunk: int = 256, progress: bool = False):
-    """Yield (row, grid or None, failure or None) for ``rows``, reading only image headers."""
+               chunk: int = 256, progress: bool = False, images: Sequence = None):
+    """Yield (row, grid or None, failure or None) for ``rows``, reading only image headers
+    (``images[row]``, a path or encoded bytes; default the paths themselves)."""
     chunks = [list(rows[i:i + chunk]) for i in range(0, len(rows), chunk)]
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(rows), desc="reading image sizes", unit="img", dynamic_ncols=True)
-    for results in _loader(HeaderScanner(paths, preprocess), chunks, workers):
+    for results in _loader(HeaderScanner(paths, preprocess, images), chunks, workers):
         yield from results
         if bar is not None:
             bar.update(len(results))
@@ -160,7 +163,7 @@ def plan_packed_batches(grids: np.ndarray, max_batch_tokens: int, extra_tokens: 
 
 
 def batch_loader(paths: Sequence[str], preprocess: Preprocess, grids: np.ndarray, batches: Sequence[np.ndarray],
-                 *, workers: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+                 *, workers: int = 0, pin_memory: bool = False, images: Sequence = None) -> torch.utils.data.DataLoader:
     """A DataLoader yielding :class:`BatchDecoder` results for ``batches``, in order."""
     chunks = [b.tolist() for b in batches]
-    return _loader(BatchDecoder(paths, preprocess, grids), chunks, workers, pin_memory)
+    return _loader(BatchDecoder(paths, preprocess, grids, images), chunks, workers, pin_memory)

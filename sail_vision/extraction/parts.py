@@ -26,7 +26,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..feature_store import (FAILURES_FILE, MANIFEST_FILE, PARTS_DIR, PATCH_GRIDS_FILE, VALID_FILE, FeatureStoreError,
+from ..feature_store import (FAILURES_FILE, LABELS_FILE, MANIFEST_FILE, PARTS_DIR, PATCH_GRIDS_FILE, PATHS_FILE,
+                             VALID_FILE, FeatureStoreError,
                              _fsync_dir, atomic_save_npy, atomic_write_text, read_manifest, write_manifest)
 from ..pause_points import pause_point
 from .writer import _RowFile, create_array_file
@@ -39,11 +40,14 @@ COPY_CHUNK_BYTES = 64 << 20
 
 @dataclass(frozen=True)
 class Part:
-    """Rows ``first_row .. first_row + num_rows - 1`` of the dataset."""
+    """Rows ``first_row .. first_row + num_rows - 1`` of the dataset, or every record of input shard
+    ``shard`` (read from ``url``; its rows are counted when it is read, so both numbers are None)."""
 
     index: int
-    first_row: int
-    num_rows: int
+    first_row: int | None
+    num_rows: int | None
+    shard: str | None = None
+    url: str | None = None
 
     @property
     def name(self) -> str:
@@ -58,6 +62,8 @@ class Part:
         return out / PARTS_DIR / f".{self.name}.partial"
 
     def describe(self) -> dict:
+        if self.shard is not None:
+            return {"name": self.name, "shard": self.shard, "url": self.url}
         return {"name": self.name, "first_row": self.first_row, "num_rows": self.num_rows}
 
 
@@ -70,7 +76,13 @@ def plan_parts(num_items: int, part_size: int) -> list[Part]:
 
 
 def parts_from_manifest(manifest: Mapping) -> list[Part]:
-    return [Part(i, int(p["first_row"]), int(p["num_rows"])) for i, p in enumerate(manifest["parts"]["items"])]
+    parts = []
+    for i, item in enumerate(manifest["parts"]["items"]):
+        if item.get("shard") is not None:
+            parts.append(Part(i, None, None, shard=item["shard"], url=item.get("url")))
+        else:
+            parts.append(Part(i, int(item["first_row"]), int(item["num_rows"])))
+    return parts
 
 
 @dataclass(frozen=True)
@@ -195,13 +207,14 @@ def _join_arrays(target: Path, sources: Sequence[Path], *, shift_offsets: bool =
     os.replace(tmp, target)
 
 
-def consolidate(out: Path, manifest: dict, extra_run: Mapping | None = None) -> dict:
-    """Join the committed parts of ``out`` into the dataset's own files and finish its manifest.
+def finish_dataset(out: Path, manifest: dict, extra_run: Mapping | None = None, *, join: bool = True) -> dict:
+    """Finish the dataset manifest of ``out`` once every part is committed, and (``join``) join them.
 
     ``manifest`` is the dataset manifest written at planning (``"complete": false``, the part
-    list). Re-running after an interruption at any point finishes the job: one part's files are
-    moved (renamed) into place, several parts' are copied in chunks (memory stays flat), and
-    ``parts/`` is removed only after the finished manifest is written.
+    list). The small per-row files (paths, labels, validity, patch grids, row offsets, failures)
+    are joined at once; the feature arrays stay in the parts (``"parts": {"consolidated": false}``,
+    read lazily by ``open_feature_dir``) until :func:`join_features` writes the single files.
+    Re-running after an interruption at any point finishes the job.
     """
     parts = parts_from_manifest(manifest)
     folders = [p.folder(out) for p in parts]
@@ -210,41 +223,93 @@ def consolidate(out: Path, manifest: dict, extra_run: Mapping | None = None) -> 
         raise FeatureStoreError(f"{out}: part(s) {', '.join(missing[:5])} are not finished; run the remaining "
                                 f"tasks (or the same command with --resume), then --finalize")
     part_manifests = [read_manifest(f) for f in folders]
-    features = part_manifests[0]["features"]
-    failures = [r for part, folder in zip(parts, folders) for r in _shifted_failures(folder, part.first_row)]
+    for part, folder, part_manifest in zip(parts, folders, part_manifests):
+        _check_part_origin(folder, part, part_manifest, manifest)
+    counts = [int(m["num_items"]) for m in part_manifests]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()
+    for part, start, count in zip(parts, starts, counts):
+        if part.first_row is not None and (part.first_row, part.num_rows) != (start, count):
+            raise FeatureStoreError(f"{part.folder(out)}: holds {count} rows from row {start}, but the dataset "
+                                    f"manifest planned {part.num_rows} from row {part.first_row}; re-extract "
+                                    f"with --overwrite")
+    failures = [r for start, folder in zip(starts, folders) for r in _shifted_failures(folder, start)]
+    # The listing and labels of the whole dataset, from the parts (a shard's rows are known only there).
+    atomic_write_text(out / PATHS_FILE, "".join((f / PATHS_FILE).read_text(encoding="utf-8") for f in folders))
+    if manifest.get("labels"):
+        atomic_save_npy(out / LABELS_FILE, np.concatenate([np.load(f / LABELS_FILE) for f in folders]))
     atomic_write_text(out / FAILURES_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in failures))
-    if len(parts) == 1:  # move the files into place (a part's manifest stays until parts/ goes)
-        files = [info[k] for info in features.values() for k in ("file", "offsets") if info.get(k)]
-        for name in [*files, VALID_FILE, PATCH_GRIDS_FILE]:
-            if (folders[0] / name).exists():
-                os.replace(folders[0] / name, out / name)
-        _fsync_dir(out)
-    else:
-        for info in features.values():
-            _join_arrays(out / info["file"], [f / info["file"] for f in folders])
-            if info.get("offsets"):
-                _join_arrays(out / info["offsets"], [f / info["offsets"] for f in folders], shift_offsets=True)
-            pause_point("extract:consolidate")
-        _join_arrays(out / VALID_FILE, [f / VALID_FILE for f in folders])
-        _join_arrays(out / PATCH_GRIDS_FILE, [f / PATCH_GRIDS_FILE for f in folders])
-    valid = np.load(out / VALID_FILE, mmap_mode="r")
-    num_items = int(manifest["num_items"])
+    _join_arrays(out / VALID_FILE, [f / VALID_FILE for f in folders])
+    _join_arrays(out / PATCH_GRIDS_FILE, [f / PATCH_GRIDS_FILE for f in folders])
     entries = {}
-    for name, info in features.items():
-        shape = list(np.load(out / info["file"], mmap_mode="r").shape)
-        entries[name] = {**info, "shape": shape}
+    for name, info in part_manifests[0]["features"].items():
+        shapes = [m["features"][name]["shape"] for m in part_manifests]
+        entries[name] = {**info, "shape": [sum(s[0] for s in shapes), *shapes[0][1:]]}
+        if info.get("offsets"):
+            _join_arrays(out / info["offsets"], [f / info["offsets"] for f in folders], shift_offsets=True)
+    valid = np.load(out / VALID_FILE, mmap_mode="r")
     runs = [m.get("run") or {} for m in part_manifests]
     finished = {
-        **manifest, "complete": True, "num_items": num_items, "features": entries,
+        **manifest, "complete": True, "num_items": sum(counts), "features": entries,
         "num_valid": int(np.count_nonzero(valid)), "num_failed": len(failures),
         "failures": {"file": FAILURES_FILE, "count": len(failures),
                      "by_kind": dict(sorted(Counter(r["kind"] for r in failures).items())), "items": failures},
-        "parts": {**manifest["parts"], "consolidated": True},
+        "parts": {**manifest["parts"], "consolidated": False,
+                  "items": [{**item, "first_row": start, "num_rows": count}
+                            for item, start, count in zip(manifest["parts"]["items"], starts, counts)]},
         "run": {**(runs[-1] if runs else {}), **(extra_run or {})},
     }
     pause_point("extract:finalize")
     write_manifest(out, finished)
+    return join_features(out, finished) if join else finished
+
+
+def _check_part_origin(folder: Path, part: Part, part_manifest: dict, manifest: dict) -> None:
+    """A committed part belongs to this extraction: same settings, same rows (or shard)."""
+    before, now = part_manifest.get("settings") or {}, manifest.get("settings") or {}
+    differ = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    described = part_manifest.get("part") or {}
+    wanted = part.describe()
+    if differ or any(described.get(k) != v for k, v in wanted.items() if v is not None):
+        what = f"settings differ: {', '.join(differ)}" if differ else f"it holds {described or 'unknown rows'}"
+        raise FeatureStoreError(f"{folder}: this part comes from another extraction ({what}); remove the folder "
+                                f"and rerun the same command with --resume to extract it again")
+
+
+def join_features(out: Path, manifest: dict | None = None) -> dict:
+    """Write the single ``layer-{k}_{pool}.npy`` files of a finished, parted folder and remove ``parts/``.
+
+    One part's files are hard-linked into place (no copy; copied where links are not possible),
+    several parts' are copied in chunks through temporary files (memory stays flat). Until the
+    manifest says ``"consolidated": true`` readers use the parts, so the folder reads correctly
+    at every moment, and an interrupted join is simply run again.
+    """
+    manifest = read_manifest(out) if manifest is None else manifest
+    parts_info = manifest.get("parts") or {}
+    if manifest.get("complete") is not True:
+        raise FeatureStoreError(f"{out}: the extraction is unfinished; finish it first (the same "
+                                f"`sail-vision extract` command with --resume, or --finalize after a task array)")
+    if parts_info.get("consolidated", True):
+        return manifest
+    folders = [out / PARTS_DIR / item["name"] for item in parts_info["items"]]
+    for info in manifest["features"].values():
+        sources = [f / info["file"] for f in folders]
+        if len(sources) == 1:
+            _link_or_copy(sources[0], out / info["file"])
+        else:
+            _join_arrays(out / info["file"], sources)
+        pause_point("extract:consolidate")
+    joined = {**manifest, "parts": {**parts_info, "consolidated": True}}
+    write_manifest(out, joined)
     pause_point("extract:cleanup")
     shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
-    return finished
+    return joined
 
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.join.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)

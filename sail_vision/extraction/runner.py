@@ -28,7 +28,8 @@ from ..errors import InputError, SailVisionError
 from ..feature_store import (FAILURES_FILE, FORMAT_NAME, FORMAT_VERSION, LABELS_FILE, MANIFEST_FILE,
                              PATCH_GRIDS_FILE, PATHS_FILE, STATE_DIR, VALID_FILE, FeatureStoreError,
                              _software_versions, atomic_save_npy, atomic_write_text, check_free_space,
-                             describe_bytes, extraction_entries, feature_name, offsets_file_name, read_manifest,
+                             describe_bytes, extraction_entries, feature_name, offsets_file_name, parted_files,
+                             read_manifest,
                              remove_extraction_files, remove_temporary_files, unallocated_bytes, write_manifest)
 from ..checkpoint_digest import weights_digest
 from ..folder_lock import hold_folder
@@ -40,8 +41,9 @@ from ..preprocessing import (ALPHA_BACKGROUND, DEFAULT_MAX_PIXELS, DEFAULT_MAX_T
 from .distributed import DistContext
 from ..sources import ImageSource, find_duplicates, resolve_inputs
 from ..sources.labels import labels_summary
-from .parts import (DEFAULT_PART_SIZE, Part, TaskSlice, commit_part, consolidate, is_committed, parts_from_manifest,
-                    plan_parts, task_slice)
+from .parts import (DEFAULT_PART_SIZE, Part, TaskSlice, commit_part, finish_dataset, is_committed, join_features,
+                    parts_from_manifest, plan_parts, task_slice)
+from .spool import SpooledImages, has_spool, spool_records
 from .loader import NO_GRID, batch_loader, default_token_budget, plan_batches, plan_packed_batches, scan_grids
 from .writer import (DONE, FAILED, PENDING, ArraySpec, BackgroundWriter, FailureLog, OutputArrays, RowStatus,
                      create_array_file, failure_record)
@@ -50,6 +52,8 @@ PLAN_STATUS = "status-plan.npy"
 PLANNED_MARK = "planned"
 PLAN_FAILURES = "failures-plan.jsonl"
 SAVE_DTYPES = ("float16", "float32")
+#: Who extracts the parts: this process (or each torchrun rank / array task), or a pool of Ray actors.
+ENGINES = ("local", "ray")
 FLOAT16_MAX = 65504.0
 #: Seconds to sleep after each batch (for crash-safety tests and demos; 0 / unset in normal use).
 DELAY_ENV = "SAIL_VISION_EXTRACT_DELAY"
@@ -230,8 +234,9 @@ class _Planner:
         source = self._source()
         paths = source.paths
         num_items = len(paths)
+        known = {**source.errors, **self.known_failures}  # rows the listing itself found unusable
         failures: dict[int, dict] = {row: failure_record(row, paths[row], kind, detail)
-                                     for row, (kind, detail) in self.known_failures.items()}
+                                     for row, (kind, detail) in sorted(known.items())}
         grids = np.zeros((num_items, 2), dtype=np.int32)
         fixed = self.preprocess.fixed_grid
         todo = [r for r in range(num_items) if r not in failures]
@@ -239,7 +244,7 @@ class _Planner:
             grids[todo] = fixed
         else:
             for row, grid, failure in scan_grids(paths, self.preprocess, todo, workers=self.workers,
-                                                 progress=self.progress):
+                                                 progress=self.progress, images=row_images(self.out, paths)):
                 if failure is None:
                     grids[row] = grid
                 else:
@@ -290,21 +295,43 @@ class _DatasetPlanner(_Planner):
     def _check_free_space(self, manifest: dict) -> None:
         pass  # each part checks the space its own files need
 
+    def _check_same_inputs(self) -> None:
+        manifest = read_manifest(self.out)
+        shards = self._source().shards
+        if shards is None:
+            return super()._check_same_inputs()
+        before = [(p.get("shard"), p.get("url")) for p in manifest["parts"]["items"]]
+        if before != [(s.name, s.url) for s in shards]:
+            raise ExtractionError(f"--out {self.out}: the input shards changed since this extraction started; "
+                                  f"pass --overwrite to start again")
+
     def _plan(self) -> None:
         source = self._source()
-        parts = plan_parts(len(source.paths), self.part_size)
+        shards = source.shards
+        if shards is None:
+            parts = plan_parts(len(source.paths), self.part_size)
+        else:  # every shard is a part; its rows are counted when it is read
+            parts = [Part(i, None, None, shard=s.name, url=s.url) for i, s in enumerate(shards)]
         self.out.mkdir(parents=True, exist_ok=True)
         self.state.mkdir(exist_ok=True)
-        manifest = {**self.manifest_base, "num_items": len(source.paths),
-                    "labels": LABELS_FILE if source.labels is not None else None,
+        labelled = source.labels is not None if shards is None else bool(getattr(source, "labelled", False))
+        manifest = {**self.manifest_base, "num_items": len(source.paths) if shards is None else None,
+                    "labels": LABELS_FILE if labelled else None,
                     "classes": source.classes, "inputs": source.description,
-                    "parts": {"part_size": self.part_size, "count": len(parts), "consolidated": False,
-                              "items": [p.describe() for p in parts]}}
+                    "parts": {"part_size": self.part_size if shards is None else None, "count": len(parts),
+                              "consolidated": False, "items": [p.describe() for p in parts]}}
         write_manifest(self.out, manifest)  # "complete": false from the first moment
-        if source.labels is not None:
-            atomic_save_npy(self.out / LABELS_FILE, source.labels.astype(np.int64))
-        atomic_write_text(self.out / PATHS_FILE, "".join(p + "\n" for p in source.paths))
+        if shards is None:
+            if source.labels is not None:
+                atomic_save_npy(self.out / LABELS_FILE, source.labels.astype(np.int64))
+            atomic_write_text(self.out / PATHS_FILE, "".join(p + "\n" for p in source.paths))
         atomic_write_text(self.state / PLANNED_MARK, "")
+
+
+def row_images(folder: Path, paths: Sequence[str]) -> Sequence:
+    """What to decode for each row of ``folder``: its spooled shard images, else the paths."""
+    state = folder / STATE_DIR
+    return SpooledImages(state) if has_spool(state) else paths
 
 
 def rank_status_file(out: Path, rank: int) -> Path:
@@ -412,10 +439,12 @@ def _batch_features(encoding, specs: Sequence[ArraySpec], save_dtype, rows, path
 
 def _encode_share(out: Path, manifest: dict, batches, *, checkpoint, layers, norm, add_cls, compute_dtype,
                   device, preprocess: Preprocess, workers: int, strict: bool, progress: bool, rank: int,
-                  commit_interval: float, packed_attention: str = "auto", bar=None) -> tuple[int, int]:
+                  commit_interval: float, packed_attention: str = "auto", bar=None,
+                  encoder=None) -> tuple[int, int]:
     """Encode these batches of one folder and write them; returns (images processed, bytes written).
 
-    ``bar``: a progress bar shared by several calls (not closed here); else ``progress`` makes one."""
+    ``bar``: a progress bar shared by several calls (not closed here); else ``progress`` makes one.
+    ``encoder``: the model, when the caller keeps one for several folders (else it is loaded here)."""
     import torch
 
     from ..encoder import SailEncoder
@@ -428,10 +457,12 @@ def _encode_share(out: Path, manifest: dict, batches, *, checkpoint, layers, nor
     total = int(sum(len(b) for b in batches))
     if not batches:
         return 0, 0
-    encoder = SailEncoder.from_pretrained(checkpoint, dtype=compute_dtype, device=device, max_layer=max(layers),
-                                          packed_attention=packed_attention)
+    if encoder is None:
+        encoder = SailEncoder.from_pretrained(checkpoint, dtype=compute_dtype, device=device, max_layer=max(layers),
+                                              packed_attention=packed_attention)
     nonfinite_hint = functools.partial(_nonfinite_hint, checkpoint, max(layers), compute_dtype)
-    loader = batch_loader(paths, preprocess, grids, batches, workers=workers, pin_memory=device.type == "cuda")
+    loader = batch_loader(paths, preprocess, grids, batches, workers=workers, pin_memory=device.type == "cuda",
+                          images=row_images(out, paths))
     iterator = iter(loader)  # starts the worker processes before the writer thread exists
     arrays = OutputArrays(out, specs, offsets)
     status = RowStatus(rank_status_file(out, rank))
@@ -536,10 +567,11 @@ def _label_summary(manifest: dict) -> str:
 
 
 def _output_bytes(out: Path, manifest: dict) -> int:
-    return sum((out / info["file"]).stat().st_size for info in manifest["features"].values())
+    return sum(f.stat().st_size for info in manifest["features"].values()
+               for f in parted_files(out, manifest, info["file"]) or [out / info["file"]])
 
 
-# ---------------------------------------------------------------------------------- API
+# ---------------------------------------------------------------------------------- parts
 @dataclass
 class _PartJob:
     """What every part of one run shares (the dataset's settings, the listing, the compute setup)."""
@@ -548,7 +580,8 @@ class _PartJob:
     settings: dict
     manifest_base: dict
     preprocess: Preprocess
-    paths: list[str]
+    source: Callable[[], object]  # the dataset's source (resolved once per process, when a shard is read)
+    paths: list[str] | None  # flat sources: the whole listing
     labels: np.ndarray | None
     classes: list[str] | None
     duplicates: dict[int, int]
@@ -567,24 +600,66 @@ class _PartJob:
     strict: bool
     progress: bool
     commit_interval: float
+    labels_expected: bool = False
+    _encoder: object = field(default=None, repr=False)
+
+    def encoder(self):
+        """The model, loaded once per process for all the parts it extracts."""
+        if self._encoder is None:
+            from ..encoder import SailEncoder
+
+            self._encoder = SailEncoder.from_pretrained(self.checkpoint, dtype=self.compute_dtype, device=self.device,
+                                                        max_layer=max(self.layers),
+                                                        packed_attention=self.packed_attention)
+        return self._encoder
 
 
-def _part_source(job: _PartJob, part: Part) -> ImageSource:
-    rows = slice(part.first_row, part.first_row + part.num_rows)
-    return ImageSource(job.paths[rows], None if job.labels is None else job.labels[rows], job.classes,
-                       description={"part": part.describe()})
+class _SourceLoader:
+    """``resolve_inputs(**source_args)``, listed once per process on first use (picklable, for Ray actors)."""
+
+    def __init__(self, source_args: dict):
+        self.source_args = source_args
+        self._source = None
+
+    def __call__(self):
+        if self._source is None:
+            self._source = resolve_inputs(**self.source_args)
+        return self._source
+
+    def __getstate__(self):
+        return {"source_args": self.source_args, "_source": None}
+
+
+def _part_source(job: _PartJob, part: Part, work: Path) -> ImageSource:
+    """The rows of one part: a slice of the listing, or the records of a shard (copied into the work
+    folder first, see :mod:`.spool`; a resumed part reads its own ``paths.txt`` instead)."""
+    if part.shard is None:
+        rows = slice(part.first_row, part.first_row + part.num_rows)
+        return ImageSource(job.paths[rows], None if job.labels is None else job.labels[rows], job.classes,
+                           description={"part": part.describe()})
+    if (work / PATHS_FILE).is_file() and has_spool(work / STATE_DIR):
+        paths = (work / PATHS_FILE).read_text(encoding="utf-8").split("\n")[:-1]
+        return ImageSource(paths, None, job.classes, description={"part": part.describe()})
+    source = job.source()
+    shard = next(s for s in source.shards if s.name == part.shard)
+    records = spool_records(source.records(shard), work / STATE_DIR)
+    labels = None
+    if job.labels_expected:
+        labels = np.array([-1 if r.label is None else r.label for r in records], dtype=np.int64)
+    return ImageSource([r.key for r in records], labels, job.classes, description={"part": part.describe()},
+                       errors={row: r.error for row, r in enumerate(records) if r.error is not None})
 
 
 def _extract_part(job: _PartJob, part: Part, bar=None) -> int:
     """Extract one part into its work folder (resuming what an earlier run left there), under the
     part's own lock; returns the images processed. The caller commits it."""
     work = part.work_folder(job.out)
-    first = part.first_row
+    first, count = part.first_row or 0, part.num_rows or 0
     known = {row - first: ("duplicate", f"duplicate path: same as row {orig}; extracted once, at row {orig}")
-             for row, orig in job.duplicates.items() if first <= row < first + part.num_rows}
+             for row, orig in job.duplicates.items() if first <= row < first + count}
     with hold_folder(work, "sail-vision extract", option=f"part {part.name} of --out"):
         planner = _Planner(work, job.settings, {**job.manifest_base, "part": part.describe()}, job.preprocess,
-                           lambda: _part_source(job, part), hidden=job.hidden, strict=job.strict,
+                           lambda: _part_source(job, part, work), hidden=job.hidden, strict=job.strict,
                            workers=job.workers, progress=job.progress and bar is None, known_failures=known)
         if planner.prepare(resume=True, overwrite=False) == "complete":
             return 0
@@ -606,10 +681,22 @@ def _extract_part(job: _PartJob, part: Part, bar=None) -> int:
             work, manifest, pending, checkpoint=job.checkpoint, layers=job.layers, norm=job.norm,
             add_cls=job.add_cls, compute_dtype=job.compute_dtype, device=job.device, preprocess=job.preprocess,
             workers=job.workers, strict=job.strict, progress=job.progress, rank=0,
-            commit_interval=job.commit_interval, packed_attention=job.packed_attention, bar=bar)
+            commit_interval=job.commit_interval, packed_attention=job.packed_attention, bar=bar,
+            encoder=job.encoder() if pending else None)
         _finalize(work, manifest, seconds=time.monotonic() - started, world_size=1, workers=job.workers,
                   device_type=job.device.type, resumed=resumed)
         return processed
+
+
+def _absolute_spec(images: str) -> str:
+    """``--images`` with local paths made absolute (each ``::`` piece of a shard list; ``pipe:``
+    commands and URLs as they are), so that the settings name the same inputs from any directory."""
+    def one(piece: str) -> str:
+        if piece.startswith(("pipe:", "file:")) or "://" in piece or not piece:
+            return piece
+        return str(Path(piece).expanduser().absolute())
+
+    return "::".join(one(piece) for piece in images.split("::"))
 
 
 def _result(out: Path, manifest: dict, **extra) -> ExtractionResult:
@@ -628,7 +715,8 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
             progress: bool = True, commit_interval: float = 2.0, batching: str = "packed",
             max_batch_tokens: int | None = None, packed_attention: str = "auto",
             part_size: int = DEFAULT_PART_SIZE, num_tasks: int | None = None, task_index: int | None = None,
-            finalize: bool = False) -> ExtractionResult:
+            finalize: bool = False, consolidate: bool = True, engine: str = "local", ray_address: str | None = None,
+            ray_actors: int | None = None, ray_cpus_per_actor: int = 4) -> ExtractionResult:
     """Extract features of ``images`` with the SAIL checkpoint at ``checkpoint`` into ``out``.
 
     ``images``: a folder, a list file, or a list of paths (see ``inputs.resolve_inputs`` and the
@@ -643,7 +731,10 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
     committed on its own; under ``torchrun`` each rank takes its share of the parts, and
     ``num_tasks`` / ``task_index`` (default: Slurm's array variables) run one task of a task
     array. Whoever finds every part committed (the single process, rank 0, the last task, or
-    ``finalize=True``) joins them into the dataset's files. Returns an :class:`ExtractionResult`;
+    ``finalize=True``) finishes the dataset and, unless ``consolidate=False``, joins the parts
+    into the single files (``feature_store.open_feature_dir`` reads either form). ``engine="ray"``
+    hands the parts to a pool of Ray actors instead (:mod:`.ray_engine`; ``ray_address``,
+    ``ray_actors``, ``ray_cpus_per_actor``). Returns an :class:`ExtractionResult`;
     failed images are counted there and in the manifest, not raised.
     """
     from ..attention import describe_attention
@@ -675,6 +766,15 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
     if workers < 0:
         raise InputError(f"--workers must be 0 or more, got {workers}")
     task_slice(num_tasks, task_index)  # a bad task option fails before any process group is joined
+    if engine not in ENGINES:
+        raise InputError(f"--engine {engine!r}: choose from {', '.join(ENGINES)}")
+    if engine == "ray":
+        from .ray_engine import require_ray
+
+        require_ray()
+        if num_tasks is not None or task_index is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise InputError("--engine ray schedules the parts itself; run it as one process, without torchrun "
+                             "or --num-tasks / --task-index")
     pools = _normalise_pools(pools)
     device = resolve_device(device)
     if dtype not in (None, "auto"):
@@ -687,7 +787,7 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
     if isinstance(images, (list, tuple)) and len(images) == 1:
         images = images[0]
     images_arg = ([str(Path(p).absolute()) for p in images] if isinstance(images, (list, tuple))
-                  else str(Path(images).expanduser().absolute()))
+                  else _absolute_spec(str(images)))
     source_args = {"images": images_arg, "layout": layout, "split": split, "limit": limit,
                    "labels_file": str(Path(labels_file).absolute()) if labels_file else None}
     add_cls = "cls" in pools
@@ -753,18 +853,34 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
             raise ExtractionError(f"rank 0 could not start: {outcome[1]}")
         manifest = read_manifest(out)
         if outcome == "complete":
+            if consolidate and dist.is_main and not (manifest.get("parts") or {}).get("consolidated", True):
+                with contextlib.ExitStack() as joining:  # a join that was interrupted, or asked for now
+                    if shared:
+                        joining.enter_context(hold_folder(out, "sail-vision extract", wait=600))
+                    manifest = join_features(out)
+            dist.barrier()
+            manifest = read_manifest(out)
             return _result(out, manifest, already_complete=True, world_size=dist.world_size)
         parts = parts_from_manifest(manifest)
-        paths = (out / PATHS_FILE).read_text(encoding="utf-8").split("\n")[: manifest["num_items"]]
+        flat = all(p.shard is None for p in parts)
+        paths = (out / PATHS_FILE).read_text(encoding="utf-8").split("\n")[: manifest["num_items"]] if flat else None
+        labels = np.load(out / LABELS_FILE) if flat and manifest.get("labels") else None
         job = _PartJob(out, manifest["settings"], {k: v for k, v in manifest.items() if k != "parts"}, preprocess,
-                       paths, np.load(out / LABELS_FILE) if manifest.get("labels") else None, manifest.get("classes"),
-                       find_duplicates(paths), checkpoint, layers, bool(norm), add_cls, compute_dtype, device,
-                       cfg.hidden_size, int(batch_size), packed, max_batch_tokens, packed_attention, workers, strict,
-                       progress and dist.is_main, commit_interval)
+                       _SourceLoader(source_args), paths, labels,
+                       manifest.get("classes"), find_duplicates(paths) if flat else {}, checkpoint, layers,
+                       bool(norm), add_cls, compute_dtype, device, cfg.hidden_size, int(batch_size), packed,
+                       max_batch_tokens, packed_attention, workers, strict, progress and dist.is_main,
+                       commit_interval, labels_expected=bool(manifest.get("labels")))
         todo = [] if finalize else [p for p in tasks.parts_for(parts) if not is_committed(out, p)]
         failure, processed = None, 0
         try:
-            processed = _extract_parts(job, todo)
+            if engine == "ray" and todo:
+                from .ray_engine import extract_parts_on_ray
+
+                processed, _ = extract_parts_on_ray(job, todo, address=ray_address, actors=ray_actors,
+                                                    cpus_per_actor=ray_cpus_per_actor)
+            else:
+                processed = _extract_parts(job, todo)
         except Exception as exc:
             if not dist.enabled:
                 raise
@@ -787,11 +903,14 @@ def extract(checkpoint: str | Path, images, out: str | Path, *, layers: int | It
                     joining.enter_context(hold_folder(out, "sail-vision extract", wait=600))
                 manifest = read_manifest(out)
                 if not manifest.get("complete"):
-                    manifest = consolidate(out, manifest, {
+                    manifest = finish_dataset(out, manifest, {
                         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                         "seconds_last_session": round(seconds, 3), "world_size": dist.world_size,
-                        "num_tasks": tasks.num_tasks, "workers": workers, "device_type": device.type})
+                        "num_tasks": tasks.num_tasks, "workers": workers, "device_type": device.type},
+                        join=consolidate)
                     remove_temporary_files(out)
+                elif consolidate:
+                    manifest = join_features(out, manifest)
         dist.barrier()
         manifest = read_manifest(out)
         if not manifest.get("complete"):
@@ -816,7 +935,9 @@ def _extract_parts(job: _PartJob, todo: Sequence[Part]) -> int:
     if job.progress and len(todo) > 1:
         from tqdm import tqdm
 
-        bar = tqdm(total=sum(p.num_rows for p in todo), desc=f"extracting {len(todo)} parts", unit="img",
+        known = all(p.num_rows is not None for p in todo)
+        bar = tqdm(total=sum(p.num_rows for p in todo) if known else None, desc=f"extracting {len(todo)} parts",
+                   unit="img",
                    dynamic_ncols=True, smoothing=0.05)
     processed = 0
     try:

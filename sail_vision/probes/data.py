@@ -110,7 +110,7 @@ class ProbeData:
         temporary copy; returns ``out``."""
         array = self.features[name]
         index = np.asarray(rows) if self.row_index is None else self.row_index[rows]
-        if out.dtype == array.dtype:
+        if out.dtype == array.dtype and isinstance(array, np.ndarray):  # not a PartedArray (unjoined parts)
             np.take(array, index, axis=0, out=out, mode="clip")
         else:
             out[...] = array[index]

@@ -129,6 +129,11 @@ class ParquetSource(ShardedSource):
 
     schema: ParquetSchema | None = None
 
+    @property
+    def labelled(self) -> bool:
+        """Whether rows carry labels (the files have a label column)."""
+        return self.schema is not None and self.schema.label is not None
+
     def _count(self, shard: Shard) -> int:
         return _pyarrow_parquet().ParquetFile(local_path(shard.url)).metadata.num_rows
 

@@ -100,12 +100,86 @@ def test_gpu_benchmark_quick_runs_on_any_device():
         assert _positive(row["images_s"]) and _positive(row["tflop_s"]), row
     for row in data["extract"]:
         assert row["images"] == 8 and _positive(row["extract_vs_encoder"]), row
+        assert _positive(row["paired_ratio"]) and row["workers"] == 0, row
+        assert len(row["times_s"]["encoder"]) == len(row["times_s"]["extract-w0"]) == 1
+        assert row["features_max_abs_diff"] < 1e-2  # extract stores what the bare encoder computes
+        assert row["gpu_busy"] is None  # CUDA only (torch.profiler kernel times)
 
 
-def test_sail_7b_flops_per_image_match_the_paper_figure():
+def _bench_gpu_module():
     spec = importlib.util.spec_from_file_location("bench_gpu_mod", BENCH / "bench_gpu.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("intervals, length", [
+    ([], 0.0),                                     # empty
+    ([(0, 2), (1, 3)], 3.0),                       # overlapping
+    ([(0, 10), (2, 3), (4, 9)], 10.0),             # nested
+    ([(5, 6), (0, 1), (2, 4)], 4.0),               # disjoint, unsorted
+    ([(0, 1), (1, 2)], 2.0),                       # touching
+    ([(3, 3), (4, 2), (0, 1)], 1.0),               # empty and reversed intervals count nothing
+    ([(0, 4), (1, 2), (3, 6), (8, 9), (8.5, 10)], 8.0),
+])
+def test_union_length(intervals, length):
+    module = _bench_gpu_module()
+    assert module.union_length(intervals) == pytest.approx(length)
+
+
+def test_busy_fraction():
+    module = _bench_gpu_module()
+    assert module.busy_fraction([(0, 2), (1, 3), (6, 7)], 10.0) == pytest.approx(0.4)
+    assert module.busy_fraction([], 5.0) == 0.0
+    assert module.busy_fraction([(0, 1)], 0.0) is None
+
+
+def test_device_intervals_keep_cuda_kernels_and_copies_apart():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    module = _bench_gpu_module()
+
+    def event(device, kind, name, start, end):
+        return SimpleNamespace(device_type=device, activity_type=kind, name=name,
+                               time_range=SimpleNamespace(start=start, end=end))
+
+    events = [event(DeviceType.CPU, "cpu_op", "aten::mm", 0, 50),
+              event(DeviceType.CUDA, "kernel", "sm90_gemm", 10, 20),
+              event(DeviceType.CUDA, "kernel", "flash_fwd", 15, 30),
+              event(DeviceType.CUDA, "gpu_memcpy", "Memcpy DtoH (Device -> Pinned)", 30, 32),
+              event(DeviceType.CUDA, "gpu_memset", "Memset (Device)", 40, 41),
+              event(DeviceType.CUDA, "gpu_user_annotation", "## enumerate(DataLoader) ##", 0, 100),
+              event(DeviceType.CUDA, None, "Memcpy HtoD (Pinned -> Device)", 5, 6),  # torch without activity_type
+              event(DeviceType.CUDA, None, "elementwise_kernel", 60, 61)]
+    kernels, copies = module.device_intervals(events)
+    assert kernels == [(10, 20), (15, 30), (60, 61)]
+    assert copies == [(30, 32), (40, 41), (5, 6)]
+    assert module.busy_fraction(kernels, 100.0) == pytest.approx(0.21)
+    assert module.busy_fraction(kernels + copies, 100.0) == pytest.approx(0.25)
+
+
+def test_extract_vs_encoder_quick():
+    proc = _run("bench_extract.py", "--vs-encoder", "--quick")
+    assert "extract_vs_encoder" in proc.stdout
+    data = _load("bench_extract_vs_encoder")
+    assert data["checkpoint"] == "tiny" and data["threads"] == 1 and data["target"] == 0.9
+    rows = data["rows"]
+    assert [r["workers"] for r in rows] == [0, 1]
+    for row in rows:
+        assert row["images"] == 8 and row["resolution"] == 32 and row["batch"] == 4, row
+        for key in ("extract_images_s", "encoder_images_s", "extract_vs_encoder", "paired_ratio"):
+            assert _positive(row[key]), (key, row)
+        assert row["met"] == (row["extract_vs_encoder"] >= 0.9)
+    assert set(data["times_s"]) == {"encoder", "extract-w0", "extract-w1"}
+    assert all(len(t) == data["rounds"] == 1 for t in data["times_s"].values())
+    assert data["features_max_abs_diff"] == 0.0  # float32 on the CPU: the same bytes as the bare encoder
+    assert len(data["load_average_before"]) == len(data["load_average_after"]) == 3
+
+
+def test_sail_7b_flops_per_image_match_the_paper_figure():
+    module = _bench_gpu_module()
     from sail_vision.checkpoint_generator import preset_config
 
     flops = module.flops_per_image(preset_config("sail-7b"), 7 * 7 + 2, 32)  # 224 px: 49 patches + 2 tokens

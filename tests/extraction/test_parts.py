@@ -140,7 +140,9 @@ def test_killed_while_committing_or_joining_then_resumed(tiny_checkpoint, images
     kill(start_paused(command, point, tmp_path / "marker"))
     resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=180)
     assert resumed.returncode == 0, resumed.stderr
-    assert "extracted 10 images (9 ok, 1 failed)" in resumed.stdout
+    # killed while joining, the dataset was already finished (and readable from its parts): the rerun joins
+    expected = "already complete (10 images, 1 failed)" if point == "extract:consolidate" else "extracted 10 images"
+    assert expected in resumed.stdout, resumed.stdout
     compare_feature_dirs(out, reference)
 
 
@@ -160,3 +162,78 @@ def test_parts_of_native_resolution_patch_rows_join_with_shifted_offsets(tiny_ch
 
 def test_part_names_are_stable():
     assert Part(12, 36, 3).name == "part-00012"
+
+
+# ---------------------------------------------------------------------------------- unjoined parts
+def test_parted_array_indexes_like_the_joined_array(tmp_path):
+    from sail_vision.feature_store import PartedArray
+
+    rng = np.random.default_rng(0)
+    pieces = [rng.normal(size=(n, 3, 2)).astype(np.float16) for n in (4, 1, 0, 5)]
+    files = []
+    for i, piece in enumerate(pieces):
+        files.append(tmp_path / f"{i}.npy")
+        np.save(files[-1], piece)
+    whole, parted = np.concatenate(pieces), PartedArray(files)
+    assert parted.shape == whole.shape and parted.dtype == whole.dtype and len(parted) == 10
+    mask = rng.random(10) > 0.5
+    for key in (0, 4, -1, slice(None), slice(2, 8), slice(None, None, 3), slice(9, 1, -2), [7, 0, 4, 4],
+                np.array([], dtype=int), mask, (slice(1, 6), 2), (3, 1, 0), ([5, 1], slice(None), 1)):
+        np.testing.assert_array_equal(parted[key], whole[key], err_msg=str(key))
+    np.testing.assert_array_equal(np.asarray(parted), whole)
+    with pytest.raises(IndexError):
+        parted[[10]]
+
+
+def test_unjoined_parts_read_as_one_dataset_then_consolidate(tiny_checkpoint, images, reference, tmp_path):
+    from sail_vision.cli import main
+    from sail_vision.probes.data import load_feature_dir
+
+    out = tmp_path / "parted"
+    extract(tiny_checkpoint, images, out, **OPTIONS, consolidate=False)
+    parted, joined = open_feature_dir(out), open_feature_dir(reference)
+    assert not parted.consolidated and joined.consolidated
+    assert sorted(p.name for p in (out / PARTS_DIR).iterdir()) == [f"part-0000{i}" for i in range(4)]
+    for name in joined.names:
+        for valid_only in (True, False):
+            np.testing.assert_array_equal(np.asarray(parted.feature(name, valid_only=valid_only)),
+                                          np.asarray(joined.feature(name, valid_only=valid_only)))
+    patch = joined.name_for(1, "patch")
+    for index in range(joined.num_valid):
+        np.testing.assert_array_equal(parted.patch_maps(patch, index), joined.patch_maps(patch, index))
+    assert parted.paths == joined.paths and parted.failures == joined.failures
+    np.testing.assert_array_equal(parted.labels, joined.labels)
+    data = load_feature_dir(out)  # the probes' reader
+    mean = joined.name_for(-1, "mean")
+    np.testing.assert_array_equal(data.read([mean])[mean], load_feature_dir(reference).read([mean])[mean])
+    out_rows = np.empty((3, joined.info(mean)["shape"][1]), np.float16)
+    np.testing.assert_array_equal(data.read_into(mean, np.array([4, 0, 2]), out_rows),
+                                  np.asarray(joined.feature(mean))[[4, 0, 2]])
+
+    assert main(["consolidate", str(out)]) == 0
+    assert not (out / PARTS_DIR).exists() and open_feature_dir(out).consolidated
+    compare_feature_dirs(out, reference)
+    assert main(["consolidate", str(out)]) == 0  # already consolidated: nothing to do
+
+
+def test_consolidate_refuses_an_unfinished_folder(tiny_checkpoint, images, tmp_path, capsys):
+    from sail_vision.cli import main
+
+    out = tmp_path / "tasks"
+    extract(tiny_checkpoint, images, out, **OPTIONS, num_tasks=2, task_index=0)
+    assert main(["consolidate", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unfinished" in err[0], err
+
+
+def test_a_part_from_another_extraction_is_refused_by_name(tiny_checkpoint, images, tmp_path):
+    other = tmp_path / "other"
+    extract(tiny_checkpoint, images, other, **{**OPTIONS, "layers": [1]}, num_tasks=4, task_index=1)
+    out = tmp_path / "tasks"
+    for task in (0, 2, 3):
+        extract(tiny_checkpoint, images, out, **OPTIONS, num_tasks=4, task_index=task)
+    (other / PARTS_DIR / "part-00001").rename(out / PARTS_DIR / "part-00001")  # someone else's part
+    with pytest.raises(FeatureStoreError, match=r"part-00001: this part comes from another extraction "
+                                                r"\(settings differ: layers\)"):
+        extract(tiny_checkpoint, images, out, **OPTIONS, finalize=True)
+    assert sorted(p.name for p in (out / PARTS_DIR).iterdir()) == [f"part-0000{i}" for i in range(4)]  # kept

@@ -1,4 +1,4 @@
-"""`torchrun --nproc_per_node=2` (gloo on CPU) writes the same bytes as one process."""
+"""`torchrun --nproc_per_node=2` (gloo on CPU): the ranks take parts and write the same bytes as one process."""
 
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ def test_two_processes_equal_one(tiny_checkpoint, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "--module", "sail_vision", "extract", "--checkpoint", str(tiny_checkpoint), "--images", str(images),
                "--out", str(out), "--layers", "2", "-1", "--pool", "patch", "mean", "cls", "--batch-size", "2",
-               "--workers", "0", "--no-progress"]
+               "--part-size", "3", "--workers", "0", "--no-progress"]  # 4 parts: 2 per rank
     run = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert run.returncode == 1, run.stderr  # one image failed and --allow-failures was not given
     assert "on 2 processes" in run.stdout and "1 image(s) failed (1 corrupt)" in run.stderr
     reference = tmp_path / "one"
     extract(tiny_checkpoint, images, reference, layers=[2, -1], pools=["patch", "mean", "cls"], batch_size=2,
-            workers=0, progress=False)
+            part_size=3, workers=0, progress=False)
     compare_feature_dirs(out, reference)
 
 
