@@ -29,7 +29,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from ..extraction.parts import join_features
+    from ..extraction.finishing import join_features
     from ..feature_store import check_free_space, open_feature_dir
     from ..folder_lock import hold_folder
 

@@ -157,20 +157,20 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..layer_indices import parse_layer_list
-    from ..extraction import extract
+    from ..extraction import ExtractOptions, extract
 
     layers = parse_layer_list(" ".join(args.layers))
-    result = extract(
-        args.checkpoint, args.images, args.out, layers=layers, pools=args.pool, norm=args.norm,
-        resolution=args.resolution, max_tokens=args.max_tokens, dtype=args.dtype, device=args.device,
-        batch_size=args.batch_size, workers=args.workers, resume=args.resume, overwrite=args.overwrite,
-        save_dtype=args.save_dtype, limit=args.limit, strict=args.strict,
+    options = ExtractOptions(
+        layers=layers, pools=args.pool, norm=args.norm, resolution=args.resolution, max_tokens=args.max_tokens,
+        dtype=args.dtype, device=args.device, batch_size=args.batch_size, workers=args.workers, resume=args.resume,
+        overwrite=args.overwrite, save_dtype=args.save_dtype, limit=args.limit, strict=args.strict,
         max_pixels=args.max_pixels or None, layout=args.layout, split=args.split, labels_file=args.labels_file,
         progress=not args.no_progress, commit_interval=args.commit_interval, batching=args.batching,
         max_batch_tokens=args.max_batch_tokens, packed_attention=args.packed_attention, part_size=args.part_size,
         num_tasks=args.num_tasks, task_index=args.task_index, finalize=args.finalize,
         consolidate=not args.no_consolidate, engine=args.engine, ray_address=args.ray_address,
         ray_actors=args.ray_actors, ray_cpus_per_actor=args.ray_cpus_per_actor)
+    result = extract(args.checkpoint, args.images, args.out, options)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 reports (and sets the exit status) for the whole run
     print(result.summary())

@@ -1,4 +1,5 @@
-"""Dataset-scale feature extraction: inputs, same-grid batching, in-place .npy writing, resume.
+"""Dataset-scale feature extraction: parts, planning, packed batching, in-place .npy writing, resume,
+torchrun / task arrays / Ray.
 
 ``extract()`` is the entry point (``sail-vision extract`` on the command line); read the
 results with :func:`sail_vision.feature_store.open_feature_dir`.
@@ -13,6 +14,8 @@ import os
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 from ..sources import ImageSource, resolve_inputs  # noqa: E402
-from .runner import ExtractionError, ExtractionResult, extract  # noqa: E402
+from .options import ExtractOptions  # noqa: E402
+from .results import ExtractionError, ExtractionResult  # noqa: E402
+from .runner import extract  # noqa: E402
 
-__all__ = ["extract", "ExtractionResult", "ExtractionError", "resolve_inputs", "ImageSource"]
+__all__ = ["extract", "ExtractOptions", "ExtractionResult", "ExtractionError", "resolve_inputs", "ImageSource"]

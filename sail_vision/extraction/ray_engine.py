@@ -108,7 +108,7 @@ def extract_parts_on_ray(job, parts: Sequence[Part], *, address: str | None, act
         rows = mapped.take_all()
         failed = [str(r["error"]) for r in rows if str(r["error"])]
         if failed:
-            from .runner import ExtractionError
+            from .results import ExtractionError
 
             more = f" (and {len(failed) - 1} more part(s))" if len(failed) > 1 else ""
             raise ExtractionError(f"a Ray actor stopped on {failed[0]}{more}; the committed parts are kept: fix "

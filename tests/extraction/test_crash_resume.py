@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from sail_vision.extraction import extract
-from sail_vision.extraction.runner import DELAY_ENV, status_files
+from sail_vision.extraction.encoding import DELAY_ENV
+from sail_vision.extraction.planning import status_files
 from sail_vision.feature_store import PARTS_DIR
 from sail_vision.extraction.writer import DONE, PENDING
 

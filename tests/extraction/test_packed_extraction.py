@@ -9,7 +9,7 @@ import torch
 
 from sail_vision.extraction import ExtractionError, extract
 from sail_vision.extraction.loader import default_token_budget, plan_packed_batches
-from sail_vision.extraction.runner import _batch_features
+from sail_vision.extraction.encoding import batch_features
 from sail_vision.extraction.writer import ArraySpec
 from sail_vision.feature_store import open_feature_dir
 from sail_vision.outputs import SailEncoding
@@ -102,9 +102,9 @@ def test_a_bad_value_in_a_packed_batch_names_its_image():
     specs = [ArraySpec("layer-4_patch", "layer-4_patch.npy", (6, 8), "float32", "rows", 4, "patch", "o.npy"),
              ArraySpec("layer-4_mean", "layer-4_mean.npy", (2, 8), "float32", "pooled", 4, "mean")]
     with pytest.raises(ExtractionError, match=r"/b.jpg \(rows \[7\]\)"):
-        _batch_features(encoding, specs, torch.float32, np.array([3, 7]), {3: "/a.jpg", 7: "/b.jpg"}, lambda: "hint")
+        batch_features(encoding, specs, torch.float32, np.array([3, 7]), {3: "/a.jpg", 7: "/b.jpg"}, lambda: "hint")
     states[0, 4 + 2] = 1.0
-    out = _batch_features(encoding, specs, torch.float32, np.array([3, 7]), {3: "/a.jpg", 7: "/b.jpg"}, lambda: "")
+    out = batch_features(encoding, specs, torch.float32, np.array([3, 7]), {3: "/a.jpg", 7: "/b.jpg"}, lambda: "")
     assert [v.shape for v in out["layer-4_patch"]] == [(2, 8), (4, 8)]
     assert out["layer-4_patch"][1][1, 0] == 1.0
 

@@ -11,7 +11,7 @@ import pytest
 from sail_vision.errors import InputError
 from sail_vision.extraction import extract
 from sail_vision.extraction.parts import Part, TaskSlice, plan_parts, task_slice
-from sail_vision.extraction.runner import ExtractionError
+from sail_vision.extraction import ExtractionError
 from sail_vision.feature_store import PARTS_DIR, FeatureStoreError, open_feature_dir, read_manifest
 
 from feature_dirs import compare_feature_dirs, extract_command, kill, start_paused

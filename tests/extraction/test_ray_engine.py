@@ -6,7 +6,7 @@ import pytest
 
 from sail_vision.errors import InputError
 from sail_vision.extraction import extract
-from sail_vision.extraction.runner import ExtractionError
+from sail_vision.extraction import ExtractionError
 
 from feature_dirs import compare_feature_dirs
 from image_factory import save_rgb

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sail_vision.extraction import ExtractionError, extract
-from sail_vision.extraction.runner import _batch_features
+from sail_vision.extraction.encoding import batch_features
 from sail_vision.extraction.writer import ArraySpec
 from sail_vision.feature_store import FeatureStoreError, open_feature_dir, read_manifest
 from sail_vision.outputs import SailEncoding
@@ -177,11 +177,11 @@ def _no_hint() -> str:
 def test_values_that_float16_cannot_hold_are_an_error_not_a_clip():
     spec = [ArraySpec("layer-4_mean", "layer-4_mean.npy", (1, 8), "float16", "pooled", 4, "mean")]
     with pytest.raises(ExtractionError, match="--save-dtype float32"):
-        _batch_features(_encoding_with(70000.0), spec, torch.float16, np.array([0]), ["/a.jpg"], _no_hint)
-    assert _batch_features(_encoding_with(70000.0), spec, torch.float32, np.array([0]), ["/a.jpg"], _no_hint)[
+        batch_features(_encoding_with(70000.0), spec, torch.float16, np.array([0]), ["/a.jpg"], _no_hint)
+    assert batch_features(_encoding_with(70000.0), spec, torch.float32, np.array([0]), ["/a.jpg"], _no_hint)[
         "layer-4_mean"].max() == 70000.0
     with pytest.raises(ExtractionError, match="/a.jpg .*: the hint"):
-        _batch_features(_encoding_with(float("nan")), spec, torch.float32, np.array([0]), ["/a.jpg"],
+        batch_features(_encoding_with(float("nan")), spec, torch.float32, np.array([0]), ["/a.jpg"],
                         lambda: "the hint")
 
 
@@ -249,16 +249,16 @@ def test_strict_stop_then_fixing_the_file_and_resuming_extracts_it(tiny_checkpoi
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("save_dtype", [torch.float16, torch.float32])
 def test_cuda_copy_back_equals_the_cpu_arrays(save_dtype):
-    from sail_vision.extraction.runner import _finish_copy_back, _start_copy_back
+    from sail_vision.extraction.encoding import finish_copy_back, start_copy_back
 
     spec = [ArraySpec("layer-4_mean", "layer-4_mean.npy", (1, 8), "float16", "pooled", 4, "mean")]
     states = {4: torch.randn(3, 6, 8)}
     encodings = [SailEncoding(hidden_states={4: s.to(device)}, grids=[(2, 2)] * 3, add_cls=False, num_layers=4)
                  for s in states.values() for device in ("cpu", "cuda")]
-    cpu, cuda = (_finish_copy_back(_start_copy_back(e, spec, save_dtype, np.arange(3)), spec, ["a", "b", "c"],
+    cpu, cuda = (finish_copy_back(start_copy_back(e, spec, save_dtype, np.arange(3)), spec, ["a", "b", "c"],
                                    _no_hint) for e in encodings)
     np.testing.assert_array_equal(cpu["layer-4_mean"], cuda["layer-4_mean"])
     bad = SailEncoding(hidden_states={4: torch.full((1, 6, 8), float("nan"), device="cuda")}, grids=[(2, 2)],
                        add_cls=False, num_layers=4)
     with pytest.raises(ExtractionError, match="/x.jpg .*: the hint"):
-        _finish_copy_back(_start_copy_back(bad, spec, save_dtype, np.array([0])), spec, ["/x.jpg"], lambda: "the hint")
+        finish_copy_back(start_copy_back(bad, spec, save_dtype, np.array([0])), spec, ["/x.jpg"], lambda: "the hint")

@@ -1,0 +1,256 @@
+"""Planning: the dataset's listing cut into parts, and each part's own plan (patch grids,
+preallocated files, a per-row status file). Resuming checks settings and inputs against both."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..feature_store import (LABELS_FILE, MANIFEST_FILE, PATCH_GRIDS_FILE, PATHS_FILE, STATE_DIR, atomic_save_npy,
+                             atomic_write_text, check_free_space, extraction_entries, feature_name, FeatureStoreError,
+                             offsets_file_name, read_manifest, remove_extraction_files, remove_temporary_files,
+                             unallocated_bytes, write_manifest)
+from ..pause_points import pause_point
+from ..preprocessing import Preprocess
+from ..sources import ImageSource
+from .loader import NO_GRID, scan_grids
+from .parts import Part, plan_parts
+from .results import ExtractionError
+from .spool import has_spool, SpooledImages
+from .writer import ArraySpec, create_array_file, failure_record, RowStatus
+
+
+PLAN_STATUS = "status-plan.npy"
+
+PLANNED_MARK = "planned"
+
+PLAN_FAILURES = "failures-plan.jsonl"
+
+
+def feature_specs(layers: Sequence[int], pools: Sequence[str], hidden: int, num_items: int,
+                   fixed_grid, total_patches: int, save_dtype: str) -> list[ArraySpec]:
+    specs = []
+    for layer in layers:
+        for pool in pools:
+            name = feature_name(layer, pool)
+            if pool != "patch":
+                specs.append(ArraySpec(name, f"{name}.npy", (num_items, hidden), save_dtype, "pooled", layer, pool))
+            elif fixed_grid is not None:
+                specs.append(ArraySpec(name, f"{name}.npy", (num_items, *fixed_grid, hidden), save_dtype, "grid",
+                                       layer, pool))
+            else:
+                specs.append(ArraySpec(name, f"{name}.npy", (total_patches, hidden), save_dtype, "rows", layer,
+                                       pool, offsets_file_name(layer)))
+    return specs
+
+
+def specs_from_manifest(manifest: dict) -> list[ArraySpec]:
+    return [ArraySpec(name, info["file"], tuple(info["shape"]), info["dtype"], info["layout"], info["layer"],
+                      info["pool"], info.get("offsets")) for name, info in manifest["features"].items()]
+
+
+class PartPlanner:
+    """Rank 0's work before encoding: check the folder, list inputs, plan, preallocate."""
+
+    def __init__(self, out: Path, settings: dict, manifest_base: dict, preprocess: Preprocess,
+                 source: Callable[[], ImageSource], *, hidden: int, strict: bool, workers: int, progress: bool,
+                 known_failures: dict[int, tuple[str, str]] | None = None):
+        self.out = out
+        self.state = out / STATE_DIR
+        self.settings = settings
+        self.manifest_base = manifest_base
+        self.preprocess = preprocess
+        self._source = source
+        self.known_failures = known_failures or {}
+        self.hidden = hidden
+        self.strict = strict
+        self.workers = workers
+        self.progress = progress
+
+    def prepare(self, *, resume: bool, overwrite: bool) -> str:
+        """'complete' when a finished identical extraction is already there, else 'ready'.
+
+        Runs while this process holds the folder's lock. Only the extractor's own files are ever
+        removed (``feature_store.remove_extraction_files``); a folder left by an interrupted start,
+        planning or ``--overwrite`` is accepted by both ``--resume`` and ``--overwrite``.
+        """
+        out = self.out
+        pause_point("extract:planning")
+        own, other = extraction_entries(out)
+        if (out / MANIFEST_FILE).is_file():
+            try:
+                manifest = read_manifest(out)
+            except FeatureStoreError as exc:
+                raise ExtractionError(f"--out {out}: has a {MANIFEST_FILE} that is not a usable sail-vision "
+                                      f"manifest ({exc}); choose another --out or delete it yourself") from None
+            if overwrite:
+                remove_extraction_files(out, manifest)
+            elif not resume:
+                state = "a finished" if manifest.get("complete") else "an unfinished"
+                raise ExtractionError(f"--out {out}: already holds {state} extraction; pass --resume to continue "
+                                      f"it or --overwrite to start again")
+            else:
+                self._check_same_settings(manifest)
+                if manifest.get("complete"):
+                    remove_temporary_files(out)  # an earlier run may have stopped just before doing it
+                    return "complete"
+                if (self.state / PLANNED_MARK).is_file():
+                    self._check_same_inputs()
+                    self._check_free_space(manifest)
+                    return "ready"
+                # the previous run stopped while planning: plan again (files of others stay)
+                remove_extraction_files(out, manifest, keep_others=True)
+        elif own:  # no manifest, only the remains of an interrupted start or --overwrite
+            if not (resume or overwrite):
+                raise ExtractionError(f"--out {out}: holds the remains of an extraction that stopped before it "
+                                      f"was planned; pass --resume or --overwrite to start it again")
+            remove_extraction_files(out, None, keep_others=resume and not overwrite)
+        elif other:
+            shown = ", ".join(p.name for p in other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+            raise ExtractionError(f"--out {out}: is not empty ({shown}) and is not a sail-vision feature folder; "
+                                  f"choose an empty or new folder")
+        self._plan()
+        return "ready"
+
+    def _check_free_space(self, manifest: dict) -> None:
+        needed = sum(unallocated_bytes(self.out / info["file"]) for info in manifest["features"].values())
+        check_free_space(self.out, needed)
+
+    def _check_same_settings(self, manifest: dict) -> None:
+        before = manifest.get("settings") or {}
+        changed = [k for k in sorted(set(before) | set(self.settings)) if before.get(k) != self.settings.get(k)]
+        if changed:
+            details = "; ".join(f"{k}: was {before.get(k)!r}, now {self.settings.get(k)!r}" for k in changed)
+            raise ExtractionError(f"--out {self.out}: cannot resume with different settings ({details}); rerun "
+                                  f"with the original options, or pass --overwrite to start again")
+
+    def _check_same_inputs(self) -> None:
+        listed = (self.out / PATHS_FILE).read_text(encoding="utf-8")
+        now = "".join(p + "\n" for p in self._source().paths)
+        if hashlib.sha256(listed.encode()).digest() != hashlib.sha256(now.encode()).digest():
+            raise ExtractionError(f"--out {self.out}: the input images changed since this extraction started "
+                                  f"(the list differs from {PATHS_FILE}); pass --overwrite to start again")
+
+    def _plan(self) -> None:
+        source = self._source()
+        paths = source.paths
+        num_items = len(paths)
+        known = {**source.errors, **self.known_failures}  # rows the listing itself found unusable
+        failures: dict[int, dict] = {row: failure_record(row, paths[row], kind, detail)
+                                     for row, (kind, detail) in sorted(known.items())}
+        grids = np.zeros((num_items, 2), dtype=np.int32)
+        fixed = self.preprocess.fixed_grid
+        todo = [r for r in range(num_items) if r not in failures]
+        if fixed is not None:
+            grids[todo] = fixed
+        else:
+            for row, grid, failure in scan_grids(paths, self.preprocess, todo, workers=self.workers,
+                                                 progress=self.progress, images=row_images(self.out, paths)):
+                if failure is None:
+                    grids[row] = grid
+                else:
+                    failures[row] = failure_record(row, paths[row], *failure)
+        if self.strict and failures:
+            first = failures[min(failures)]
+            raise ExtractionError(f"{first['path']}: {first['reason']} (--strict stops at the first bad input)")
+        grids[list(failures)] = NO_GRID
+        counts = grids[:, 0].astype(np.int64) * grids[:, 1]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        specs = feature_specs(self.settings["layers"], self.settings["pools"], self.hidden, num_items, fixed,
+                               int(offsets[-1]), self.settings["save_dtype"])
+
+        check_free_space(self.out, sum(int(np.prod(s.shape)) * s.nbytes_per_value for s in specs))
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.state.mkdir(exist_ok=True)
+        manifest = {**self.manifest_base, "num_items": num_items,
+                    "features": {s.name: s.manifest_entry() for s in specs},
+                    "labels": LABELS_FILE if source.labels is not None else None,
+                    "classes": source.classes, "inputs": source.description}
+        write_manifest(self.out, manifest)  # "complete": false from the first moment
+        for spec in specs:
+            create_array_file(self.out / spec.file, spec.shape, spec.dtype)
+            if spec.offsets_file:
+                atomic_save_npy(self.out / spec.offsets_file, offsets)
+        atomic_save_npy(self.out / PATCH_GRIDS_FILE, grids)
+        if source.labels is not None:
+            atomic_save_npy(self.out / LABELS_FILE, source.labels.astype(np.int64))
+        atomic_write_text(self.out / PATHS_FILE, "".join(p + "\n" for p in paths))
+        atomic_write_text(self.state / PLAN_FAILURES,
+                          "".join(json_line(failures[r]) for r in sorted(failures)))
+        RowStatus.create(self.state / PLAN_STATUS, num_items, sorted(failures))
+        atomic_write_text(self.state / PLANNED_MARK, "")
+
+
+class DatasetPlanner(PartPlanner):
+    """The dataset level: list the inputs once (``paths.txt``, ``labels.npy``) and cut them into parts.
+
+    Patch grids are scanned, and files preallocated, by each part's own :class:`PartPlanner`.
+    """
+
+    def __init__(self, out: Path, settings: dict, manifest_base: dict, source: Callable[[], ImageSource], *,
+                 part_size: int, progress: bool):
+        super().__init__(out, settings, manifest_base, None, source, hidden=0, strict=False, workers=0,
+                         progress=progress)
+        self.part_size = part_size
+
+    def _check_free_space(self, manifest: dict) -> None:
+        pass  # each part checks the space its own files need
+
+    def _check_same_inputs(self) -> None:
+        manifest = read_manifest(self.out)
+        shards = self._source().shards
+        if shards is None:
+            return super()._check_same_inputs()
+        before = [(p.get("shard"), p.get("url")) for p in manifest["parts"]["items"]]
+        if before != [(s.name, s.url) for s in shards]:
+            raise ExtractionError(f"--out {self.out}: the input shards changed since this extraction started; "
+                                  f"pass --overwrite to start again")
+
+    def _plan(self) -> None:
+        source = self._source()
+        shards = source.shards
+        if shards is None:
+            parts = plan_parts(len(source.paths), self.part_size)
+        else:  # every shard is a part; its rows are counted when it is read
+            parts = [Part(i, None, None, shard=s.name, url=s.url) for i, s in enumerate(shards)]
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.state.mkdir(exist_ok=True)
+        labelled = source.labels is not None if shards is None else bool(getattr(source, "labelled", False))
+        manifest = {**self.manifest_base, "num_items": len(source.paths) if shards is None else None,
+                    "labels": LABELS_FILE if labelled else None,
+                    "classes": source.classes, "inputs": source.description,
+                    "parts": {"part_size": self.part_size if shards is None else None, "count": len(parts),
+                              "consolidated": False, "items": [p.describe() for p in parts]}}
+        write_manifest(self.out, manifest)  # "complete": false from the first moment
+        if shards is None:
+            if source.labels is not None:
+                atomic_save_npy(self.out / LABELS_FILE, source.labels.astype(np.int64))
+            atomic_write_text(self.out / PATHS_FILE, "".join(p + "\n" for p in source.paths))
+        atomic_write_text(self.state / PLANNED_MARK, "")
+
+
+def row_images(folder: Path, paths: Sequence[str]) -> Sequence:
+    """What to decode for each row of ``folder``: its spooled shard images, else the paths."""
+    state = folder / STATE_DIR
+    return SpooledImages(state) if has_spool(state) else paths
+
+
+def rank_status_file(out: Path, rank: int) -> Path:
+    """The status file one rank marks its rows in."""
+    return out / STATE_DIR / f"status-rank{rank}.npy"
+
+
+def status_files(out: Path) -> list[Path]:
+    """Every status file of an unfinished run (planning's and each rank's)."""
+    return sorted((out / STATE_DIR).glob("status-*.npy"))
+
+
+def json_line(record: dict) -> str:
+    return json.dumps(record, sort_keys=True) + "\n"
+
+
+# ---------------------------------------------------------------------------------- encoding
