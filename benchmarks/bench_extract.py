@@ -9,7 +9,17 @@
 Every measurement runs in a fresh subprocess. Results: a table on stdout and
 benchmarks/results/bench_extract[-quick].json. ``--quick`` is a seconds-long CI-size run.
 
+``--vs-encoder`` instead measures issue 13's target, `extract` end to end at >= 90 % of the bare
+encoder's images/s on the same images: the random "small" checkpoint, ``--images`` random-noise
+JPEGs (300-500 px sides) at ``--resolution`` (shorter side + center crop), float32 on the CPU,
+``--threads`` torch threads for both; `extract` (a fresh output folder per call: plan, load, decode,
+encode, copy, write) with each of ``--workers`` against the bare encoder (loaded once, the images
+decoded beforehand: ``encode_patches`` on batches of ``--batch``, mean pool, copy to numpy),
+alternating in this process over ``--rounds`` rounds after one warm-up round; medians and ratios
+in benchmarks/results/bench_extract_vs_encoder[-quick].json.
+
     python benchmarks/bench_extract.py [--quick]
+    python benchmarks/bench_extract.py --vs-encoder [--quick] [--images 64] [--rounds 5] [--threads 1]
 """
 
 from __future__ import annotations
@@ -26,6 +36,9 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+#: Issue 13: `extract` end to end reaches at least this share of the bare encoder's images/s.
+TARGET_VS_ENCODER = 0.9
 
 
 class _RssSampler:
@@ -130,13 +143,67 @@ def _checkpoint(preset: str) -> Path:
     return cached_checkpoint(cache_dir() / "checkpoints" / f"bench-{preset}-seed0", preset, progress=True)[0]
 
 
+def _vs_encoder(args) -> None:
+    """`extract` end to end vs the bare encoder, alternating in this process (see the module docstring)."""
+    import torch
+
+    from _common import (DEFAULT_CACHE_DIR, cached_checkpoint, extract_vs_encoder, print_table, write_noise_jpegs,
+                         write_results)
+
+    quick = args.quick
+    preset = "tiny" if quick else "small"
+    images = args.images or (8 if quick else 64)
+    resolution = args.resolution or (32 if quick else 224)
+    batch = args.batch or (4 if quick else 16)
+    workers = args.workers or ([0, 1] if quick else [0, 2])
+    rounds = args.rounds or (1 if quick else 5)
+    torch.set_num_threads(args.threads)
+    ckpt = cached_checkpoint(Path(args.cache_dir) if args.cache_dir else DEFAULT_CACHE_DIR, preset)
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-extract-vs-encoder-") as tmp:
+        folder = Path(tmp) / "images"
+        write_noise_jpegs(folder, images)
+        compared = extract_vs_encoder(ckpt, folder, Path(tmp), resolution=resolution, dtype="float32", device="cpu",
+                                      batch=batch, workers=workers, rounds=rounds)
+    seconds = time.perf_counter() - started
+    rows = [{**row, "checkpoint": preset, "threads": args.threads, "target": TARGET_VS_ENCODER,
+             "met": row["extract_vs_encoder"] >= TARGET_VS_ENCODER} for row in compared["rows"]]
+    print_table(rows, ["checkpoint", "resolution", "batch", "workers", "threads", "images", "encoder_images_s",
+                       "extract_images_s", "extract_vs_encoder", "paired_ratio", "target", "met"],
+                title=f"extract end to end vs the bare encoder, float32 CPU, median of {rounds} alternating rounds")
+    print(f"features max abs difference (float16): {compared['features_max_abs_diff']:.3g}; {seconds:.0f} s; "
+          f"load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
+    path = write_results("bench_extract_vs_encoder", {
+        "checkpoint": preset, "threads": args.threads, "target": TARGET_VS_ENCODER, "rows": rows,
+        "times_s": compared["times_s"], "rounds": rounds, "warmup": compared["warmup"],
+        "features_max_abs_diff": compared["features_max_abs_diff"], "seconds": seconds,
+        "load_average_before": list(load_before), "load_average_after": list(os.getloadavg())}, quick)
+    print(f"saved {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds (CI)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--vs-encoder", action="store_true",
+                        help="`extract` end to end vs the bare encoder on the same images (issue 13's 90 %% target)")
+    group = parser.add_argument_group("--vs-encoder options (defaults; --quick: tiny checkpoint, 8 images, 32 px, "
+                                      "batch 4, workers 0 1, 1 round)")
+    group.add_argument("--images", type=int, default=None, help="random JPEGs (default 64)")
+    group.add_argument("--resolution", type=int, default=None, help="pixels, shorter side + center crop (224)")
+    group.add_argument("--batch", type=int, default=None, help="images per forward, both sides (16)")
+    group.add_argument("--workers", type=int, nargs="+", default=None, help="`extract` DataLoader workers (0 2)")
+    group.add_argument("--rounds", type=int, default=None, help="timed alternating rounds (5)")
+    group.add_argument("--threads", type=int, default=1, help="torch threads, the same for both")
+    group.add_argument("--cache-dir", default=None,
+                       help="where the random checkpoint is written once (default $SAIL_BENCH_CACHE or /work/bench-cache)")
     args = parser.parse_args()
     if args.child:
         _child(json.loads(args.child))
+        return
+    if args.vs_encoder:
+        _vs_encoder(args)
         return
 
     quick = args.quick

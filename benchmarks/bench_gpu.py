@@ -5,8 +5,12 @@ The encoder part builds SAIL-7B's shapes (32 blocks x 4096, 32 heads, 8 key/valu
 patch 32) with random weights straight on the GPU: no 15 GB checkpoint is written. The extraction
 part writes a SAIL-7B-shaped checkpoint with fewer blocks (``--extract-layers``, default 4) so the
 disk cost stays small, and compares `extract`'s images/s with the bare encoder's on the same decoded
-images: their ratio is the share of time the GPU does the encoder's work during `extract` (the rest
-is decode, upload, copy-back and writing that the pipeline did not hide).
+images (alternating rounds, medians; ``_common.extract_vs_encoder``): the ratio says how much of the
+encoder's speed survives decode, upload, copy-back and writing. On CUDA one more, separate `extract`
+run goes under torch.profiler (CUDA activity only) for ``gpu_busy``: the share of that run's wall
+time during which at least one CUDA kernel runs (the union of the kernels' device intervals; with
+memcpy / memset too in ``gpu_busy_with_copies``). The profiler's overhead stays out of the timed
+rounds; it is inside the profiled run's wall time, so ``gpu_busy`` errs low, if anything.
 
     python benchmarks/bench_gpu.py                   # on a CUDA machine (a few minutes)
     python benchmarks/bench_gpu.py --quick           # tiny shapes, any device (checks the script)
@@ -27,7 +31,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cached_checkpoint, median, print_table, run_and_save  # noqa: E402
+from _common import (cached_checkpoint, extract_vs_encoder, median, print_table, run_and_save,  # noqa: E402
+                     synchronize, write_noise_jpegs)
 
 DENSE_BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0,
                           "A10": 125.0}
@@ -62,11 +67,6 @@ def random_encoder(cfg, device: torch.device, dtype: torch.dtype):
             if param.dim() > 1:
                 param.normal_(0.0, 0.02)
     return encoder.to(dtype=dtype).eval()
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_encoder(encoder, patches: torch.Tensor, layer: int, rounds: int) -> float:
@@ -104,44 +104,87 @@ def encoder_rows(cfg, device, dtype, resolutions, batch: int, rounds: int, peak:
     return rows
 
 
-def extraction_rows(args, device, cache_dir: Path) -> list[dict]:
-    """`extract` end to end vs the bare encoder on the same decoded images."""
-    import numpy as np
-    from PIL import Image
+def union_length(intervals) -> float:
+    """Length of the union of (start, end) intervals: overlaps and nested intervals count once,
+    empty or reversed ones not at all."""
+    total = 0.0
+    lo = hi = None
+    for start, end in sorted((float(a), float(b)) for a, b in intervals if b > a):
+        if hi is None or start > hi:
+            if hi is not None:
+                total += hi - lo
+            lo, hi = start, end
+        else:
+            hi = max(hi, end)
+    return total if hi is None else total + hi - lo
 
-    from sail_vision import SailEncoder
+
+def busy_fraction(intervals, wall: float) -> float | None:
+    """Share of ``wall`` (same unit as the intervals) during which at least one interval runs."""
+    return union_length(intervals) / wall if wall > 0 else None
+
+
+def device_intervals(events) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """(kernel intervals, memcpy / memset intervals), in microseconds, of torch.profiler's CUDA events.
+
+    Kineto names each device activity's kind (``activity_type``: "kernel", "gpu_memcpy",
+    "gpu_memset", "gpu_user_annotation" for record_function ranges drawn on the GPU row, ...);
+    where an older torch has no ``activity_type``, copies and memsets are told by their names."""
+    from torch.autograd import DeviceType
+
+    kernels, copies = [], []
+    for evt in events:
+        if evt.device_type != DeviceType.CUDA:
+            continue
+        kind = getattr(evt, "activity_type", None)
+        if kind is None:
+            kind = "gpu_memcpy" if evt.name.startswith(("Memcpy", "Memset")) else "kernel"
+        span = (evt.time_range.start, evt.time_range.end)
+        if kind == "kernel":
+            kernels.append(span)
+        elif kind in ("gpu_memcpy", "gpu_memset"):
+            copies.append(span)
+    return kernels, copies
+
+
+def profiled_extract(ckpt, images: Path, out: Path, *, res, dtype, device, batch, workers, limit) -> dict:
+    """GPU busy fraction of one separate `extract` run under torch.profiler (CUDA activity only):
+    the union of its kernels' device time over the run's wall time (profiler overhead included in
+    that wall time, so the figure is the profiled run's, not the timed runs')."""
+    from torch.profiler import ProfilerActivity, profile
+
     from sail_vision.extraction import extract
-    from sail_vision.preprocessing import Preprocess
 
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        result = extract(ckpt, images, out, layers=[-1], pools=["mean"], resolution=res, dtype=dtype,
+                         device=str(device), batch_size=batch, workers=workers, limit=limit, progress=False)
+        wall_us = (time.perf_counter() - start) * 1e6
+    kernels, copies = device_intervals(prof.events())
+    return {"profiled_images": result.num_valid, "profiled_extract_s": wall_us / 1e6, "kernels": len(kernels),
+            "gpu_busy": busy_fraction(kernels, wall_us), "gpu_busy_with_copies": busy_fraction(kernels + copies, wall_us)}
+
+
+def extraction_rows(args, device, cache_dir: Path) -> list[dict]:
+    """`extract` end to end vs the bare encoder on the same decoded images (``_common.extract_vs_encoder``,
+    alternating), and on CUDA the GPU busy fraction of one more, profiled, `extract` run."""
     preset = "tiny" if args.quick else "sail-7b"
     ckpt = cached_checkpoint(cache_dir, preset, dtype="bfloat16", num_hidden_layers=args.extract_layers)
-    rng = np.random.default_rng(0)
+    dtype = "float32" if device.type == "cpu" else "bfloat16"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         images = Path(tmp) / "images"
-        images.mkdir()
-        for i in range(args.extract_images):
-            w, h = int(rng.integers(300, 500)), int(rng.integers(300, 500))
-            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(images / f"{i:05d}.jpg")
+        write_noise_jpegs(images, args.extract_images)
         for res in args.resolutions:
-            dtype = "float32" if device.type == "cpu" else "bfloat16"
-            start = time.perf_counter()
-            result = extract(ckpt, images, Path(tmp) / f"out-{res}", layers=[-1], pools=["mean"], resolution=res,
-                             dtype=dtype, device=str(device), batch_size=args.batch, workers=args.workers,
-                             progress=False)
-            extract_s = time.perf_counter() - start
-            encoder = SailEncoder.from_pretrained(ckpt, dtype=dtype, device=device)
-            pre = Preprocess.create(encoder.patch_size, res)
-            pixels = torch.stack([pre.pixels(str(p)) for p in sorted(images.iterdir())])
-            synchronize(device)
-            start = time.perf_counter()
-            for i in range(0, len(pixels), args.batch):
-                encoding = encoder.encode_patches(pre.to_patches(pixels[i:i + args.batch].to(device)), [-1])
-                encoding.pooled(encoder.num_layers, "mean").cpu()
-            synchronize(device)
-            bare_s = time.perf_counter() - start
-            rows.append({"resolution": res, "images": result.num_valid, "extract_images_s": result.num_valid / extract_s,
-                         "encoder_images_s": len(pixels) / bare_s, "extract_vs_encoder": bare_s / extract_s})
+            compared = extract_vs_encoder(ckpt, images, Path(tmp), resolution=res, dtype=dtype, device=device,
+                                          batch=args.batch, workers=[args.workers], rounds=args.extract_rounds)
+            row = {**compared["rows"][0], "features_max_abs_diff": compared["features_max_abs_diff"],
+                   "times_s": compared["times_s"], "gpu_busy": None}
+            if device.type == "cuda":
+                row.update(profiled_extract(ckpt, images, Path(tmp) / f"profiled-{res}", res=res, dtype=dtype,
+                                            device=device, batch=args.batch, workers=args.workers,
+                                            limit=args.profile_images))
+            rows.append(row)
     return rows
 
 
@@ -164,8 +207,10 @@ def run(args) -> dict:
     print_table(enc, ["resolution", "layer", "batch", "dtype", "images_s", "tflop_s", "of_peak", "peak_gpu_gb"],
                 title=f"SAIL encoder, {'tiny' if args.quick else 'SAIL-7B'} shapes, random weights, on {device}")
     ext = extraction_rows(args, device, Path(args.cache_dir))
-    print_table(ext, ["resolution", "images", "extract_images_s", "encoder_images_s", "extract_vs_encoder"],
-                title=f"extract vs the bare encoder ({args.extract_layers} blocks)")
+    print_table(ext, ["resolution", "images", "workers", "extract_images_s", "encoder_images_s", "extract_vs_encoder",
+                      "paired_ratio", "gpu_busy", "gpu_busy_with_copies", "profiled_extract_s"],
+                title=f"extract vs the bare encoder ({args.extract_layers} blocks; median of {args.extract_rounds} "
+                      f"alternating rounds; gpu_busy: union of kernel times / wall of one separate profiled run)")
     return {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "peak_tflops": peak, "encoder": enc, "extract": ext}
 
@@ -183,12 +228,16 @@ def main(argv=None) -> None:
     parser.add_argument("--extract-layers", type=int, default=4, help="blocks of the checkpoint `extract` reads")
     parser.add_argument("--extract-images", type=int, default=256, help="images `extract` encodes")
     parser.add_argument("--workers", type=int, default=4, help="`extract` decode workers")
+    parser.add_argument("--extract-rounds", type=int, default=3,
+                        help="alternating rounds of `extract` and the bare encoder (after one warm-up round)")
+    parser.add_argument("--profile-images", type=int, default=None,
+                        help="images of the separate profiled `extract` run giving gpu_busy (default: all)")
     parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "sail-bench-cache"),
                         help="where the random checkpoint is written once and reused")
     args = parser.parse_args(argv)
     if args.quick:
         args.resolutions = args.resolutions or [16, 32]
-        args.batch, args.rounds, args.extract_images, args.workers = 4, 2, 8, 0
+        args.batch, args.rounds, args.extract_images, args.workers, args.extract_rounds = 4, 2, 8, 0, 1
     args.resolutions = args.resolutions or [224, 448]
     run_and_save(parser, lambda: run(args), "bench_gpu", args.quick)
 
