@@ -37,7 +37,8 @@ class _PartWorker:
 
         if threads:
             torch.set_num_threads(threads)
-        device = torch.device("cuda") if use_gpu else torch.device("cpu")  # Ray sets CUDA_VISIBLE_DEVICES
+        # Ray sets CUDA_VISIBLE_DEVICES to the actor's own GPU, which is then device 0.
+        device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
         if use_gpu:
             torch.cuda.set_device(device)
         self.job = dataclasses.replace(job, device=device, progress=False, _encoder=None)
