@@ -9,6 +9,11 @@ A feature folder (written by ``sail-vision extract`` or :func:`write_feature_dir
   disk and are never handed out as features by :class:`FeatureDir`;
 - ``labels.npy`` (N,) int64 when labels are known; ``paths.txt`` (one path per line);
 - ``failures.jsonl`` (one ``{"index", "path", "reason"}`` object per failed image);
+- with a segmentation source, ``masks.npy``: each image's uint8 label map (ignore index 255) on
+  its preprocessed pixels (patch grid times patch size, so patch maps and masks align): (N, H, W)
+  at a fixed resolution, or concatenated flattened rows (sum of H_i*W_i,) plus
+  ``mask_offsets.npy`` (N+1,) int64 at native resolution; ``mask_paths.txt`` names each row's
+  mask file; the manifest's ``"masks"`` entry describes them (:func:`mask_manifest_entry`);
 - ``manifest.json`` describing all of it; ``"complete": false`` while an extraction runs.
 
 Every array opens with ``np.load(path, mmap_mode="r")``. While an extraction runs, its parts live
@@ -42,13 +47,18 @@ LABELS_FILE = "labels.npy"
 PATHS_FILE = "paths.txt"
 FAILURES_FILE = "failures.jsonl"
 PATCH_GRIDS_FILE = "patch_grids.npy"
+MASKS_FILE = "masks.npy"
+MASK_OFFSETS_FILE = "mask_offsets.npy"
+MASK_PATHS_FILE = "mask_paths.txt"
+#: The label of pixels that count for nothing in stored masks (mmseg's ``ignore_index``).
+MASK_IGNORE_INDEX = 255
 #: Working files of an unfinished extraction (plan, per-rank row status, failure logs).
 STATE_DIR = ".extract"
 #: The parts of an extraction that is not consolidated yet (see ``extraction.parts``).
 PARTS_DIR = "parts"
 #: Every fixed name an extraction writes in its folder.
-OWN_FILES = (MANIFEST_FILE, VALID_FILE, LABELS_FILE, PATHS_FILE, FAILURES_FILE, PATCH_GRIDS_FILE, STATE_DIR,
-             PARTS_DIR)
+OWN_FILES = (MANIFEST_FILE, VALID_FILE, LABELS_FILE, PATHS_FILE, FAILURES_FILE, PATCH_GRIDS_FILE, MASKS_FILE,
+             MASK_OFFSETS_FILE, MASK_PATHS_FILE, STATE_DIR, PARTS_DIR)
 
 #: Layouts of a feature array: one vector per image, a patch grid per image (fixed resolution),
 #: or patch rows of all images concatenated (native resolution; see the offsets file).
@@ -61,6 +71,16 @@ _TMP_RE = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")  # _atomic_write's tempora
 
 class FeatureStoreError(SailVisionError):
     """A feature folder is missing, unfinished, malformed, or lacks a requested feature."""
+
+
+def mask_manifest_entry(native: bool, *, reduce_zero_label: bool = False, num_classes: int | None = None,
+                        classes: Sequence[str] | None = None) -> dict:
+    """The manifest's ``"masks"`` entry: label maps at native resolution (``"rows"`` + offsets) or at
+    a fixed one (``"grid"``), and the rules that made the labels."""
+    return {"file": MASKS_FILE, "layout": "rows" if native else "grid",
+            "offsets": MASK_OFFSETS_FILE if native else None, "dtype": "uint8", "ignore_index": MASK_IGNORE_INDEX,
+            "reduce_zero_label": bool(reduce_zero_label), "num_classes": None if num_classes is None else int(num_classes),
+            "classes": None if classes is None else list(classes), "resize": "nearest"}
 
 
 def feature_name(layer: int, pool: str) -> str:
@@ -456,6 +476,52 @@ class FeatureDir:
         nh, nw = (int(v) for v in grids[index])
         return np.asarray(rows[offsets[raw_index]:offsets[raw_index + 1]]).reshape(nh, nw, -1)
 
+    # ------------------------------------------------------------------ masks
+    @property
+    def has_masks(self) -> bool:
+        """True when the folder stores a label map per image (a segmentation source)."""
+        return bool(self.manifest.get("masks"))
+
+    @property
+    def mask_info(self) -> dict | None:
+        """The manifest's ``"masks"`` entry (file, layout, offsets, ignore_index, reduce_zero_label, ...)."""
+        return self.manifest.get("masks") or None
+
+    def _raw_row(self, index: int, valid_only: bool) -> int:
+        count = self.num_valid if valid_only else self.num_items
+        if not -count <= index < count:
+            raise IndexError(f"{self.path}: image {index} out of range for {count} rows")
+        index = int(index) % count
+        return int(np.flatnonzero(self.valid)[index]) if (valid_only and not self.all_valid) else index
+
+    def mask(self, index: int, *, valid_only: bool = True) -> np.ndarray:
+        """The (H, W) uint8 label map of image ``index`` (numbered as :meth:`patch_maps`), on the same
+        pixels as its patch features: H, W = its patch grid times the patch size (ignore index 255)."""
+        info = self.mask_info
+        if info is None:
+            raise FeatureStoreError(f"{self.path}: no masks (the extraction's source had no label maps)")
+        row = self._raw_row(index, valid_only)
+        array = self._array(info["file"])
+        if info["layout"] == "grid":
+            return np.asarray(array[row])
+        offsets = np.load(self.path / info["offsets"], mmap_mode="r")
+        start, stop = int(offsets[row]), int(offsets[row + 1])
+        height, width = self._mask_shape(row, stop - start)
+        return np.asarray(array[start:stop]).reshape(height, width)
+
+    def _mask_shape(self, row: int, pixels: int) -> tuple[int, int]:
+        grids = self.patch_grids(valid_only=False)
+        if grids is None:
+            raise FeatureStoreError(f"{self.path}: no {PATCH_GRIDS_FILE}; cannot shape native-resolution masks")
+        nh, nw = (int(v) for v in grids[row])
+        if nh * nw == 0 or pixels == 0:
+            return 0, 0
+        p = int(round((pixels / (nh * nw)) ** 0.5))
+        if nh * p * nw * p != pixels:
+            raise FeatureStoreError(f"{self.path}: mask of row {row} holds {pixels} pixels, not a {nh}x{nw} patch "
+                                    f"grid of square patches; re-extract this folder")
+        return nh * p, nw * p
+
     @property
     def labels(self) -> np.ndarray | None:
         """(rows,) int64 labels of the valid rows, or None when the inputs had none."""
@@ -557,6 +623,8 @@ def _check_manifest(folder: Path, manifest: dict) -> None:
             _check_array(folder, info["offsets"], (num_items + 1,), fail, kinds="iu")
         elif not shape or shape[0] != num_items:
             fail(f"feature {name!r}: {info['file']} has {shape[0] if shape else 0} rows, expected {num_items}")
+    if manifest.get("masks"):
+        _check_masks(folder, manifest, num_items, fail)
     if manifest.get("labels"):
         _check_array(folder, manifest["labels"], (num_items,), fail, kinds="iu")
     if manifest.get("patch_grids"):
@@ -568,6 +636,28 @@ def _check_manifest(folder: Path, manifest: dict) -> None:
         paths_file = folder / manifest["paths"]
         if not paths_file.is_file():
             fail(f"{manifest['paths']} is missing")
+
+
+def _check_masks(folder: Path, manifest: dict, num_items: int, fail) -> None:
+    info = manifest["masks"]
+    if not isinstance(info, dict) or not isinstance(info.get("file"), str) or info.get("layout") not in ("grid", "rows"):
+        fail("\"masks\" needs a \"file\" and a \"layout\" (grid or rows)")
+    parted = parted_files(folder, manifest, info["file"])
+    files = [info["file"]] if parted is None else [str(f.relative_to(folder)) for f in parted]
+    found = [_check_array(folder, f, None, fail, kinds="u") for f in files]
+    shape = (sum(s[0] for s, _ in found), *found[0][0][1:])
+    if any(d != np.uint8 for _, d in found):
+        fail(f"{info['file']} must hold uint8 labels")
+    if info["layout"] == "grid":
+        if len(shape) != 3 or shape[0] != num_items:
+            fail(f"{info['file']} has shape {shape}, expected ({num_items}, H, W)")
+        return
+    if not isinstance(info.get("offsets"), str):
+        fail("native-resolution masks (\"layout\": \"rows\") need an \"offsets\" file")
+    _check_array(folder, info["offsets"], (num_items + 1,), fail, kinds="iu")
+    last = int(np.load(folder / info["offsets"], mmap_mode="r")[-1])
+    if len(shape) != 1 or shape[0] != last:
+        fail(f"{info['file']} has shape {shape}, but {info['offsets']} ends at {last}")
 
 
 def _check_array(folder: Path, file: str, shape, fail, kinds: str | None = None):
@@ -617,13 +707,18 @@ def _software_versions() -> dict[str, str]:
 
 def write_feature_dir(path: str | Path, features: Mapping[str, np.ndarray], labels=None,
                       classes: Sequence[str] | None = None, paths: Sequence[str] | None = None, *,
-                      valid=None, overwrite: bool = False, **manifest_extra) -> FeatureDir:
+                      valid=None, overwrite: bool = False, masks=None, mask_meta: Mapping | None = None,
+                      patch_size: int | None = None, **manifest_extra) -> FeatureDir:
     """Write plain arrays as a complete feature folder and return it opened.
 
     ``features`` maps names (``layer-{k}_{pool}`` for extractor-style names, or any identifier)
     to arrays whose first dimension is the number of items N. ``labels`` (N,) ints, ``classes``
     names of the label values, ``paths`` (N,) strings and ``valid`` (N,) bools are optional;
-    other keyword arguments go into the manifest as they are.
+    ``masks`` is each item's (H, W) label map (an (N, H, W) array, or a list of N (H, W) arrays,
+    values 0..255, 255 ignored), with ``mask_meta`` = {reduce_zero_label, num_classes, classes} for
+    the manifest entry; maps of different sizes are stored as native-resolution rows and need
+    ``patch_size`` (each H, W a multiple of it; ``patch_grids.npy`` is written from them).
+    Other keyword arguments go into the manifest as they are.
     """
     folder = Path(path)
     if not features:
@@ -651,6 +746,7 @@ def write_feature_dir(path: str | Path, features: Mapping[str, np.ndarray], labe
         paths = [str(p) for p in paths]
         if len(paths) != num_items or any("\n" in p for p in paths):
             raise FeatureStoreError(f"paths must be {num_items} strings without newlines")
+    mask_maps = None if masks is None else _checked_masks(masks, num_items, patch_size)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MANIFEST_FILE).unlink(missing_ok=True)
     entries = {}
@@ -677,6 +773,47 @@ def write_feature_dir(path: str | Path, features: Mapping[str, np.ndarray], labe
         "paths": PATHS_FILE if paths is not None else None,
         "failures": {"file": FAILURES_FILE, "count": 0, "items": []}, "software": _software_versions(),
     }
+    if mask_maps is not None:
+        manifest["masks"] = _write_masks(folder, mask_maps, patch_size, mask_meta or {})
+        if manifest["masks"]["layout"] == "rows":
+            manifest["patch_grids"] = PATCH_GRIDS_FILE
     manifest.update(manifest_extra)
     write_manifest(folder, manifest)
     return open_feature_dir(folder)
+
+
+def _checked_masks(masks, num_items: int, patch_size: int | None) -> list[np.ndarray] | np.ndarray:
+    """``write_feature_dir``'s masks as one (N, H, W) uint8 array, or a list of (H, W) ones."""
+    maps = list(masks) if not isinstance(masks, np.ndarray) else masks
+    if len(maps) != num_items:
+        raise FeatureStoreError(f"masks must hold one label map per item ({num_items}), got {len(maps)}")
+    checked = []
+    for i, m in enumerate(maps):
+        m = np.asarray(m)
+        if m.ndim != 2 or m.dtype.kind not in "iu" or (m.size and (m.min() < 0 or m.max() > 255)):
+            raise FeatureStoreError(f"mask {i}: must be an (H, W) integer array of labels 0..255, got "
+                                    f"{m.shape} {m.dtype}")
+        checked.append(m.astype(np.uint8))
+    if len({m.shape for m in checked}) <= 1:
+        return np.stack(checked) if checked else np.zeros((0, 0, 0), np.uint8)
+    if patch_size is None or patch_size <= 0:
+        raise FeatureStoreError("masks of different sizes are stored as native-resolution rows: pass patch_size")
+    bad = [i for i, m in enumerate(checked) if m.shape[0] % patch_size or m.shape[1] % patch_size]
+    if bad:
+        raise FeatureStoreError(f"mask {bad[0]}: {checked[bad[0]].shape} is not a multiple of patch_size {patch_size}")
+    return checked
+
+
+def _write_masks(folder: Path, maps, patch_size: int | None, meta: Mapping) -> dict:
+    native = isinstance(maps, list)
+    entry = mask_manifest_entry(native, reduce_zero_label=meta.get("reduce_zero_label", False),
+                                num_classes=meta.get("num_classes"), classes=meta.get("classes"))
+    if not native:
+        atomic_save_npy(folder / MASKS_FILE, maps)
+        return entry
+    counts = [m.size for m in maps]
+    atomic_save_npy(folder / MASKS_FILE, np.concatenate([m.reshape(-1) for m in maps]))
+    atomic_save_npy(folder / MASK_OFFSETS_FILE, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+    grids = np.array([(m.shape[0] // patch_size, m.shape[1] // patch_size) for m in maps], dtype=np.int32)
+    atomic_save_npy(folder / PATCH_GRIDS_FILE, grids)
+    return entry

@@ -436,6 +436,35 @@ def parse_resolution(resolution: str | int | tuple[int, int] | None):
     return value
 
 
+def resize_geometry(size: tuple[int, int], patch_size: int, resolution=None,
+                    max_tokens: int = DEFAULT_MAX_TOKENS) -> tuple[tuple[int, int], tuple[int, int, int, int] | None]:
+    """Where an image of (width, height) goes: ((resized width, height), crop box or None).
+
+    The one geometry of :func:`resize_image` (images, bilinear) and :func:`resize_mask` (label
+    maps, nearest), so a mask always lands on exactly the pixels of its image.
+    """
+    res = parse_resolution(resolution)
+    if res is None:
+        return native_resize_size(size, patch_size, max_tokens), None
+    if isinstance(res, tuple):
+        height, width = res
+        _check_multiple(height, patch_size, "height")
+        _check_multiple(width, patch_size, "width")
+        return (width, height), None
+    _check_multiple(res, patch_size, "crop size")
+    width, height = size
+    scale = res / min(width, height)
+    new_w, new_h = max(res, round(width * scale)), max(res, round(height * scale))
+    left, top = (new_w - res) // 2, (new_h - res) // 2
+    return (new_w, new_h), (left, top, left + res, top + res)
+
+
+def _apply_geometry(image: Image.Image, geometry, resample) -> Image.Image:
+    size, box = geometry
+    resized = image.resize(size, resample)
+    return resized if box is None else resized.crop(box)
+
+
 def resize_image(image: Image.Image, patch_size: int, resolution=None,
                  max_tokens: int = DEFAULT_MAX_TOKENS) -> Image.Image:
     """Resize an RGB image for SAIL.
@@ -443,22 +472,19 @@ def resize_image(image: Image.Image, patch_size: int, resolution=None,
     ``resolution`` None: upstream's native rule; an int S: shorter side to S (bilinear) then a
     center crop of S x S, S a multiple of p; (H, W): plain bilinear resize to H x W.
     """
-    res = parse_resolution(resolution)
-    if res is None:
-        size = native_resize_size(image.size, patch_size, max_tokens)
-        return image.resize(size, Image.BILINEAR)
-    if isinstance(res, tuple):
-        height, width = res
-        _check_multiple(height, patch_size, "height")
-        _check_multiple(width, patch_size, "width")
-        return image.resize((width, height), Image.BILINEAR)
-    _check_multiple(res, patch_size, "crop size")
-    width, height = image.size
-    scale = res / min(width, height)
-    new_w, new_h = max(res, round(width * scale)), max(res, round(height * scale))
-    resized = image.resize((new_w, new_h), Image.BILINEAR)
-    left, top = (new_w - res) // 2, (new_h - res) // 2
-    return resized.crop((left, top, left + res, top + res))
+    return _apply_geometry(image, resize_geometry(image.size, patch_size, resolution, max_tokens), Image.BILINEAR)
+
+
+def resize_mask(labels: np.ndarray, patch_size: int, resolution=None, max_tokens: int = DEFAULT_MAX_TOKENS,
+                name: str = "<mask>") -> np.ndarray:
+    """(H0, W0) labels -> (H, W) uint8 labels on the pixels :func:`resize_image` gives the image of
+    that size: the same geometry, nearest-neighbour (labels are never mixed)."""
+    if labels.size and int(labels.max()) > 255:
+        raise BadImageError(name, "mask-label", f"label {int(labels.max())} does not fit the stored uint8 labels "
+                                                f"(0..254, {IGNORE_INDEX} = ignored)")
+    image = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), mode="L")
+    geometry = resize_geometry(image.size, patch_size, resolution, max_tokens)
+    return np.asarray(_apply_geometry(image, geometry, Image.NEAREST), dtype=np.uint8).copy()
 
 
 def _check_multiple(value: int, patch_size: int, what: str) -> None:
@@ -515,14 +541,39 @@ class Preprocess:
 
     def rgb_image(self, image: ImageInput, name: str | None = None) -> Image.Image:
         """The decoded, resized 8-bit RGB image the patches are cut from."""
+        return resize_image(self._decoded(image, name), self.patch_size, self.resolution, self.max_tokens)
+
+    def _decoded(self, image: ImageInput, name: str | None) -> Image.Image:
         name = name or _describe(image)
         rgb = decode_image(image, self.max_pixels, name)
         self.grid_for_size(rgb.size, name)  # elongated images fail the same way as when planning
-        return resize_image(rgb, self.patch_size, self.resolution, self.max_tokens)
+        return rgb
 
     def pixels(self, image: ImageInput, name: str | None = None) -> torch.Tensor:
         """(H, W, 3) uint8 pixels of the resized image; :meth:`to_patches` turns them into patches."""
         return image_pixels(self.rgb_image(image, name))
+
+    def mask(self, mask: str | Path | bytes | np.ndarray, image_size: tuple[int, int], *,
+             reduce_zero_label: bool = False, num_classes: int | None = None, name: str | None = None) -> np.ndarray:
+        """The (H, W) uint8 label map of an image of ``image_size`` (width, height, as decoded), on the
+        preprocessed pixels (H, W = nh*p, nw*p): :func:`decode_mask` (its size must equal the image's),
+        then the image's resize and crop with nearest-neighbour. Raises BadImageError (``mask-*``)."""
+        name = name or _describe(mask)
+        labels = decode_mask(mask, reduce_zero_label=reduce_zero_label, num_classes=num_classes,
+                             expected_size=image_size, max_pixels=self.max_pixels, name=name)
+        return resize_mask(labels, self.patch_size, self.resolution, self.max_tokens, name)
+
+    def pixels_and_mask(self, image: ImageInput, mask, name: str | None = None, *, mask_name: str | None = None,
+                        reduce_zero_label: bool = False,
+                        num_classes: int | None = None) -> tuple[torch.Tensor, np.ndarray | None]:
+        """(:meth:`pixels`, :meth:`mask`) of one image and its label map (None when ``mask`` is None),
+        the image decoded once and both resized by the same geometry."""
+        rgb = self._decoded(image, name)
+        pixels = image_pixels(resize_image(rgb, self.patch_size, self.resolution, self.max_tokens))
+        if mask is None:
+            return pixels, None
+        return pixels, self.mask(mask, rgb.size, reduce_zero_label=reduce_zero_label, num_classes=num_classes,
+                                 name=mask_name)
 
     def to_patches(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (..., H, W, 3) from :meth:`pixels` -> float32 (..., nh, nw, 3, p, p), on their device."""

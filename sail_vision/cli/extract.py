@@ -13,7 +13,7 @@ EPILOG = """examples:
   torchrun --nproc_per_node=8 -m sail_vision extract --checkpoint C --images imagenet --split train --out feats/train
 
 Outputs (in --out): layer-{k}_{pool}.npy per (layer, pool), valid.npy, labels.npy (when known),
-paths.txt, failures.jsonl, manifest.json. Exit status: 0 when done, 1 when some images failed
+masks.npy (segmentation sources), paths.txt, failures.jsonl, manifest.json. Exit status: 0 when done, 1 when some images failed
 (unless --allow-failures), 2 on bad options or an unusable --out. See docs/extraction.md."""
 
 
@@ -55,12 +55,19 @@ def register(subparsers) -> None:
                         "('train-{000000..000146}.tar', 'pipe:CMD', a folder of .tar files) or Parquet files "
                         "as Hugging Face stores them; each shard is one part (required)")
     g.add_argument("--layout", default="auto",
-                   choices=["auto", "folder", "imagenet", "ade20k", "list", "webdataset", "parquet"],
+                   choices=["auto", "folder", "imagenet", "ade20k", "pairs", "list", "webdataset", "parquet"],
                    help="how to read --images (default: auto, guessed from the names and folder structure)")
     g.add_argument("--split", default=None,
                    help="split folder: train/val for ImageNet roots, training/validation for ADE20K (default: none)")
     g.add_argument("--labels-file", default=None,
                    help="'path label' list labelling a flat ImageNet-style folder such as val (default: none)")
+    g.add_argument("--masks", default=None, metavar="DIR",
+                   help="folder of label-map masks paired with --images by relative path without extension (the "
+                        "pairs layout); each image's mask is stored in masks.npy on its preprocessed pixels "
+                        "(ADE20K trees pair their annotations themselves) (default: none)")
+    g.add_argument("--reduce-zero-label", action="store_true", default=None,
+                   help="with --masks: mmseg's reduce_zero_label (mask 0 -> 255 ignored, v -> v - 1), as ADE20K "
+                        "always has (default: mask values are the labels)")
     g.add_argument("--layers", nargs="+", default=["-1"], metavar="K",
                    help="hidden-state indices: 0 = embeddings, L = last (final norm); negative count from the "
                         "end; several allowed, e.g. --layers 8 16 -1 or 8,16,-1 (default: -1)")
@@ -165,6 +172,7 @@ def run(args) -> int:
         dtype=args.dtype, device=args.device, batch_size=args.batch_size, workers=args.workers, resume=args.resume,
         overwrite=args.overwrite, save_dtype=args.save_dtype, limit=args.limit, strict=args.strict,
         max_pixels=args.max_pixels or None, layout=args.layout, split=args.split, labels_file=args.labels_file,
+        masks=args.masks, reduce_zero_label=args.reduce_zero_label,
         progress=not args.no_progress, commit_interval=args.commit_interval, batching=args.batching,
         max_batch_tokens=args.max_batch_tokens, packed_attention=args.packed_attention, part_size=args.part_size,
         num_tasks=args.num_tasks, task_index=args.task_index, finalize=args.finalize,

@@ -1,4 +1,5 @@
-"""``sail-vision probe``: classification probes (linear grid, logreg, k-NN) on extracted features."""
+"""``sail-vision probe``: classification probes (linear grid, logreg, k-NN) on extracted features, and
+linear segmentation probes (``--task segmentation``) on cached patch features with masks."""
 
 from __future__ import annotations
 
@@ -14,18 +15,28 @@ def _floats(text: str) -> list[float]:
 
 def register(subparsers) -> None:
     from ..probes.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_ROWS, DEFAULT_CS, DEFAULT_EPOCHS,
-                                   DEFAULT_HOLDOUT_FRACTION, DEFAULT_KS, DEFAULT_LRS, DEFAULT_MAX_ITER,
+                                   DEFAULT_HOLDOUT_FRACTION, DEFAULT_KS, DEFAULT_MAX_ITER,
                                    DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_WEIGHT_DECAYS)
+    from ..probes.seg_defaults import (DEFAULT_SEG_BATCH_SIZE, DEFAULT_SEG_EPOCHS, DEFAULT_SEG_LRS,
+                                       DEFAULT_SEG_WEIGHT_DECAYS)
 
     parser = subparsers.add_parser(
-        "probe", help="classification probes on extracted features (linear grid, logreg, k-NN)",
+        "probe", help="classification probes on extracted features (linear grid, logreg, k-NN); "
+                      "--task segmentation: linear segmentation probes on patch features",
         description="Train classification probes on features from `sail-vision extract` (or plain .npy arrays). "
                     "Hyper-parameters are chosen on a seeded split held out from the training features; the "
                     "chosen point is refit on all training rows and evaluated once on the val features, whose "
                     "classes are matched to train's by name. Writes grid.jsonl, summary.json, head.safetensors + "
                     "head.json, val_predictions.npy, accuracy.png (and layers.png for a layer sweep) to --out. "
-                    "With --predict, applies a saved head instead and writes predictions.csv.",
+                    "With --predict, applies a saved head instead and writes predictions.csv. "
+                    "--task segmentation trains DINOv2's linear segmentation head (BN + 1x1 conv) on patch "
+                    "features and masks, selects by held-out mIoU, and also writes per_class.csv, "
+                    "predictions.png and mmseg_head.pth (for tools/test.py); see docs/probes.md.",
         )
+    parser.add_argument("--task", default="classification", choices=("classification", "segmentation"),
+                        help="classification: one label per image (default); segmentation: a mask per image, "
+                             "DINOv2's linear head on --features patch maps (NAME, or NAME+NAME+... to "
+                             "concatenate layers), mIoU / mAcc / aAcc as mmseg's IoUMetric")
     data = parser.add_argument_group("data")
     data.add_argument("--train", metavar="DIR", help="training feature folder (the --out of `sail-vision extract`)")
     data.add_argument("--val", metavar="DIR", help="evaluation feature folder (with --predict: the features to label)")
@@ -79,17 +90,27 @@ def register(subparsers) -> None:
                         help="rows read from the memory-mapped features (and moved to the device) at once "
                              "(default: %(default)s)")
     linear = parser.add_argument_group("linear")
-    linear.add_argument("--lrs", type=_floats, default=list(DEFAULT_LRS), metavar="LR,...",
-                        help="learning rates of the grid, comma or space separated "
-                             "(default: 13 log-spaced values 1e-4 .. 1)")
-    linear.add_argument("--weight-decays", type=_floats, default=list(DEFAULT_WEIGHT_DECAYS), metavar="WD,...",
-                        help="weight decays of the grid (default: 0,0.0001)")
+    linear.add_argument("--lrs", type=_floats, default=None, metavar="LR,...",
+                        help="learning rates of the grid, comma or space separated (default: 13 log-spaced "
+                             f"values 1e-4 .. 1; segmentation: {','.join(f'{v:g}' for v in DEFAULT_SEG_LRS)})")
+    linear.add_argument("--weight-decays", "--wds", type=_floats, default=None, metavar="WD,...",
+                        help="weight decays of the grid (default: "
+                             f"{','.join(f'{v:g}' for v in DEFAULT_WEIGHT_DECAYS)}; segmentation: "
+                             f"{','.join(f'{v:g}' for v in DEFAULT_SEG_WEIGHT_DECAYS)})")
     linear.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"),
                         help="sgd (momentum 0.9) or adamw; cosine learning-rate schedule (default: %(default)s)")
-    linear.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
-                        help="passes over the training features (default: %(default)s)")
-    linear.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                        help="rows per step (default: %(default)s)")
+    linear.add_argument("--epochs", type=int, default=None,
+                        help=f"passes over the training features (default: {DEFAULT_EPOCHS}; segmentation: "
+                             f"{DEFAULT_SEG_EPOCHS})")
+    linear.add_argument("--batch-size", type=int, default=None,
+                        help=f"rows per step (default: {DEFAULT_BATCH_SIZE}); segmentation: images per step, "
+                             f"images of one size together (default: {DEFAULT_SEG_BATCH_SIZE})")
+    linear.add_argument("--bn", default="fixed", choices=("fixed", "batch"),
+                        help="segmentation: the BatchNorm before the 1x1 conv. fixed: eval mode with the statistics "
+                             "of all train patches, only the conv trained (fast, one pass); batch: trained as mmseg "
+                             "trains SAILLinearHead (DINOv2): batch statistics, trainable affine, mmseg's loss "
+                             "averaging, torch's SGD/AdamW on every parameter, running statistics for evaluation "
+                             "(default: %(default)s)")
     other = parser.add_argument_group("logreg and knn")
     other.add_argument("--Cs", type=_floats, default=list(DEFAULT_CS), metavar="C,...",
                        help="inverse regularisation strengths for logreg (default: 13 values 1e-6 .. 1e6)")
@@ -166,6 +187,13 @@ def run(args) -> int:
     from ..probes.data import read_classes_file, renamed_single
     from ..probes.inputs import stored_parts
 
+    if args.task == "segmentation":
+        return _segmentation(args)
+    if args.bn != "fixed":
+        from ..errors import InputError
+
+        raise InputError("--bn applies to --task segmentation only")
+    _fill_defaults(args, "classification")
     if args.predict:
         return _predict(args)
     if not (args.train or args.train_features):
@@ -231,4 +259,71 @@ def _predict(args) -> int:
     print(message)
     if s["accuracy_note"]:
         print(f"sail-vision probe: note: {s['accuracy_note']}", file=sys.stderr)
+    return 0
+
+
+def _fill_defaults(args, task: str) -> None:
+    """The grid and schedule defaults of ``task`` for the options left unset."""
+    from ..probes import defaults, seg_defaults
+
+    if task == "segmentation":
+        values = {"lrs": seg_defaults.DEFAULT_SEG_LRS, "weight_decays": seg_defaults.DEFAULT_SEG_WEIGHT_DECAYS,
+                  "epochs": seg_defaults.DEFAULT_SEG_EPOCHS, "batch_size": seg_defaults.DEFAULT_SEG_BATCH_SIZE}
+    else:
+        values = {"lrs": defaults.DEFAULT_LRS, "weight_decays": defaults.DEFAULT_WEIGHT_DECAYS,
+                  "epochs": defaults.DEFAULT_EPOCHS, "batch_size": defaults.DEFAULT_BATCH_SIZE}
+    for key, value in values.items():
+        if getattr(args, key) is None:
+            setattr(args, key, list(value) if isinstance(value, tuple) else value)
+
+
+#: Options of the classification task that --task segmentation refuses (option, attribute, unset value).
+_CLASSIFICATION_ONLY = (("--predict", "predict", None), ("--train-features", "train_features", None),
+                        ("--train-labels", "train_labels", None), ("--val-features", "val_features", None),
+                        ("--val-labels", "val_labels", None), ("--classes", "classes", None),
+                        ("--label-pattern", "label_pattern", None), ("--all-layers", "all_layers", None),
+                        ("--concat-last", "concat_last", None))
+
+
+def _segmentation(args) -> int:
+    from ..errors import InputError
+    from ..probes.inputs import parse_feature_inputs
+    from ..probes.segmentation import SegmentationConfig, SegmentationData, mmseg_cfg_options, run_segmentation_probe
+
+    for option, key, unset in _CLASSIFICATION_ONLY:
+        if getattr(args, key) != unset:
+            raise InputError(f"{option} applies to --task classification only")
+    if args.bn == "batch" and args.standardize is not None:
+        raise InputError("--standardize / --no-standardize apply to --bn fixed only (--bn batch normalises with "
+                         "batch statistics)")
+    if args.method != "linear":
+        raise InputError(f"--method {args.method}: --task segmentation trains linear heads only")
+    if not args.train or not args.val:
+        raise InputError("--task segmentation needs --train DIR and --val DIR (feature folders with masks)")
+    if not args.out:
+        raise InputError("--out DIR is required (where the results go)")
+    if not args.features:
+        raise InputError("--task segmentation needs --features NAME [NAME ...]: patch features such as "
+                         "layer-32_patch, or layer-29_patch+layer-30_patch+... to concatenate layers")
+    _fill_defaults(args, "segmentation")
+    device = _device(args.device)
+    train = SegmentationData.from_folder(args.train)
+    val = SegmentationData.from_folder(args.val)
+    inputs = parse_feature_inputs(args.features, train.names or None)
+    config = SegmentationConfig(lrs=args.lrs, weight_decays=args.weight_decays, optimizer=args.optimizer,
+                                epochs=args.epochs, batch_size=args.batch_size, device=device,
+                                standardize=args.standardize is not False, bn=args.bn)
+    result = run_segmentation_probe(train, val, inputs, args.out, config, holdout_fraction=args.holdout_fraction,
+                                    seed=args.seed, refit=args.refit, overwrite=args.overwrite,
+                                    progress=not args.quiet, verbose=not args.quiet)
+    s = result.summary
+
+    def pct(value):
+        return "nan" if value is None else f"{value:.2f}"
+
+    print(f"segmentation probe on {s['feature']}: val mIoU {pct(s['mIoU'])}  mAcc {pct(s['mAcc'])}  "
+          f"aAcc {pct(s['aAcc'])}  ({s['chosen']}); results in {result.out}; mmseg checkpoint "
+          f"{result.out / s['files']['mmseg_checkpoint']}")
+    print(f"run it with the backbone: python tools/test.py CONFIG {result.out / s['files']['mmseg_checkpoint']} "
+          f"--cfg-options {' '.join(mmseg_cfg_options(s['mmseg']))} model.backbone.checkpoint=CHECKPOINT")
     return 0

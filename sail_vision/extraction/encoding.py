@@ -12,11 +12,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..feature_store import PATCH_GRIDS_FILE, PATHS_FILE, STATE_DIR
+from ..feature_store import MASK_PATHS_FILE, PATCH_GRIDS_FILE, PATHS_FILE, STATE_DIR
 from ..pause_points import pause_point
 from ..preprocessing import Preprocess
 from .loader import batch_loader
-from .planning import rank_status_file, row_images, specs_from_manifest
+from .planning import mask_spec, rank_status_file, read_lines, row_images, specs_from_manifest
 from .results import ExtractionError
 from .writer import ArraySpec, BackgroundWriter, failure_record, FailureLog, OutputArrays, RowStatus
 
@@ -48,6 +48,7 @@ class CopyBack:
     flags: object  # host bool tensor (features, 2): any NaN/inf, any value beyond float16's range
     patch_counts: list = None  # patches of each image: how a "rows" feature's block splits into images
     ready: object = None  # CUDA event recorded after the copies; None on the CPU
+    masks: object = None  # the batch's label maps (segmentation sources), written with its features
 
     def per_image(self, spec: ArraySpec) -> np.ndarray | list[np.ndarray]:
         """The host values of ``spec``, one entry per image ((n_i, D) arrays for patch rows)."""
@@ -105,7 +106,21 @@ def finish_copy_back(copy: CopyBack, specs: Sequence[ArraySpec], paths,
         hint = "values exceed float16's range; use --save-dtype float32" if overflow else nonfinite_hint()
         raise ExtractionError(f"layer {spec.layer} {spec.pool}: non-storable features for {paths[which[0]]} "
                               f"(rows {which[:5]}): {hint}")
-    return {spec.name: copy.per_image(spec) for spec in specs}
+    arrays = {spec.name: copy.per_image(spec) for spec in specs}
+    if copy.masks is not None:
+        arrays[MASKS_NAME] = copy.masks
+    return arrays
+
+
+#: The name the row writer knows ``masks.npy`` by.
+MASKS_NAME = "masks"
+
+
+def _batch_masks(masks: list | None, layout: str | None):
+    """A batch's label maps as the writer takes them: stacked for the grid layout, else a list."""
+    if masks is None:
+        return None
+    return np.stack(masks) if layout == "grid" else masks
 
 
 def batch_features(encoding, specs: Sequence[ArraySpec], save_dtype, rows, paths,
@@ -129,7 +144,18 @@ def encode_batches(out: Path, manifest: dict, batches, *, checkpoint, layers, no
     specs = specs_from_manifest(manifest)
     paths = (out / PATHS_FILE).read_text(encoding="utf-8").split("\n")[: manifest["num_items"]]
     grids = np.load(out / PATCH_GRIDS_FILE)
-    offsets = {s.name: np.load(out / s.offsets_file) for s in specs if s.offsets_file}
+    masks_entry = manifest.get("masks")
+    mask_paths = None
+    if masks_entry:
+        spec = mask_spec(masks_entry, manifest["num_items"], preprocess.fixed_grid, preprocess.patch_size,
+                         int(np.prod(grids.astype(np.int64), axis=1).sum()))
+        specs_out = [*specs, spec]
+        mask_paths = [m or None for m in read_lines(out / MASK_PATHS_FILE, manifest["num_items"])]
+    else:
+        specs_out = specs
+    offsets = {s.name: np.load(out / s.offsets_file) for s in specs_out if s.offsets_file}
+    mask_rules = ({"reduce_zero_label": bool(masks_entry.get("reduce_zero_label")),
+                   "num_classes": masks_entry.get("num_classes")} if masks_entry else None)
     save_dtype = {"float16": torch.float16, "float32": torch.float32}[manifest["settings"]["save_dtype"]]
     total = int(sum(len(b) for b in batches))
     if not batches:
@@ -139,9 +165,9 @@ def encode_batches(out: Path, manifest: dict, batches, *, checkpoint, layers, no
                                               packed_attention=packed_attention)
     nonfinite_hint = functools.partial(describe_nonfinite, checkpoint, max(layers), compute_dtype)
     loader = batch_loader(paths, preprocess, grids, batches, workers=workers, pin_memory=device.type == "cuda",
-                          images=row_images(out, paths))
+                          images=row_images(out, paths), masks=mask_paths, mask_rules=mask_rules)
     iterator = iter(loader)  # starts the worker processes before the writer thread exists
-    arrays = OutputArrays(out, specs, offsets)
+    arrays = OutputArrays(out, specs_out, offsets)
     status = RowStatus(rank_status_file(out, rank))
     writer = BackgroundWriter(arrays, status, FailureLog(out / STATE_DIR / f"failures-rank{rank}.jsonl"),
                               commit_interval=commit_interval)
@@ -177,6 +203,7 @@ def encode_batches(out: Path, manifest: dict, batches, *, checkpoint, layers, no
                     encoding = encoder.encode_patches(preprocess.to_patches(pixels.to(device, non_blocking=True)),
                                                       layers, norm=norm, add_cls=add_cls)
                 started = start_copy_back(encoding, specs, save_dtype, rows)
+                started.masks = _batch_masks(item.get("masks"), masks_entry and masks_entry["layout"])
             # The previous batch is handed to the writer only now, after this one was queued on the
             # device: the GPU computes while the host waits for copies, checks and writes.
             if in_flight is not None:

@@ -13,8 +13,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..feature_store import (FAILURES_FILE, LABELS_FILE, PARTS_DIR, PATCH_GRIDS_FILE, PATHS_FILE, STATE_DIR,
-                             VALID_FILE, atomic_save_npy, atomic_write_text, FeatureStoreError, read_manifest,
+from ..feature_store import (FAILURES_FILE, LABELS_FILE, MASK_PATHS_FILE, PARTS_DIR, PATCH_GRIDS_FILE, PATHS_FILE,
+                             STATE_DIR, VALID_FILE, atomic_save_npy, atomic_write_text, FeatureStoreError, read_manifest,
                              remove_temporary_files, write_manifest)
 from ..pause_points import pause_point
 from .parts import Part, is_committed, parts_from_manifest
@@ -60,8 +60,8 @@ def finish_dataset(out: Path, manifest: dict, extra_run: Mapping | None = None, 
     """Finish the dataset manifest of ``out`` once every part is committed, and (``join``) join them.
 
     ``manifest`` is the dataset manifest written at planning (``"complete": false``, the part
-    list). The small per-row files (paths, labels, validity, patch grids, row offsets, failures)
-    are joined at once; the feature arrays stay in the parts (``"parts": {"consolidated": false}``,
+    list). The small per-row files (paths, labels, validity, patch grids, row offsets, mask paths and
+    offsets, failures) are joined at once; the feature arrays and ``masks.npy`` stay in the parts (``"parts": {"consolidated": false}``,
     read lazily by ``open_feature_dir``) until :func:`join_features` writes the single files.
     Re-running after an interruption at any point finishes the job.
     """
@@ -86,6 +86,12 @@ def finish_dataset(out: Path, manifest: dict, extra_run: Mapping | None = None, 
     atomic_write_text(out / PATHS_FILE, "".join((f / PATHS_FILE).read_text(encoding="utf-8") for f in folders))
     if manifest.get("labels"):
         atomic_save_npy(out / LABELS_FILE, np.concatenate([np.load(f / LABELS_FILE) for f in folders]))
+    masks = manifest.get("masks")
+    if masks:  # the label maps themselves are large: joined with the feature arrays
+        atomic_write_text(out / MASK_PATHS_FILE,
+                          "".join((f / MASK_PATHS_FILE).read_text(encoding="utf-8") for f in folders))
+        if masks.get("offsets"):
+            _join_arrays(out / masks["offsets"], [f / masks["offsets"] for f in folders], shift_offsets=True)
     atomic_write_text(out / FAILURES_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in failures))
     _join_arrays(out / VALID_FILE, [f / VALID_FILE for f in folders])
     _join_arrays(out / PATCH_GRIDS_FILE, [f / PATCH_GRIDS_FILE for f in folders])
@@ -125,7 +131,8 @@ def _check_part_origin(folder: Path, part: Part, part_manifest: dict, manifest: 
 
 
 def join_features(out: Path, manifest: dict | None = None) -> dict:
-    """Write the single ``layer-{k}_{pool}.npy`` files of a finished, parted folder and remove ``parts/``.
+    """Write the single ``layer-{k}_{pool}.npy`` files (and ``masks.npy``) of a finished, parted folder and
+    remove ``parts/``.
 
     One part's files are hard-linked into place (no copy; copied where links are not possible),
     several parts' are copied in chunks through temporary files (memory stays flat). Until the
@@ -140,7 +147,7 @@ def join_features(out: Path, manifest: dict | None = None) -> dict:
     if parts_info.get("consolidated", True):
         return manifest
     folders = [out / PARTS_DIR / item["name"] for item in parts_info["items"]]
-    for info in manifest["features"].values():
+    for info in [*manifest["features"].values(), *([manifest["masks"]] if manifest.get("masks") else [])]:
         sources = [f / info["file"] for f in folders]
         if len(sources) == 1:
             _link_or_copy(sources[0], out / info["file"])

@@ -25,27 +25,39 @@ class BatchDecoder(torch.utils.data.Dataset):
     """``dataset[rows]`` decodes the images of one planned batch.
 
     Returns ``{"rows": (B,) int64, "pixels": (B, H, W, 3) uint8 (a list of (H, W, 3) when the sizes
-    differ) or None, "failures": [(row, kind, detail), ...]}``; images that cannot be used become failures. Workers hand over uint8 resized images (a
-    quarter of float32 patches' bytes in shared and pinned memory); ``Preprocess.to_patches`` makes
-    the patches on the encoder's device.
+    differ) or None, "masks": a list of (H, W) uint8 label maps (with ``masks``) or None,
+    "failures": [(row, kind, detail), ...]}``; images that cannot be used, or whose mask cannot,
+    become failures. Workers hand over uint8 resized images (a quarter of float32 patches' bytes in
+    shared and pinned memory); ``Preprocess.to_patches`` makes the patches on the encoder's device.
+    ``masks``: each row's label map (``Preprocess.pixels_and_mask`` resizes it with its image),
+    decoded with ``mask_rules`` (``reduce_zero_label``, ``num_classes``).
     """
 
-    def __init__(self, paths: Sequence[str], preprocess: Preprocess, grids: np.ndarray, images: Sequence = None):
+    def __init__(self, paths: Sequence[str], preprocess: Preprocess, grids: np.ndarray, images: Sequence = None,
+                 masks: Sequence[str | None] | None = None, mask_rules: dict | None = None):
         self.paths = paths
         self.images = paths if images is None else images
         self.preprocess = preprocess
         self.grids = grids
+        self.masks = masks
+        self.mask_rules = dict(mask_rules or {})
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, rows) -> dict:
-        kept, tensors, failures = [], [], []
+        kept, tensors, masks, failures = [], [], [], []
         for row in rows:
             row = int(row)
             path = self.paths[row]
             try:
-                pixels = self.preprocess.pixels(self.images[row], path)
+                if self.masks is None:
+                    pixels, mask = self.preprocess.pixels(self.images[row], path), None
+                else:
+                    if not self.masks[row]:
+                        raise BadImageError(path, "mask-missing", "no mask was paired with this image")
+                    pixels, mask = self.preprocess.pixels_and_mask(self.images[row], self.masks[row], path,
+                                                                   mask_name=self.masks[row], **self.mask_rules)
                 planned = tuple(int(v) for v in self.grids[row])
                 p = self.preprocess.patch_size
                 grid = (pixels.shape[0] // p, pixels.shape[1] // p)
@@ -53,13 +65,16 @@ class BatchDecoder(torch.utils.data.Dataset):
                     raise BadImageError(path, "changed", f"decodes to a {grid} patch grid but "
                                                          f"was planned as {planned} (did the file change?)")
             except BadImageError as exc:
-                failures.append((row, exc.kind, exc.detail))
+                detail = exc.detail if exc.path == path else f"mask {exc.path}: {exc.detail}"
+                failures.append((row, exc.kind, detail))
                 continue
             kept.append(row)
             tensors.append(pixels)
+            masks.append(mask)
         same_size = len({t.shape for t in tensors}) == 1
         return {"rows": torch.tensor(kept, dtype=torch.int64),
                 "pixels": (torch.stack(tensors) if same_size else tensors) if tensors else None,
+                "masks": masks if self.masks is not None else None,
                 "failures": failures}
 
 
@@ -163,7 +178,8 @@ def plan_packed_batches(grids: np.ndarray, max_batch_tokens: int, extra_tokens: 
 
 
 def batch_loader(paths: Sequence[str], preprocess: Preprocess, grids: np.ndarray, batches: Sequence[np.ndarray],
-                 *, workers: int = 0, pin_memory: bool = False, images: Sequence = None) -> torch.utils.data.DataLoader:
+                 *, workers: int = 0, pin_memory: bool = False, images: Sequence = None,
+                 masks: Sequence[str | None] | None = None, mask_rules: dict | None = None) -> torch.utils.data.DataLoader:
     """A DataLoader yielding :class:`BatchDecoder` results for ``batches``, in order."""
     chunks = [b.tolist() for b in batches]
-    return _loader(BatchDecoder(paths, preprocess, grids, images), chunks, workers, pin_memory)
+    return _loader(BatchDecoder(paths, preprocess, grids, images, masks, mask_rules), chunks, workers, pin_memory)

@@ -31,8 +31,9 @@ class ExtractOptions:
 
     What: ``layers`` (hidden-state indices, negative from the end; default ``(-1,)``), ``pools``
     (``patch``/``mean``/``cls``/``end``; ``("mean",)``), ``norm`` (final RMSNorm on every layer;
-    False). Inputs: ``layout`` ("auto"), ``split`` (None), ``labels_file`` (None), ``limit`` (None:
-    all). Preprocessing: ``resolution`` (None = native; ``S`` or ``"HxW"``), ``max_tokens`` (4096),
+    False). Inputs: ``layout`` ("auto"), ``split`` (None), ``labels_file`` (None), ``masks`` (None:
+    the label-map folder of the pairs layout), ``reduce_zero_label`` (None: the layout's rule),
+    ``limit`` (None: all). Preprocessing: ``resolution`` (None = native; ``S`` or ``"HxW"``), ``max_tokens`` (4096),
     ``max_pixels`` (89478485; None = no limit). Compute: ``dtype`` ("auto"), ``device`` (None =
     auto), ``batch_size`` (16), ``batching`` ("packed"), ``max_batch_tokens`` (None = batch_size x
     the longest image), ``packed_attention`` ("auto"), ``workers`` (None = min(4, CPUs)). Output:
@@ -61,6 +62,8 @@ class ExtractOptions:
     layout: str = "auto"
     split: str | None = None
     labels_file: str | Path | None = None
+    masks: str | Path | None = None
+    reduce_zero_label: bool | None = None
     progress: bool = True
     commit_interval: float = 2.0
     batching: str = "packed"

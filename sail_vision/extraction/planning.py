@@ -10,10 +10,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..feature_store import (LABELS_FILE, MANIFEST_FILE, PATCH_GRIDS_FILE, PATHS_FILE, STATE_DIR, atomic_save_npy,
-                             atomic_write_text, check_free_space, extraction_entries, feature_name, FeatureStoreError,
-                             offsets_file_name, read_manifest, remove_extraction_files, remove_temporary_files,
-                             unallocated_bytes, write_manifest)
+from ..feature_store import (LABELS_FILE, MANIFEST_FILE, MASK_PATHS_FILE, PATCH_GRIDS_FILE, PATHS_FILE, STATE_DIR,
+                             atomic_save_npy, atomic_write_text, check_free_space, extraction_entries, feature_name,
+                             FeatureStoreError, mask_manifest_entry, offsets_file_name, read_manifest,
+                             remove_extraction_files, remove_temporary_files, unallocated_bytes, write_manifest)
 from ..pause_points import pause_point
 from ..preprocessing import Preprocess
 from ..sources import ImageSource
@@ -29,6 +29,41 @@ PLAN_STATUS = "status-plan.npy"
 PLANNED_MARK = "planned"
 
 PLAN_FAILURES = "failures-plan.jsonl"
+
+#: The listing's own verdicts on rows (an unreadable sub-folder, an image without its mask, ...), kept
+#: by the dataset's planning for the parts (``{row: [kind, detail]}``).
+LISTING_ERRORS = "listing-errors.json"
+
+
+def mask_spec(entry: dict | None, num_items: int, fixed_grid, patch_size: int, total_patches: int) -> ArraySpec | None:
+    """The ``masks.npy`` of a part (its manifest ``"masks"`` entry), or None without masks."""
+    if not entry:
+        return None
+    if entry["layout"] == "grid":
+        shape = (num_items, fixed_grid[0] * patch_size, fixed_grid[1] * patch_size)
+    else:
+        shape = (total_patches * patch_size * patch_size,)
+    return ArraySpec("masks", entry["file"], shape, "uint8", entry["layout"], -1, "mask", entry.get("offsets"))
+
+
+def dataset_mask_entry(source: ImageSource, native: bool) -> dict | None:
+    """The dataset manifest's ``"masks"`` entry for a source with label maps, else None."""
+    if getattr(source, "masks", None) is None:
+        return None
+    rules = source.description.get("segmentation") or {}
+    return mask_manifest_entry(native, reduce_zero_label=bool(rules.get("reduce_zero_label")),
+                               num_classes=rules.get("num_classes"), classes=source.classes)
+
+
+def mask_lines(masks: Sequence[str | None]) -> str:
+    """``mask_paths.txt``: one mask path per row, an empty line for a row without one."""
+    return "".join((m or "") + "\n" for m in masks)
+
+
+def read_lines(file: Path, count: int | None = None) -> list[str]:
+    """The lines of a one-entry-per-row text file (``paths.txt``, ``mask_paths.txt``)."""
+    lines = file.read_text(encoding="utf-8").split("\n")[:-1]
+    return lines if count is None else lines[:count]
 
 
 def feature_specs(layers: Sequence[int], pools: Sequence[str], hidden: int, num_items: int,
@@ -117,8 +152,9 @@ class PartPlanner:
         return "ready"
 
     def _check_free_space(self, manifest: dict) -> None:
-        needed = sum(unallocated_bytes(self.out / info["file"]) for info in manifest["features"].values())
-        check_free_space(self.out, needed)
+        files = [info["file"] for info in manifest["features"].values()]
+        files += [manifest["masks"]["file"]] if manifest.get("masks") else []
+        check_free_space(self.out, sum(unallocated_bytes(self.out / file) for file in files))
 
     def _check_same_settings(self, manifest: dict) -> None:
         before = manifest.get("settings") or {}
@@ -129,11 +165,18 @@ class PartPlanner:
                                   f"with the original options, or pass --overwrite to start again")
 
     def _check_same_inputs(self) -> None:
+        source = self._source()
         listed = (self.out / PATHS_FILE).read_text(encoding="utf-8")
-        now = "".join(p + "\n" for p in self._source().paths)
+        now = "".join(p + "\n" for p in source.paths)
         if hashlib.sha256(listed.encode()).digest() != hashlib.sha256(now.encode()).digest():
             raise ExtractionError(f"--out {self.out}: the input images changed since this extraction started "
                                   f"(the list differs from {PATHS_FILE}); pass --overwrite to start again")
+        masks_file = self.out / MASK_PATHS_FILE
+        if masks_file.is_file() and getattr(source, "masks", None) is not None:
+            if masks_file.read_text(encoding="utf-8") != mask_lines(source.masks):
+                raise ExtractionError(f"--out {self.out}: the masks paired with the images changed since this "
+                                      f"extraction started (the list differs from {MASK_PATHS_FILE}); pass "
+                                      f"--overwrite to start again")
 
     def _plan(self) -> None:
         source = self._source()
@@ -144,6 +187,12 @@ class PartPlanner:
                                      for row, (kind, detail) in sorted(known.items())}
         grids = np.zeros((num_items, 2), dtype=np.int32)
         fixed = self.preprocess.fixed_grid
+        masks_entry = self.manifest_base.get("masks")
+        if masks_entry:
+            for row, mask in enumerate(source.masks or [None] * num_items):
+                if mask is None and row not in failures:
+                    failures[row] = failure_record(row, paths[row], "mask-missing", "no mask was paired with this "
+                                                                                    "image when the inputs were listed")
         todo = [r for r in range(num_items) if r not in failures]
         if fixed is not None:
             grids[todo] = fixed
@@ -162,8 +211,10 @@ class PartPlanner:
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         specs = feature_specs(self.settings["layers"], self.settings["pools"], self.hidden, num_items, fixed,
                                int(offsets[-1]), self.settings["save_dtype"])
+        masks = mask_spec(masks_entry, num_items, fixed, self.preprocess.patch_size, int(offsets[-1]))
+        allocated = specs + ([masks] if masks else [])
 
-        check_free_space(self.out, sum(int(np.prod(s.shape)) * s.nbytes_per_value for s in specs))
+        check_free_space(self.out, sum(int(np.prod(s.shape)) * s.nbytes_per_value for s in allocated))
         self.out.mkdir(parents=True, exist_ok=True)
         self.state.mkdir(exist_ok=True)
         manifest = {**self.manifest_base, "num_items": num_items,
@@ -175,6 +226,11 @@ class PartPlanner:
             create_array_file(self.out / spec.file, spec.shape, spec.dtype)
             if spec.offsets_file:
                 atomic_save_npy(self.out / spec.offsets_file, offsets)
+        if masks is not None:
+            create_array_file(self.out / masks.file, masks.shape, masks.dtype)
+            if masks.offsets_file:
+                atomic_save_npy(self.out / masks.offsets_file, offsets * self.preprocess.patch_size ** 2)
+            atomic_write_text(self.out / MASK_PATHS_FILE, mask_lines(source.masks))
         atomic_save_npy(self.out / PATCH_GRIDS_FILE, grids)
         if source.labels is not None:
             atomic_save_npy(self.out / LABELS_FILE, source.labels.astype(np.int64))
@@ -220,8 +276,9 @@ class DatasetPlanner(PartPlanner):
         self.out.mkdir(parents=True, exist_ok=True)
         self.state.mkdir(exist_ok=True)
         labelled = source.labels is not None if shards is None else bool(getattr(source, "labelled", False))
+        masks = dataset_mask_entry(source, self.settings["preprocessing"]["resolution"] == "native")
         manifest = {**self.manifest_base, "num_items": len(source.paths) if shards is None else None,
-                    "labels": LABELS_FILE if labelled else None,
+                    "labels": LABELS_FILE if labelled else None, "masks": masks,
                     "classes": source.classes, "inputs": source.description,
                     "parts": {"part_size": self.part_size if shards is None else None, "count": len(parts),
                               "consolidated": False, "items": [p.describe() for p in parts]}}
@@ -230,7 +287,19 @@ class DatasetPlanner(PartPlanner):
             if source.labels is not None:
                 atomic_save_npy(self.out / LABELS_FILE, source.labels.astype(np.int64))
             atomic_write_text(self.out / PATHS_FILE, "".join(p + "\n" for p in source.paths))
+            if masks is not None:
+                atomic_write_text(self.out / MASK_PATHS_FILE, mask_lines(source.masks))
+            atomic_write_text(self.state / LISTING_ERRORS, json.dumps(
+                {str(row): list(error) for row, error in sorted(source.errors.items())}))
         atomic_write_text(self.state / PLANNED_MARK, "")
+
+
+def listing_errors(out: Path) -> dict[int, tuple[str, str]]:
+    """The rows the dataset's listing found unusable, for the parts."""
+    file = out / STATE_DIR / LISTING_ERRORS
+    if not file.is_file():
+        return {}
+    return {int(row): (kind, detail) for row, (kind, detail) in json.loads(file.read_text(encoding="utf-8")).items()}
 
 
 def row_images(folder: Path, paths: Sequence[str]) -> Sequence:

@@ -20,8 +20,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..checkpoint_digest import weights_digest
-from ..feature_store import (FAILURES_FILE, FORMAT_NAME, FORMAT_VERSION, LABELS_FILE, MANIFEST_FILE, PATCH_GRIDS_FILE,
-                             PATHS_FILE, STATE_DIR, VALID_FILE, _software_versions, read_manifest,
+from ..feature_store import (FAILURES_FILE, FORMAT_NAME, FORMAT_VERSION, LABELS_FILE, MANIFEST_FILE, MASK_PATHS_FILE,
+                             PATCH_GRIDS_FILE, PATHS_FILE, STATE_DIR, VALID_FILE, _software_versions, read_manifest,
                              remove_temporary_files)
 from ..folder_lock import hold_folder
 from ..packing import resolve_packed_attention
@@ -33,7 +33,7 @@ from .finishing import finish_dataset, finish_part, join_features
 from .loader import default_token_budget, plan_batches, plan_packed_batches
 from .options import ExtractOptions, resolve_compute_dtype
 from .parts import Part, commit_part, is_committed, parts_from_manifest, task_slice
-from .planning import DatasetPlanner, PartPlanner, rank_status_file, status_files
+from .planning import DatasetPlanner, listing_errors, PartPlanner, rank_status_file, read_lines, status_files
 from .results import ExtractionError, ExtractionResult, result_from_manifest
 from .spool import has_spool, spool_records
 from .writer import DONE, PENDING, RowStatus
@@ -68,6 +68,8 @@ class _PartJob:
     progress: bool
     commit_interval: float
     labels_expected: bool = False
+    masks: list[str | None] | None = None  # flat segmentation sources: each row's mask path
+    listing_errors: dict[int, tuple[str, str]] = field(default_factory=dict)  # rows the listing found unusable
     _encoder: object = field(default=None, repr=False)
 
     def encoder(self):
@@ -103,7 +105,8 @@ def _part_source(job: _PartJob, part: Part, work: Path) -> ImageSource:
     if part.shard is None:
         rows = slice(part.first_row, part.first_row + part.num_rows)
         return ImageSource(job.paths[rows], None if job.labels is None else job.labels[rows], job.classes,
-                           description={"part": part.describe()})
+                           description={"part": part.describe()},
+                           masks=None if job.masks is None else job.masks[rows])
     if (work / PATHS_FILE).is_file() and has_spool(work / STATE_DIR):
         paths = (work / PATHS_FILE).read_text(encoding="utf-8").split("\n")[:-1]
         return ImageSource(paths, None, job.classes, description={"part": part.describe()})
@@ -122,8 +125,9 @@ def _extract_part(job: _PartJob, part: Part, bar=None) -> int:
     part's own lock; returns the images processed. The caller commits it."""
     work = part.work_folder(job.out)
     first, count = part.first_row or 0, part.num_rows or 0
-    known = {row - first: ("duplicate", f"duplicate path: same as row {orig}; extracted once, at row {orig}")
-             for row, orig in job.duplicates.items() if first <= row < first + count}
+    known = {row - first: error for row, error in job.listing_errors.items() if first <= row < first + count}
+    known.update({row - first: ("duplicate", f"duplicate path: same as row {orig}; extracted once, at row {orig}")
+                  for row, orig in job.duplicates.items() if first <= row < first + count})
     with hold_folder(work, "sail-vision extract", option=f"part {part.name} of --out"):
         planner = PartPlanner(work, job.settings, {**job.manifest_base, "part": part.describe()}, job.preprocess,
                            lambda: _part_source(job, part, work), hidden=job.hidden, strict=job.strict,
@@ -217,6 +221,10 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
                   else _absolute_spec(str(images)))
     source_args = {"images": images_arg, "layout": o.layout, "split": o.split, "limit": o.limit,
                    "labels_file": str(Path(o.labels_file).absolute()) if o.labels_file else None}
+    if o.masks is not None:  # only when given: settings of extractions without masks stay as they were
+        source_args["masks"] = str(Path(o.masks).expanduser().absolute())
+    if o.reduce_zero_label is not None:
+        source_args["reduce_zero_label"] = bool(o.reduce_zero_label)
     add_cls = "cls" in pools
     packed = o.batching == "packed" and preprocess.fixed_grid is None  # a fixed resolution has one grid
 
@@ -234,7 +242,7 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
         manifest_base = {
             "format": FORMAT_NAME, "version": FORMAT_VERSION, "complete": False, "num_items": 0,
             "num_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size, "layers": layers, "pools": pools,
-            "features": {}, "valid": VALID_FILE, "labels": None, "classes": None, "paths": PATHS_FILE,
+            "features": {}, "valid": VALID_FILE, "labels": None, "masks": None, "classes": None, "paths": PATHS_FILE,
             "patch_grids": PATCH_GRIDS_FILE, "failures": {"file": FAILURES_FILE, "count": None},
             "checkpoint": {"path": str(Path(checkpoint).absolute()), "config_fingerprint": cfg.fingerprint(),
                            "weights_digest": digest, "config": cfg.to_dict()},
@@ -288,12 +296,15 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
         flat = all(p.shard is None for p in parts)
         paths = (out / PATHS_FILE).read_text(encoding="utf-8").split("\n")[: manifest["num_items"]] if flat else None
         labels = np.load(out / LABELS_FILE) if flat and manifest.get("labels") else None
+        masks = ([m or None for m in read_lines(out / MASK_PATHS_FILE, manifest["num_items"])]
+                 if flat and manifest.get("masks") else None)
         job = _PartJob(out, manifest["settings"], {k: v for k, v in manifest.items() if k != "parts"}, preprocess,
                        _SourceLoader(source_args), paths, labels,
                        manifest.get("classes"), find_duplicates(paths) if flat else {}, checkpoint, layers,
                        bool(o.norm), add_cls, compute_dtype, device, cfg.hidden_size, int(o.batch_size), packed,
                        o.max_batch_tokens, o.packed_attention, workers, o.strict, o.progress and dist.is_main,
-                       o.commit_interval, labels_expected=bool(manifest.get("labels")))
+                       o.commit_interval, labels_expected=bool(manifest.get("labels")), masks=masks,
+                       listing_errors=listing_errors(out) if flat else {})
         todo = [] if o.finalize else [p for p in tasks.parts_for(parts) if not is_committed(out, p)]
         failure, processed = None, 0
         try:

@@ -154,7 +154,7 @@ class OutputArrays:
             offsets = self.offsets[name]
             for j, row in enumerate(rows):
                 start, stop = int(offsets[row]), int(offsets[row + 1])
-                file.write(start, values[j].reshape(stop - start, -1))
+                file.write(start, values[j].reshape(stop - start, *file.shape[1:]))
             return
         rows = np.asarray(rows)
         if rows.size and np.all(np.diff(rows) == 1):

@@ -152,7 +152,8 @@ def _auto_layout(root: Path, labels_file, masks) -> str:
     return "ade20k" if _is_ade20k(root) else "auto"
 
 
-def _flat(root: Path, layout: str, split: str | None, labels_file, masks) -> ImageSource:
+def _flat(root: Path, layout: str, split: str | None, labels_file, masks,
+          reduce_zero_label: bool | None = None) -> ImageSource:
     """The flat source of a folder or list file under ``layout`` (``"auto"``: class folders or folder)."""
     if layout == "list":
         if not root.is_file():
@@ -164,7 +165,7 @@ def _flat(root: Path, layout: str, split: str | None, labels_file, masks) -> Ima
         return list_ade20k(root, split)
     base = _split_dir(root, split)
     if layout == "pairs":
-        return list_pairs(base, Path(masks).expanduser())
+        return list_pairs(base, Path(masks).expanduser(), bool(reduce_zero_label))
     if layout == "imagenet" and labels_file is not None:
         source = read_list_file(Path(labels_file), root=base, found_from="labels-file")
         source.layout = "imagenet"
@@ -191,12 +192,13 @@ def _check_options(layout: str, labels_file, masks) -> None:
 
 def resolve_inputs(images: str | Path | Sequence[str | Path], *, layout: str = "auto", split: str | None = None,
                    labels_file: str | Path | None = None, limit: int | None = None,
-                   masks: str | Path | None = None):
+                   masks: str | Path | None = None, reduce_zero_label: bool | None = None):
     """Turn ``--images`` into a source: an :class:`ImageSource` (flat layouts) or a sharded source.
 
     ``images`` is a folder, a list file, image files (a list), or shards (see the module
     docstring and docs/inputs.md for every layout). ``masks`` is the folder of label maps of the
-    ``pairs`` layout. The description records the inputs and how labels were found.
+    ``pairs`` layout; ``reduce_zero_label`` (None: the layout's rule) applies mmseg's rule to its
+    masks (ADE20K always has it). The description records the inputs and how labels were found.
     """
     _check_options(layout, labels_file, masks)
     if isinstance(images, (list, tuple)):
@@ -225,7 +227,12 @@ def resolve_inputs(images: str | Path | Sequence[str | Path], *, layout: str = "
         return files_source([str(root)]).limited(limit)
     if layout == "auto":
         layout = _auto_layout(root, labels_file, masks)
-    source = _flat(root, layout, split, labels_file, masks)
+    if reduce_zero_label is not None and masks is None and layout != "ade20k":
+        raise InputError("--reduce-zero-label is a rule for masks: pass it with --masks (the pairs layout)")
+    if layout == "ade20k" and reduce_zero_label is False:
+        raise InputError("ADE20K labels follow mmseg's reduce_zero_label (0 is 'other', ignored); it cannot be "
+                         "turned off for the ade20k layout")
+    source = _flat(root, layout, split, labels_file, masks, reduce_zero_label)
     source.description = {"images": str(root), "layout": source.layout, "split": split,
                           "labels_file": str(labels_file) if labels_file else None,
                           "masks": str(masks) if masks else None, **source.description}

@@ -80,11 +80,12 @@ def _check_separate(images: Path, masks: Path) -> None:
                          f"folders")
 
 
-def list_pairs(images: Path, masks: Path) -> ImageSource:
+def list_pairs(images: Path, masks: Path, reduce_zero_label: bool = False) -> ImageSource:
     """Any folder of images with a parallel folder of masks (the ``pairs`` layout).
 
-    Mask values are the labels as they are (no ``reduce_zero_label``; 255 is ignored). Class
-    names come from a ``classes.txt`` in the masks folder when there is one.
+    Mask values are the labels as they are (255 is ignored), or with ``reduce_zero_label``
+    mmseg's rule (0 -> 255 ignored, v -> v - 1). Class names come from a ``classes.txt`` in the
+    masks folder when there is one (line i names the stored label i, after any reduction).
     """
     if not masks.is_dir():
         raise InputError(f"--masks {masks}: no such folder")
@@ -102,9 +103,10 @@ def list_pairs(images: Path, masks: Path) -> ImageSource:
         "labels": label_info("mask-files", labelled=pairing["paired"], rows=len(source.paths), classes=classes,
                              names_from=str(classes_file) if classes else None,
                              why=None if classes else f"no {CLASSES_FILE} in the masks folder"),
-        "segmentation": {**pairing, "reduce_zero_label": False,
+        "segmentation": {**pairing, "reduce_zero_label": bool(reduce_zero_label),
                          "num_classes": len(classes) if classes else None,
-                         "rule": "mask values are the labels; 255 is ignored"}}
+                         "rule": ("mask value 0 -> 255 (ignored); v -> v - 1 (reduce_zero_label)"
+                                  if reduce_zero_label else "mask values are the labels; 255 is ignored")}}
     return source
 
 

@@ -237,3 +237,43 @@ def test_a_part_from_another_extraction_is_refused_by_name(tiny_checkpoint, imag
                                                 r"\(settings differ: layers\)"):
         extract(tiny_checkpoint, images, out, **OPTIONS, finalize=True)
     assert sorted(p.name for p in (out / PARTS_DIR).iterdir()) == [f"part-0000{i}" for i in range(4)]  # kept
+
+
+def test_probes_on_unjoined_parts_equal_probes_on_the_joined_folder(tiny_checkpoint, images, reference, tmp_path):
+    import json
+
+    from sail_vision.cli import main
+
+    parted = tmp_path / "parted"
+    extract(tiny_checkpoint, images, parted, **OPTIONS, consolidate=False)
+    summaries = []
+    for name, folder in (("parted", parted), ("joined", reference)):
+        out = tmp_path / f"probe-{name}"
+        assert main(["probe", "--train", str(folder), "--val", str(folder), "--features", "layer-4_mean",
+                     "--lrs", "0.01,0.1", "--weight-decays", "0", "--epochs", "3", "--out", str(out),
+                     "--quiet"]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        summaries.append({k: summary[k] for k in ("top1", "chosen") if k in summary})
+    assert summaries[0] == summaries[1] and "top1" in summaries[0]
+
+
+def test_the_listings_own_problems_are_recorded_with_their_kind(tiny_checkpoint, tmp_path, monkeypatch):
+    """A sub-folder that cannot be listed is a failed row saying so, in whichever part it falls."""
+    import os
+
+    for rel in ["a/1.png", "b/2.png", "c/3.png", "c/4.png"]:
+        save_rgb(tmp_path / "images" / rel, 16, 16, seed=len(rel))
+    real_scandir = os.scandir
+    denied = str(tmp_path / "images" / "b")
+
+    def scandir(path="."):
+        if isinstance(path, (str, os.PathLike)) and os.fspath(path) == denied:
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = extract(tiny_checkpoint, tmp_path / "images", tmp_path / "out", **{**OPTIONS, "part_size": 2},
+                     layout="folder")
+    assert (result.num_items, result.num_failed) == (4, 1)
+    (record,) = result.failures
+    assert (record["index"], record["kind"]) == (1, "unreadable") and "cannot list folder" in record["reason"]
