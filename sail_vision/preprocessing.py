@@ -487,6 +487,86 @@ def resize_mask(labels: np.ndarray, patch_size: int, resolution=None, max_tokens
     return np.asarray(_apply_geometry(image, geometry, Image.NEAREST), dtype=np.uint8).copy()
 
 
+#: mmseg's ADE20K training augmentation (``configs/_base_/datasets/ade20k_512x512.py``) as
+#: :func:`augment_pair` applies it; recorded in manifests of extractions with ``--views``.
+VIEW_PIPELINE = {
+    "version": 1,
+    "follows": "mmseg 1.x ADE20K train_pipeline: RandomResize, RandomCrop, RandomFlip, then the data "
+               "preprocessor's padding",
+    "random_resize": {"scale": [2048, 512], "ratio_range": [0.5, 2.0], "keep_ratio": True,
+                      "image": "bilinear (PIL)", "mask": "nearest"},
+    "random_crop": {"crop_size": "--resolution (height, width)", "cat_max_ratio": 0.75, "retries": 10,
+                    "ignore_index": IGNORE_INDEX},
+    "random_flip": {"prob": 0.5, "direction": "horizontal"},
+    "pad": {"where": "bottom / right, to the crop size", "image": "the ImageNet mean colour (mmseg pads the "
+            "normalised image with 0)", "mask": IGNORE_INDEX},
+    "photometric_distortion": "not applied (colour jitter is left to the probe)",
+    "rng": "numpy default_rng([seed, image row, view index]); draws: ratio, crop offsets (y, x) per try, flip",
+}
+#: The pixel value padding gets: the ImageNet mean, i.e. 0 after normalisation (mmseg's pad_val).
+VIEW_PAD_COLOUR = tuple(int(round(m * 255)) for m in IMAGENET_MEAN)
+
+
+def view_rng(seed: int, image_row: int, view: int) -> np.random.Generator:
+    """The generator of one view: a function of (seed, image row, view index) only, so any split into
+    parts, resume or rank draws the same view."""
+    return np.random.default_rng([int(seed), int(image_row), int(view)])
+
+
+def augment_pair(image: Image.Image, labels: np.ndarray, rng: np.random.Generator, crop_size: tuple[int, int], *,
+                 scale: tuple[int, int] = (2048, 512), ratio_range: tuple[float, float] = (0.5, 2.0),
+                 cat_max_ratio: float = 0.75, crop_tries: int = 10, flip_prob: float = 0.5,
+                 ignore_index: int = IGNORE_INDEX) -> tuple[Image.Image, np.ndarray]:
+    """One augmented view of an RGB image and its (H0, W0) uint8 label map, with one geometry for both.
+
+    mmseg's ADE20K training pipeline (:data:`VIEW_PIPELINE`): RandomResize (a ratio r uniform in
+    ``ratio_range``, the image rescaled, aspect kept, as large as fits ``scale * r``: bilinear for
+    the image, nearest for the labels); RandomCrop of ``crop_size`` (height, width) at a uniform
+    offset, redrawn up to ``crop_tries`` times until the crop holds more than one category and
+    none covers ``cat_max_ratio`` or more of its labelled pixels (``ignore_index`` not counted;
+    after the last try the next draw is kept, as mmseg does); RandomFlip (horizontal, both, with
+    ``flip_prob``); then padding at the bottom / right up to the crop size (image: the ImageNet mean
+    colour, mmseg's 0 after normalising; labels: ``ignore_index``). Photometric distortion is not
+    applied. Returns (RGB image of ``crop_size``, (height, width) uint8 labels).
+    """
+    labels = np.asarray(labels)
+    width, height = image.size
+    if labels.shape != (height, width):
+        raise InputError(f"label map {labels.shape} does not match the image's {height}x{width}")
+    crop_h, crop_w = (int(v) for v in crop_size)
+    low, high = ratio_range
+    ratio = low + rng.random() * (high - low)
+    target = (int(scale[0] * ratio), int(scale[1] * ratio))
+    factor = min(max(target) / max(width, height), min(target) / min(width, height))
+    size = (max(1, int(width * factor + 0.5)), max(1, int(height * factor + 0.5)))
+    resized = np.asarray(image.resize(size, Image.BILINEAR))
+    mask = np.asarray(Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), mode="L").resize(size, Image.NEAREST))
+
+    def draw() -> tuple[int, int]:
+        top = int(rng.integers(0, max(size[1] - crop_h, 0) + 1))
+        left = int(rng.integers(0, max(size[0] - crop_w, 0) + 1))
+        return top, left
+
+    top, left = draw()
+    if cat_max_ratio < 1:
+        for _ in range(crop_tries):
+            values, counts = np.unique(mask[top:top + crop_h, left:left + crop_w], return_counts=True)
+            counts = counts[values != ignore_index]
+            if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
+                break
+            top, left = draw()
+    pixels = resized[top:top + crop_h, left:left + crop_w]
+    mask = mask[top:top + crop_h, left:left + crop_w]
+    if rng.random() < flip_prob:
+        pixels, mask = pixels[:, ::-1], mask[:, ::-1]
+    out_pixels = np.empty((crop_h, crop_w, 3), np.uint8)
+    out_pixels[:] = VIEW_PAD_COLOUR
+    out_mask = np.full((crop_h, crop_w), ignore_index, np.uint8)
+    out_pixels[:pixels.shape[0], :pixels.shape[1]] = pixels
+    out_mask[:mask.shape[0], :mask.shape[1]] = mask
+    return Image.fromarray(out_pixels, mode="RGB"), out_mask
+
+
 def _check_multiple(value: int, patch_size: int, what: str) -> None:
     if value <= 0 or value % patch_size:
         raise InputError(f"{what} {value} must be a positive multiple of the patch size {patch_size}")
@@ -574,6 +654,29 @@ class Preprocess:
             return pixels, None
         return pixels, self.mask(mask, rgb.size, reduce_zero_label=reduce_zero_label, num_classes=num_classes,
                                  name=mask_name)
+
+    def view_pixels_and_mask(self, image: ImageInput, mask, rng: np.random.Generator, name: str | None = None, *,
+                             mask_name: str | None = None, reduce_zero_label: bool = False,
+                             num_classes: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+        """One augmented view (:func:`augment_pair`, crop size = the fixed resolution) of an image and its
+        label map, drawn from ``rng`` (see :func:`view_rng`): ((H, W, 3) uint8 pixels, (H, W) uint8 labels)."""
+        crop = self.view_crop_size
+        if crop is None:
+            raise InputError("augmented views need a fixed --resolution (the crop size of each view)")
+        rgb = self._decoded(image, name)
+        labels = decode_mask(mask, reduce_zero_label=reduce_zero_label, num_classes=num_classes,
+                             expected_size=rgb.size, max_pixels=self.max_pixels, name=mask_name or _describe(mask))
+        if labels.size and int(labels.max()) > 255:
+            raise BadImageError(mask_name or _describe(mask), "mask-label",
+                                f"label {int(labels.max())} does not fit the stored uint8 labels")
+        view, view_labels = augment_pair(rgb, labels.astype(np.uint8), rng, crop)
+        return image_pixels(view), view_labels
+
+    @property
+    def view_crop_size(self) -> tuple[int, int] | None:
+        """(height, width) of augmented views: the fixed resolution (S means S x S); None at native."""
+        fixed = self.fixed_grid
+        return None if fixed is None else (fixed[0] * self.patch_size, fixed[1] * self.patch_size)
 
     def to_patches(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (..., H, W, 3) from :meth:`pixels` -> float32 (..., nh, nw, 3, p, p), on their device."""

@@ -86,6 +86,15 @@ def register(subparsers) -> None:
     g.add_argument("--max-pixels", type=_non_negative_int, default=89_478_485,
                    help="decompression-bomb limit: images with more pixels are skipped as failures; 0 = no "
                         "limit (default: 89478485, PIL's)")
+    g.add_argument("--views", type=_non_negative_int, default=0, metavar="K",
+                   help="K augmented training views of every image with its mask, as mmseg's ADE20K training "
+                        "pipeline draws them (random resize 0.5-2x of 2048x512, a --resolution crop with "
+                        "cat_max_ratio 0.75, flip; no photometric distortion), each a row of its own (image i's "
+                        "views at rows i*K..i*K+K-1, paths.txt '<path>#view=k'); needs masks and a fixed "
+                        "--resolution (default: 0, no views)")
+    g.add_argument("--views-seed", type=_non_negative_int, default=0, metavar="S",
+                   help="seed of the views: view k of image i is drawn from (S, i, k) alone, so any part size, "
+                        "resume or rank gives the same bytes (default: 0)")
     g = p.add_argument_group("compute")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="compute dtype (default: auto = bfloat16 on CUDA, float32 on CPU)")
@@ -177,7 +186,8 @@ def run(args) -> int:
         max_batch_tokens=args.max_batch_tokens, packed_attention=args.packed_attention, part_size=args.part_size,
         num_tasks=args.num_tasks, task_index=args.task_index, finalize=args.finalize,
         consolidate=not args.no_consolidate, engine=args.engine, ray_address=args.ray_address,
-        ray_actors=args.ray_actors, ray_cpus_per_actor=args.ray_cpus_per_actor)
+        ray_actors=args.ray_actors, ray_cpus_per_actor=args.ray_cpus_per_actor, views=args.views,
+        views_seed=args.views_seed)
     result = extract(args.checkpoint, args.images, args.out, options)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 reports (and sets the exit status) for the whole run

@@ -112,6 +112,15 @@ def finish_copy_back(copy: CopyBack, specs: Sequence[ArraySpec], paths,
     return arrays
 
 
+def _row_views(manifest: dict) -> dict | None:
+    """What the decoder needs to draw each row's view (``--views``): count, seed, the part's first row."""
+    views = manifest.get("views")
+    if not views:
+        return None
+    return {"count": int(views["count"]), "seed": int(views["seed"]),
+            "first_row": int((manifest.get("part") or {}).get("first_row") or 0)}
+
+
 #: The name the row writer knows ``masks.npy`` by.
 MASKS_NAME = "masks"
 
@@ -165,7 +174,8 @@ def encode_batches(out: Path, manifest: dict, batches, *, checkpoint, layers, no
                                               packed_attention=packed_attention)
     nonfinite_hint = functools.partial(describe_nonfinite, checkpoint, max(layers), compute_dtype)
     loader = batch_loader(paths, preprocess, grids, batches, workers=workers, pin_memory=device.type == "cuda",
-                          images=row_images(out, paths), masks=mask_paths, mask_rules=mask_rules)
+                          images=row_images(out, paths), masks=mask_paths, mask_rules=mask_rules,
+                          views=_row_views(manifest))
     iterator = iter(loader)  # starts the worker processes before the writer thread exists
     arrays = OutputArrays(out, specs_out, offsets)
     status = RowStatus(rank_status_file(out, rank))

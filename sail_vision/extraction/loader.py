@@ -15,7 +15,8 @@ import torch
 
 from ..errors import InputError
 from ..packing import plan_packs
-from ..preprocessing import BadImageError, Preprocess
+from ..preprocessing import BadImageError, Preprocess, view_rng
+from .views import split_view_path
 
 #: Rows whose image failed before any decoding (duplicates, unreadable headers) get this grid.
 NO_GRID = (0, 0)
@@ -30,17 +31,22 @@ class BatchDecoder(torch.utils.data.Dataset):
     become failures. Workers hand over uint8 resized images (a quarter of float32 patches' bytes in
     shared and pinned memory); ``Preprocess.to_patches`` makes the patches on the encoder's device.
     ``masks``: each row's label map (``Preprocess.pixels_and_mask`` resizes it with its image),
-    decoded with ``mask_rules`` (``reduce_zero_label``, ``num_classes``).
+    decoded with ``mask_rules`` (``reduce_zero_label``, ``num_classes``). ``views`` (``--views``:
+    ``{"count", "seed", "first_row"}``): each row is view ``k`` of image ``i`` (global row
+    ``first_row + row = i * count + k``, its path ``<path>#view=k``), drawn by
+    ``Preprocess.view_pixels_and_mask`` from ``view_rng(seed, i, k)``.
     """
 
     def __init__(self, paths: Sequence[str], preprocess: Preprocess, grids: np.ndarray, images: Sequence = None,
-                 masks: Sequence[str | None] | None = None, mask_rules: dict | None = None):
+                 masks: Sequence[str | None] | None = None, mask_rules: dict | None = None,
+                 views: dict | None = None):
         self.paths = paths
         self.images = paths if images is None else images
         self.preprocess = preprocess
         self.grids = grids
         self.masks = masks
         self.mask_rules = dict(mask_rules or {})
+        self.views = views
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -53,9 +59,19 @@ class BatchDecoder(torch.utils.data.Dataset):
             try:
                 if self.masks is None:
                     pixels, mask = self.preprocess.pixels(self.images[row], path), None
+                elif not self.masks[row]:
+                    raise BadImageError(path, "mask-missing", "no mask was paired with this image")
+                elif self.views is not None:
+                    image, view = split_view_path(path)
+                    count = self.views["count"]
+                    image_row, drawn = divmod(self.views["first_row"] + row, count)
+                    if drawn != view:
+                        raise BadImageError(path, "changed", f"row {self.views['first_row'] + row} should hold view "
+                                                             f"{drawn}, not view {view}")
+                    rng = view_rng(self.views["seed"], image_row, view)
+                    pixels, mask = self.preprocess.view_pixels_and_mask(image, self.masks[row], rng, path,
+                                                                        mask_name=self.masks[row], **self.mask_rules)
                 else:
-                    if not self.masks[row]:
-                        raise BadImageError(path, "mask-missing", "no mask was paired with this image")
                     pixels, mask = self.preprocess.pixels_and_mask(self.images[row], self.masks[row], path,
                                                                    mask_name=self.masks[row], **self.mask_rules)
                 planned = tuple(int(v) for v in self.grids[row])
@@ -179,7 +195,9 @@ def plan_packed_batches(grids: np.ndarray, max_batch_tokens: int, extra_tokens: 
 
 def batch_loader(paths: Sequence[str], preprocess: Preprocess, grids: np.ndarray, batches: Sequence[np.ndarray],
                  *, workers: int = 0, pin_memory: bool = False, images: Sequence = None,
-                 masks: Sequence[str | None] | None = None, mask_rules: dict | None = None) -> torch.utils.data.DataLoader:
+                 masks: Sequence[str | None] | None = None, mask_rules: dict | None = None,
+                 views: dict | None = None) -> torch.utils.data.DataLoader:
     """A DataLoader yielding :class:`BatchDecoder` results for ``batches``, in order."""
     chunks = [b.tolist() for b in batches]
-    return _loader(BatchDecoder(paths, preprocess, grids, images, masks, mask_rules), chunks, workers, pin_memory)
+    return _loader(BatchDecoder(paths, preprocess, grids, images, masks, mask_rules, views), chunks, workers,
+                   pin_memory)

@@ -17,7 +17,7 @@ from typing import Iterable
 from ..errors import InputError
 from ..outputs import POOLS
 from ..packing import BATCHING, PACKED_ATTENTION
-from ..preprocessing import DEFAULT_MAX_PIXELS, DEFAULT_MAX_TOKENS
+from ..preprocessing import DEFAULT_MAX_PIXELS, DEFAULT_MAX_TOKENS, VIEW_PIPELINE, parse_resolution
 from .parts import DEFAULT_PART_SIZE, task_slice
 
 SAVE_DTYPES = ("float16", "float32")
@@ -41,7 +41,8 @@ class ExtractOptions:
     ``strict`` (False), ``progress`` (True). Parts and engines: ``part_size`` (10000),
     ``num_tasks`` / ``task_index`` (None: Slurm's, else one task), ``finalize`` (False),
     ``consolidate`` (True), ``engine`` ("local"), ``ray_address`` (None), ``ray_actors`` (None),
-    ``ray_cpus_per_actor`` (4).
+    ``ray_cpus_per_actor`` (4). Augmented views: ``views`` (0 = none; K: K seeded mmseg-style training
+    views of every image, each a row, see :mod:`.views`), ``views_seed`` (0).
     """
 
     layers: int | Iterable[int] = (-1,)
@@ -78,6 +79,8 @@ class ExtractOptions:
     ray_address: str | None = None
     ray_actors: int | None = None
     ray_cpus_per_actor: int = 4
+    views: int = 0
+    views_seed: int = 0
 
     def checked(self) -> "ExtractOptions":
         """These options with defaults filled in (workers, pools as a list), or a one-line InputError."""
@@ -100,6 +103,13 @@ class ExtractOptions:
                              f"{', '.join(PACKED_ATTENTION)}")
         if not self.commit_interval > 0:
             raise InputError(f"--commit-interval must be positive, got {self.commit_interval}")
+        for name in ("views", "views_seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InputError(f"--{name.replace('_', '-')} must be an integer 0 or more, got {value!r}")
+        if self.views and parse_resolution(self.resolution) is None:
+            raise InputError("--views needs a fixed --resolution (HxW, or S for S x S): it is the crop size of "
+                             "every view")
         workers = min(4, os.cpu_count() or 1) if self.workers is None else self.workers
         if workers < 0:
             raise InputError(f"--workers must be 0 or more, got {workers}")
@@ -123,10 +133,18 @@ class ExtractOptions:
                     "save_dtype": self.save_dtype, "batch_size": int(self.batch_size),
                     "batching": "packed" if packed else "grouped", "inputs": source_args,
                     "part_size": int(self.part_size)}
+        if self.views:  # only with views: folders extracted without them keep resuming
+            settings["views"] = self.views_entry()
         if packed:
             settings["max_batch_tokens"] = self.max_batch_tokens  # None: batch_size x the longest sequence
             settings["packed_attention"] = packed_kernel
         return settings
+
+    def views_entry(self) -> dict | None:
+        """The manifest's ``"views"`` (count, seed, pipeline), or None without views."""
+        if not self.views:
+            return None
+        return {"count": int(self.views), "seed": int(self.views_seed), "pipeline": VIEW_PIPELINE}
 
 
 def normalise_pools(pools: str | Iterable[str]) -> list[str]:

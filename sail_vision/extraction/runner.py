@@ -36,6 +36,7 @@ from .parts import Part, commit_part, is_committed, parts_from_manifest, task_sl
 from .planning import DatasetPlanner, listing_errors, PartPlanner, rank_status_file, read_lines, status_files
 from .results import ExtractionError, ExtractionResult, result_from_manifest
 from .spool import has_spool, spool_records
+from .views import ViewSource
 from .writer import DONE, PENDING, RowStatus
 
 
@@ -252,6 +253,8 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
             "attention": attention,
             "settings": settings, "software": _software_versions(),
         }
+        if o.views:
+            manifest_base["views"] = o.views_entry()
         return settings, manifest_base
 
     dist, device = DistContext.setup(device)
@@ -270,7 +273,10 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
                     target = planning if shared else lock
                     target.enter_context(hold_folder(out, "sail-vision extract", wait=600 if shared else 0))
                     settings, manifest_base = describe_run()
-                    planner = DatasetPlanner(out, settings, manifest_base, lambda: resolve_inputs(**source_args),
+                    listing = _SourceLoader(source_args)
+                    if o.views:
+                        listing = ViewSource(listing, o.views)
+                    planner = DatasetPlanner(out, settings, manifest_base, listing,
                                               part_size=o.part_size, progress=o.progress)
                     if o.finalize and not (out / MANIFEST_FILE).is_file():
                         raise ExtractionError(f"--out {out}: nothing to finalize (no {MANIFEST_FILE}); run the "

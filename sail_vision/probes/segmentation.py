@@ -175,6 +175,14 @@ class SegmentationData:
             raise ProbeDataError(f"{source}: no images")
         self._grids: np.ndarray | None = None
 
+    def image_groups(self) -> np.ndarray:
+        """(num_images,) the source image of each row: the augmented views of one image
+        (``extract --views``, paths ``<path>#view=k``) share one id, so a held-out split keeps them together."""
+        if not (self.manifest.get("views") or {}).get("count"):
+            return np.arange(self.num_images)
+        keys = [p.rsplit("#view=", 1)[0] for p in self.store.paths]
+        return np.unique(keys, return_inverse=True)[1].reshape(-1)
+
     @classmethod
     def from_folder(cls, path: str | Path) -> "SegmentationData":
         """Open a feature folder written by ``sail-vision extract`` with masks."""
@@ -869,8 +877,10 @@ def run_segmentation_probe(train: SegmentationData, val: SegmentationData | None
 
 def _run(train, val, inputs, out, config, grid_size, holdout_fraction, seed, refit, progress, verbose, started):
     all_rows = np.arange(train.num_images)
-    if grid_size > 1:
-        fit_rows, held_rows = split_holdout(np.zeros(train.num_images, np.int64), holdout_fraction, seed)
+    if grid_size > 1:  # split source images, not rows: an image's views stay on one side
+        groups = train.image_groups()
+        fit_groups, held_groups = split_holdout(np.zeros(int(groups.max()) + 1, np.int64), holdout_fraction, seed)
+        fit_rows, held_rows = np.flatnonzero(np.isin(groups, fit_groups)), np.flatnonzero(np.isin(groups, held_groups))
     else:
         fit_rows, held_rows = all_rows, None
     trained = train_seg_grid(train, inputs, fit_rows, config, progress=progress)
