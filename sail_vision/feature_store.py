@@ -605,12 +605,7 @@ def _check_manifest(folder: Path, manifest: dict) -> None:
     for name, info in features.items():
         if not isinstance(info, dict) or not isinstance(info.get("file"), str):
             fail(f"feature {name!r} has no \"file\"")
-        parted = parted_files(folder, manifest, info["file"])
-        if parted is None:
-            shape, dtype = _check_array(folder, info["file"], None, fail)
-        else:
-            found = [_check_array(folder, str(f.relative_to(folder)), None, fail) for f in parted]
-            shape, dtype = (sum(s[0] for s, _ in found), *found[0][0][1:]), found[0][1]
+        shape, dtype = _check_stored(folder, manifest, info["file"], fail)
         if list(shape) != list(info.get("shape", shape)) or str(dtype) != info.get("dtype", str(dtype)):
             fail(f"feature {name!r}: {info['file']} holds {shape} {dtype}, but the manifest says "
                  f"{info.get('shape')} {info.get('dtype')}")
@@ -638,15 +633,24 @@ def _check_manifest(folder: Path, manifest: dict) -> None:
             fail(f"{manifest['paths']} is missing")
 
 
+def _check_stored(folder: Path, manifest: dict, file: str, fail, kinds: str | None = None):
+    """(shape, dtype) of ``file`` as the reader sees it: the file itself, or its parts' files joined
+    along rows while they are not consolidated (each checked, all of one dtype; trailing dims from the first)."""
+    parted = parted_files(folder, manifest, file)
+    if parted is None:
+        return _check_array(folder, file, None, fail, kinds=kinds)
+    found = [_check_array(folder, str(f.relative_to(folder)), None, fail, kinds=kinds) for f in parted]
+    if len({d for _, d in found}) > 1:
+        fail(f"the parts' {file} differ in dtype ({', '.join(sorted({str(d) for _, d in found}))}); re-extract")
+    return (sum(s[0] for s, _ in found), *found[0][0][1:]), found[0][1]
+
+
 def _check_masks(folder: Path, manifest: dict, num_items: int, fail) -> None:
     info = manifest["masks"]
     if not isinstance(info, dict) or not isinstance(info.get("file"), str) or info.get("layout") not in ("grid", "rows"):
         fail("\"masks\" needs a \"file\" and a \"layout\" (grid or rows)")
-    parted = parted_files(folder, manifest, info["file"])
-    files = [info["file"]] if parted is None else [str(f.relative_to(folder)) for f in parted]
-    found = [_check_array(folder, f, None, fail, kinds="u") for f in files]
-    shape = (sum(s[0] for s, _ in found), *found[0][0][1:])
-    if any(d != np.uint8 for _, d in found):
+    shape, dtype = _check_stored(folder, manifest, info["file"], fail, kinds="u")
+    if dtype != np.uint8:
         fail(f"{info['file']} must hold uint8 labels")
     if info["layout"] == "grid":
         if len(shape) != 3 or shape[0] != num_items:

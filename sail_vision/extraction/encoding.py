@@ -138,20 +138,17 @@ def batch_features(encoding, specs: Sequence[ArraySpec], save_dtype, rows, paths
     return finish_copy_back(start_copy_back(encoding, specs, save_dtype, rows), specs, paths, nonfinite_hint)
 
 
-def encode_batches(out: Path, manifest: dict, batches, *, checkpoint, layers, norm, add_cls, compute_dtype,
-                  device, preprocess: Preprocess, workers: int, strict: bool, progress: bool, rank: int,
-                  commit_interval: float, packed_attention: str = "auto", bar=None,
-                  encoder=None) -> tuple[int, int]:
-    """Encode these batches of one folder and write them; returns (images processed, bytes written).
-
-    ``bar``: a progress bar shared by several calls (not closed here); else ``progress`` makes one.
-    ``encoder``: the model, when the caller keeps one for several folders (else it is loaded here)."""
+def encode_batches(out: Path, manifest: dict, batches, *, encoder, checkpoint, layers, norm, add_cls,
+                   compute_dtype, device, preprocess: Preprocess, workers: int, strict: bool, progress: bool,
+                   rank: int, commit_interval: float, bar=None) -> tuple[int, int]:
+    """Encode these batches (at least one) of one folder with ``encoder`` and write them; returns
+    (images processed, bytes written). ``checkpoint`` and ``compute_dtype`` name what to scan when
+    the model produces NaN/inf. ``bar``: a progress bar shared by several calls (not closed here);
+    else ``progress`` makes one."""
     import torch
 
-    from ..encoder import SailEncoder
-
     specs = specs_from_manifest(manifest)
-    paths = (out / PATHS_FILE).read_text(encoding="utf-8").split("\n")[: manifest["num_items"]]
+    paths = read_lines(out / PATHS_FILE, manifest["num_items"])
     grids = np.load(out / PATCH_GRIDS_FILE)
     masks_entry = manifest.get("masks")
     mask_paths = None
@@ -167,11 +164,6 @@ def encode_batches(out: Path, manifest: dict, batches, *, checkpoint, layers, no
                    "num_classes": masks_entry.get("num_classes")} if masks_entry else None)
     save_dtype = {"float16": torch.float16, "float32": torch.float32}[manifest["settings"]["save_dtype"]]
     total = int(sum(len(b) for b in batches))
-    if not batches:
-        return 0, 0
-    if encoder is None:
-        encoder = SailEncoder.from_pretrained(checkpoint, dtype=compute_dtype, device=device, max_layer=max(layers),
-                                              packed_attention=packed_attention)
     nonfinite_hint = functools.partial(describe_nonfinite, checkpoint, max(layers), compute_dtype)
     loader = batch_loader(paths, preprocess, grids, batches, workers=workers, pin_memory=device.type == "cuda",
                           images=row_images(out, paths), masks=mask_paths, mask_rules=mask_rules,

@@ -18,9 +18,16 @@ from ..feature_store import (FAILURES_FILE, LABELS_FILE, MASK_PATHS_FILE, PARTS_
                              remove_temporary_files, write_manifest)
 from ..pause_points import pause_point
 from .parts import Part, is_committed, parts_from_manifest
-from .planning import PLAN_FAILURES, json_line, status_files
+from .planning import PLAN_FAILURES, changed_settings, json_line, read_lines, status_files
 from .results import ExtractionError
 from .writer import DONE, FAILED, PENDING, _RowFile, create_array_file, failure_record, FailureLog, RowStatus
+
+
+def _write_failures(out: Path, failures: Sequence[dict]) -> dict:
+    """Write ``failures.jsonl`` (one record per line, sorted keys) and return the manifest's ``failures`` entry."""
+    atomic_write_text(out / FAILURES_FILE, "".join(json_line(r) for r in failures))
+    return {"file": FAILURES_FILE, "count": len(failures),
+            "by_kind": dict(sorted(Counter(r["kind"] for r in failures).items())), "items": list(failures)}
 
 
 def finish_part(out: Path, manifest: dict, *, seconds: float, world_size: int, workers: int, device_type: str,
@@ -35,18 +42,16 @@ def finish_part(out: Path, manifest: dict, *, seconds: float, world_size: int, w
     for log in [state / PLAN_FAILURES, *sorted(state.glob("failures-rank*.jsonl"))]:
         for record in FailureLog.read(log):
             records[record["index"]] = record
-    paths = (out / PATHS_FILE).read_text(encoding="utf-8").split("\n")
+    paths = read_lines(out / PATHS_FILE)
     failures = []
     for row in np.flatnonzero(status == FAILED):
         failures.append(records.get(int(row)) or failure_record(int(row), paths[row], "unknown", "failed"))
-    atomic_write_text(out / FAILURES_FILE, "".join(json_line(r) for r in failures))
+    failures_entry = _write_failures(out, failures)
     valid = status == DONE
     atomic_save_npy(out / VALID_FILE, valid)
     pause_point("extract:finalize")
     manifest = {**manifest, "complete": True, "num_valid": int(valid.sum()), "num_failed": len(failures),
-                "failures": {"file": FAILURES_FILE, "count": len(failures),
-                             "by_kind": dict(sorted(Counter(r["kind"] for r in failures).items())),
-                             "items": failures},
+                "failures": failures_entry,
                 "run": {"finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                         "seconds_last_session": round(seconds, 3), "world_size": world_size,
                         "workers": workers, "device_type": device_type, "resumed": resumed}}
@@ -92,7 +97,7 @@ def finish_dataset(out: Path, manifest: dict, extra_run: Mapping | None = None, 
                           "".join((f / MASK_PATHS_FILE).read_text(encoding="utf-8") for f in folders))
         if masks.get("offsets"):
             _join_arrays(out / masks["offsets"], [f / masks["offsets"] for f in folders], shift_offsets=True)
-    atomic_write_text(out / FAILURES_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in failures))
+    failures_entry = _write_failures(out, failures)
     _join_arrays(out / VALID_FILE, [f / VALID_FILE for f in folders])
     _join_arrays(out / PATCH_GRIDS_FILE, [f / PATCH_GRIDS_FILE for f in folders])
     entries = {}
@@ -106,8 +111,7 @@ def finish_dataset(out: Path, manifest: dict, extra_run: Mapping | None = None, 
     finished = {
         **manifest, "complete": True, "num_items": sum(counts), "features": entries,
         "num_valid": int(np.count_nonzero(valid)), "num_failed": len(failures),
-        "failures": {"file": FAILURES_FILE, "count": len(failures),
-                     "by_kind": dict(sorted(Counter(r["kind"] for r in failures).items())), "items": failures},
+        "failures": failures_entry,
         "parts": {**manifest["parts"], "consolidated": False,
                   "items": [{**item, "first_row": start, "num_rows": count}
                             for item, start, count in zip(manifest["parts"]["items"], starts, counts)]},
@@ -120,8 +124,7 @@ def finish_dataset(out: Path, manifest: dict, extra_run: Mapping | None = None, 
 
 def _check_part_origin(folder: Path, part: Part, part_manifest: dict, manifest: dict) -> None:
     """A committed part belongs to this extraction: same settings, same rows (or shard)."""
-    before, now = part_manifest.get("settings") or {}, manifest.get("settings") or {}
-    differ = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    differ = changed_settings(part_manifest.get("settings"), manifest.get("settings"))
     described = part_manifest.get("part") or {}
     wanted = part.describe()
     if differ or any(described.get(k) != v for k, v in wanted.items() if v is not None):

@@ -60,6 +60,12 @@ def mask_lines(masks: Sequence[str | None]) -> str:
     return "".join((m or "") + "\n" for m in masks)
 
 
+def changed_settings(before: dict | None, now: dict | None) -> list[str]:
+    """The setting names whose values differ between two manifests' ``settings``, sorted."""
+    before, now = before or {}, now or {}
+    return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+
+
 def read_lines(file: Path, count: int | None = None) -> list[str]:
     """The lines of a one-entry-per-row text file (``paths.txt``, ``mask_paths.txt``)."""
     lines = file.read_text(encoding="utf-8").split("\n")[:-1]
@@ -158,7 +164,7 @@ class PartPlanner:
 
     def _check_same_settings(self, manifest: dict) -> None:
         before = manifest.get("settings") or {}
-        changed = [k for k in sorted(set(before) | set(self.settings)) if before.get(k) != self.settings.get(k)]
+        changed = changed_settings(before, self.settings)
         if changed:
             details = "; ".join(f"{k}: was {before.get(k)!r}, now {self.settings.get(k)!r}" for k in changed)
             raise ExtractionError(f"--out {self.out}: cannot resume with different settings ({details}); rerun "

@@ -40,6 +40,10 @@ from .views import ViewSource
 from .writer import DONE, PENDING, RowStatus
 
 
+#: How long a task of a task array waits for another task that is planning or joining (seconds).
+SHARED_LOCK_WAIT_S = 600
+
+
 @dataclass
 class _PartJob:
     """What every part of one run shares (the dataset's settings, the listing, the compute setup)."""
@@ -109,7 +113,7 @@ def _part_source(job: _PartJob, part: Part, work: Path) -> ImageSource:
                            description={"part": part.describe()},
                            masks=None if job.masks is None else job.masks[rows])
     if (work / PATHS_FILE).is_file() and has_spool(work / STATE_DIR):
-        paths = (work / PATHS_FILE).read_text(encoding="utf-8").split("\n")[:-1]
+        paths = read_lines(work / PATHS_FILE)
         return ImageSource(paths, None, job.classes, description={"part": part.describe()})
     source = job.source()
     shard = next(s for s in source.shards if s.name == part.shard)
@@ -149,12 +153,13 @@ def _extract_part(job: _PartJob, part: Part, bar=None) -> int:
         resumed = len(pending) < len(batches) or int((status == DONE).sum()) > 0
         if not rank_status_file(work, 0).is_file():
             RowStatus.create(rank_status_file(work, 0), manifest["num_items"])
-        processed, _ = encode_batches(
-            work, manifest, pending, checkpoint=job.checkpoint, layers=job.layers, norm=job.norm,
-            add_cls=job.add_cls, compute_dtype=job.compute_dtype, device=job.device, preprocess=job.preprocess,
-            workers=job.workers, strict=job.strict, progress=job.progress, rank=0,
-            commit_interval=job.commit_interval, packed_attention=job.packed_attention, bar=bar,
-            encoder=job.encoder() if pending else None)
+        processed = 0
+        if pending:
+            processed, _ = encode_batches(
+                work, manifest, pending, encoder=job.encoder(), checkpoint=job.checkpoint, layers=job.layers,
+                norm=job.norm, add_cls=job.add_cls, compute_dtype=job.compute_dtype, device=job.device,
+                preprocess=job.preprocess, workers=job.workers, strict=job.strict, progress=job.progress, rank=0,
+                commit_interval=job.commit_interval, bar=bar)
         finish_part(work, manifest, seconds=time.monotonic() - started, world_size=1, workers=job.workers,
                   device_type=job.device.type, resumed=resumed)
         return processed
@@ -263,15 +268,22 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
     # a task array share it: each holds it only while planning or joining, and holds its parts.
     shared = tasks.is_task_array or o.finalize
     lock = contextlib.ExitStack()
+
+    def held_briefly():
+        """The folder's lock while a task plans or joins (a single run already holds it throughout)."""
+        if not shared:
+            return contextlib.nullcontext()
+        return hold_folder(out, "sail-vision extract", wait=SHARED_LOCK_WAIT_S)
+
     try:
         compute_dtype = resolve_compute_dtype(o.dtype, device)
         packed_kernel = resolve_packed_attention(o.packed_attention, device, resolve_dtype(compute_dtype))
         outcome = None
         if dist.is_main:
             try:
-                with contextlib.ExitStack() as planning:
-                    target = planning if shared else lock
-                    target.enter_context(hold_folder(out, "sail-vision extract", wait=600 if shared else 0))
+                if not shared:
+                    lock.enter_context(hold_folder(out, "sail-vision extract"))
+                with held_briefly():
                     settings, manifest_base = describe_run()
                     listing = _SourceLoader(source_args)
                     if o.views:
@@ -291,16 +303,14 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
         manifest = read_manifest(out)
         if outcome == "complete":
             if o.consolidate and dist.is_main and not (manifest.get("parts") or {}).get("consolidated", True):
-                with contextlib.ExitStack() as joining:  # a join that was interrupted, or asked for now
-                    if shared:
-                        joining.enter_context(hold_folder(out, "sail-vision extract", wait=600))
-                    manifest = join_features(out)
+                with held_briefly():  # a join that was interrupted, or asked for now
+                    join_features(out)
             dist.barrier()
             manifest = read_manifest(out)
             return result_from_manifest(out, manifest, already_complete=True, world_size=dist.world_size)
         parts = parts_from_manifest(manifest)
         flat = all(p.shard is None for p in parts)
-        paths = (out / PATHS_FILE).read_text(encoding="utf-8").split("\n")[: manifest["num_items"]] if flat else None
+        paths = read_lines(out / PATHS_FILE, manifest["num_items"]) if flat else None
         labels = np.load(out / LABELS_FILE) if flat and manifest.get("labels") else None
         masks = ([m or None for m in read_lines(out / MASK_PATHS_FILE, manifest["num_items"])]
                  if flat and manifest.get("masks") else None)
@@ -338,9 +348,7 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
         seconds = time.monotonic() - started
         waiting = [p.name for p in parts if not is_committed(out, p)]
         if dist.is_main and not waiting:
-            with contextlib.ExitStack() as joining:
-                if shared:
-                    joining.enter_context(hold_folder(out, "sail-vision extract", wait=600))
+            with held_briefly():
                 manifest = read_manifest(out)
                 if not manifest.get("complete"):
                     manifest = finish_dataset(out, manifest, {
