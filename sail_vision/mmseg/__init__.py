@@ -2,7 +2,7 @@
 
 Importing this package registers, in mmseg's / mmengine's registries:
 
-- ``SAILBackbone`` and ``SAILLinearHead`` (MODELS);
+- ``SAILBackbone``, ``SAILLinearHead`` and ``SAILLinearDepthHead`` (MODELS);
 - ``SyntheticColourDataset`` (DATASETS), the demo's synthetic data;
 - the classification probe under mmengine (:mod:`sail_vision.mmseg.classification`):
   ``LinearProbeClassifier``, ``ExtractedFeatureDataset``, ``ProbeAccuracy``;
@@ -25,6 +25,8 @@ from .backbone import SAILBackbone  # noqa: E402
 from .checkpoints import WeightsOnlyCheckpointHook  # noqa: E402
 from . import classification  # noqa: E402,F401  (the classification probe: model, dataset, metric)
 from .datasets import SyntheticColourDataset  # noqa: E402
+from .depth import SAILLinearDepthHead  # noqa: E402
 from .heads import SAILLinearHead  # noqa: E402
 
-__all__ = ["SAILBackbone", "SAILLinearHead", "SyntheticColourDataset", "WeightsOnlyCheckpointHook"]
+__all__ = ["SAILBackbone", "SAILLinearDepthHead", "SAILLinearHead", "SyntheticColourDataset",
+           "WeightsOnlyCheckpointHook"]

@@ -11,14 +11,15 @@ CONFIGS_ROOT = Path(__file__).resolve().parents[2] / "configs"
 CONFIGS = sorted((CONFIGS_ROOT / "sail").glob("*.py"))
 # mmseg's naming: {head}_{neck?}_{backbone}_{gpus}xb{batch}-{iters}_{dataset}-{crop}.py
 NAME = re.compile(r"^(?P<head>[a-z0-9-]+)_(?:(?P<neck>mln)_)?(?P<backbone>sail-[a-z0-9]+)_(?P<gpus>\d+)xb(?P<batch>\d+)"
-                  r"-(?P<iters>\d+k?)_(?P<dataset>[a-z0-9]+)-(?P<crop>\d+x\d+)$")
+                  r"-(?P<iters>\d+k?)_(?P<dataset>[a-z0-9-]+?)-(?P<crop>\d+x\d+)$")
 
 
 def test_every_expected_config_exists():
     names = {p.stem for p in CONFIGS}
     assert names == {"linear_sail-7b_8xb2-40k_ade20k-512x512", "linear4-ms_sail-7b_8xb2-40k_ade20k-512x512",
                      "upernet_mln_sail-7b_8xb2-40k_ade20k-512x512", "linear_sail-tiny_1xb4-300_synthetic-64x64",
-                     "linear4-ms_sail-tiny_1xb4-300_synthetic-64x64", "upernet_mln_sail-tiny_1xb4-300_synthetic-64x64"}
+                     "linear4-ms_sail-tiny_1xb4-300_synthetic-64x64", "upernet_mln_sail-tiny_1xb4-300_synthetic-64x64",
+                     "linear_sail-7b_8xb2-38400_nyu-416x544", "linear_sail-tiny_1xb4-300_synthetic-depth-64x64"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -31,10 +32,13 @@ def test_config_composes_and_its_name_says_what_it_is(path):
     assert cfg.model.backbone.type == "SAILBackbone"
     assert "sail_vision.mmseg" in cfg.custom_imports.imports
     assert {"type": "WeightsOnlyCheckpointHook"} in cfg.custom_hooks
-    assert "test_pipeline" in cfg and "tta_pipeline" in cfg and "tta_model" in cfg  # inference_model / --tta
     assert cfg.train_dataloader.batch_size == int(name["batch"])
     assert str(cfg.train_cfg.max_iters) == name["iters"].replace("k", "000")
     assert "x".join(map(str, cfg.crop_size)) == name["crop"]
+    if cfg.model.type == "DepthEstimator":
+        _check_depth_config(cfg, name)
+        return
+    assert "test_pipeline" in cfg and "tta_pipeline" in cfg and "tta_model" in cfg  # inference_model / --tta
     assert cfg.model.decode_head.num_classes == cfg.num_classes  # set from the dataset file
     assert (name["neck"] == "mln") == (cfg.model.get("neck", {}).get("type") == "MultiLevelNeck")
     if name["backbone"] == "sail-7b":
@@ -50,6 +54,19 @@ def test_config_composes_and_its_name_says_what_it_is(path):
         head = cfg.model.decode_head
         assert head.type == "SAILLinearHead" and len(head.in_channels) == len(head.in_index)
         assert len(head.in_index) == (4 if name["head"] == "linear4-ms" else 1)
+
+
+def _check_depth_config(cfg, name) -> None:
+    head = cfg.model.decode_head
+    assert head.type == "SAILLinearDepthHead" and len(head.in_channels) == len(head.in_index) == 1
+    assert cfg.model.data_preprocessor.seg_pad_val == 0  # padded depth reads "no measurement", never 255 m
+    assert cfg.test_evaluator.type == "DepthMetric" and "test_pipeline" in cfg
+    assert cfg.train_dataloader.dataset.type == "NYUDataset"
+    if name["backbone"] == "sail-7b":
+        assert name["dataset"] == "nyu" and cfg.model.backbone.dtype == "bfloat16" and cfg.model.backbone.frozen
+        assert cfg.test_evaluator.crop_type == "nyu_crop" and cfg.model.data_preprocessor.get("size") is None
+        assert (head.min_depth, head.max_depth, head.n_bins) == (0.001, 10.0, 256)
+        assert all(v % 32 == 0 for v in cfg.crop_size)
 
 
 @pytest.mark.parametrize("path", sorted((CONFIGS_ROOT / "_base_" / "models").glob("*.py")), ids=lambda p: p.stem)
