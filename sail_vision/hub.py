@@ -1,0 +1,143 @@
+"""Hugging Face hub ids -> a local checkpoint folder holding only the shards the requested layers need.
+
+``ORG/NAME[@REVISION]`` is fetched with ``huggingface_hub.hf_hub_download`` into the standard Hugging
+Face cache (``HF_HOME`` / ``HF_HUB_CACHE``; ``HF_ENDPOINT`` picks the server): ``config.json``, the
+tokenizer files and the weight index first, then only the shards holding the tensors an encoder with
+``max_layer`` reads (:meth:`~.checkpoint.SailCheckpoint.encoder_files`: one owner of that knowledge).
+Everything is pinned to the commit the revision resolves to, so one load never mixes two commits; the
+cache is reused and ``HF_HUB_OFFLINE=1`` loads from it. Failures are one-line ``CheckpointError``s.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .errors import CheckpointError
+
+#: ``ORG/NAME`` or ``ORG/NAME@REVISION`` (the hub's own character rules for names).
+_HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96})(?:@(?P<revision>[^\s@]+))?$")
+CONFIG_FILE = "config.json"
+#: Tokenizer files that may hold the vision token ids (read by ``checkpoint.read_vision_token_ids``).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "added_tokens.json")
+
+
+def is_hub_id(spec: str) -> bool:
+    """Whether ``spec`` has the form of a hub id (``ORG/NAME[@REVISION]``)."""
+    return bool(_HUB_ID.match(spec)) and ".." not in spec.split("@")[0]
+
+
+def parse_hub_id(spec: str) -> tuple[str, str]:
+    """``"ORG/NAME@REV"`` -> (``"ORG/NAME"``, ``"REV"``); the revision defaults to ``main``."""
+    match = _HUB_ID.match(spec)
+    if not match or not is_hub_id(spec):
+        raise CheckpointError(f"{spec!r} is not a hub id: use ORG/NAME or ORG/NAME@REVISION")
+    return match["repo"], match["revision"] or "main"
+
+
+def fetch_checkpoint(spec: str, *, max_layer: int | None = None, progress: bool = True):
+    """Download what an encoder with ``max_layer`` needs from hub id ``spec``; the opened
+    (possibly ``partial``) :class:`~.checkpoint.SailCheckpoint`, with ``repo_id`` and ``revision``
+    (the commit sha) set."""
+    from .checkpoint import SINGLE_WEIGHTS_FILE, WEIGHTS_INDEX_FILE, SailCheckpoint
+
+    repo_id, revision = parse_hub_id(spec)
+    fetch = _Fetcher(spec, repo_id, revision, progress)
+    config = fetch.required(CONFIG_FILE, "config.json")
+    folder = Path(config).parent
+    commit = folder.name  # the snapshot folder is named by the commit the revision resolved to
+    fetch.revision = commit
+    for name in TOKENIZER_FILES:
+        fetch.optional(name)
+    if fetch.optional(WEIGHTS_INDEX_FILE) is None:
+        fetch.required(SINGLE_WEIGHTS_FILE, f"{WEIGHTS_INDEX_FILE} or {SINGLE_WEIGHTS_FILE}")
+        return _open(SailCheckpoint, folder, spec, repo_id, commit)
+    ckpt = _open(SailCheckpoint, folder, spec, repo_id, commit)
+    for file in ckpt.encoder_files(max_layer):
+        fetch.required(file.name, "a shard the weight index lists")
+    return _open(SailCheckpoint, folder, spec, repo_id, commit)
+
+
+def _open(cls, folder: Path, spec: str, repo_id: str, commit: str):
+    try:
+        return cls(folder, partial=True, repo_id=repo_id, revision=commit)
+    except CheckpointError as exc:
+        raise CheckpointError(f"hub checkpoint {spec} (commit {commit[:12]}) is not a usable SAIL checkpoint: "
+                              f"{exc}") from None
+
+
+class _Fetcher:
+    """``hf_hub_download`` of one repo's files with each hub failure turned into a one-line error."""
+
+    def __init__(self, spec: str, repo_id: str, revision: str, progress: bool):
+        self.spec, self.repo_id, self.revision, self.progress = spec, repo_id, revision, progress
+
+    def optional(self, filename: str) -> str | None:
+        """The local path of ``filename``, or None when the repo has no such file."""
+        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
+        from huggingface_hub.file_download import _CACHED_NO_EXIST
+
+        try:
+            return self._download(filename)
+        except RemoteEntryNotFoundError:
+            return None
+        except LocalEntryNotFoundError as exc:
+            if try_to_load_from_cache(self.repo_id, filename, revision=self.revision) is _CACHED_NO_EXIST:
+                return None  # offline, but an earlier online look-up found the repo has no such file
+            raise self._unreachable(exc) from None
+
+    def required(self, filename: str, what: str) -> str:
+        """The local path of ``filename``; an error saying the repo is not a SAIL checkpoint if absent."""
+        from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
+
+        try:
+            return self._download(filename)
+        except RemoteEntryNotFoundError:
+            raise CheckpointError(f"hub repo {self.repo_id} (revision {self.revision}) has no {filename}: it is "
+                                  f"not a SAIL checkpoint (SAIL needs {what}); check the repo id") from None
+        except LocalEntryNotFoundError as exc:
+            raise self._unreachable(exc) from None
+
+    def _download(self, filename: str) -> str:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, RemoteEntryNotFoundError,
+                                            RepositoryNotFoundError, RevisionNotFoundError)
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+        quiet = not self.progress and not are_progress_bars_disabled()
+        if quiet:
+            disable_progress_bars()
+        try:
+            return hf_hub_download(self.repo_id, filename, revision=self.revision)
+        except RemoteEntryNotFoundError:
+            raise  # the callers decide whether the file may be absent
+        except RevisionNotFoundError:
+            raise CheckpointError(f"hub repo {self.repo_id} has no revision {self.revision!r}; use a branch, tag "
+                                  f"or commit sha the repo has (ORG/NAME@REVISION)") from None
+        except GatedRepoError:
+            raise CheckpointError(f"hub repo {self.repo_id} is gated: accept its terms on the hub and log in "
+                                  f"(`hf auth login` or HF_TOKEN)") from None
+        except RepositoryNotFoundError:
+            raise CheckpointError(f"{self.spec}: no such local folder, and no hub repo {self.repo_id} (or it is "
+                                  f"private: log in with `hf auth login` or set HF_TOKEN); check the name") from None
+        except HfHubHTTPError as exc:
+            raise CheckpointError(f"hub repo {self.repo_id}: downloading {filename} failed "
+                                  f"({str(exc).splitlines()[0]})") from None
+        finally:
+            if quiet:
+                enable_progress_bars()
+
+    def _unreachable(self, exc: Exception) -> CheckpointError:
+        """Offline (or no network) and the file is not in the cache."""
+        from huggingface_hub import constants
+
+        if constants.is_offline_mode():
+            why = "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache " \
+                  f"({constants.HF_HUB_CACHE}); unset HF_HUB_OFFLINE to download it, or set HF_HUB_CACHE / " \
+                  "HF_HOME to the cache that holds it"
+        else:
+            why = f"the hub at {constants.ENDPOINT} cannot be reached and it is not in the Hugging Face cache " \
+                  f"({constants.HF_HUB_CACHE}); check the network or HF_ENDPOINT, or set HF_HUB_CACHE / HF_HOME " \
+                  "to a cache that holds it and HF_HUB_OFFLINE=1"
+        return CheckpointError(f"{self.spec}: {why}")
