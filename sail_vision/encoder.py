@@ -18,6 +18,7 @@ from .checkpoint import VISION_TOKENS, VisionTokenIds, expected_tensor_shapes, o
 from .config import SailConfig
 from .devices import resolve_device, resolve_dtype
 from .errors import InputError, LayerIndexError
+from .interfaces import FeatureInterfacesMixin
 from .layer_indices import resolve_layer_indices
 from .outputs import SailEncoding
 from .packing import (BATCHING, DEFAULT_MAX_BATCH_TOKENS, PACKED_ATTENTION, PackedLayout, plan_packs,
@@ -30,7 +31,7 @@ _TOKEN_ROLES = tuple(VISION_TOKENS)
 ROTARY_CACHE_GRIDS = 32
 
 
-class SailEncoder(nn.Module):
+class SailEncoder(FeatureInterfacesMixin, nn.Module):
     """SAIL as a vision backbone: images in, per-token hidden states of chosen layers out.
 
     Build it with :meth:`from_pretrained`. Only blocks 1..``num_blocks`` exist; hidden-state
