@@ -222,7 +222,8 @@ class SailCheckpoint:
         self.repo_id = repo_id
         self.revision = revision
         if not self.path.is_dir():
-            raise CheckpointError(f"{self.path}: not a directory; expected a SAIL checkpoint folder")
+            raise CheckpointError(f"{self.path}: not a directory; expected a SAIL checkpoint folder (or a Hugging "
+                                  f"Face hub id ORG/NAME[@REVISION])")
         self.config = load_sail_config(self.path)
         self.token_ids = read_vision_token_ids(self.path, self.config.vocab_size)
         self.weight_map = self._index_weights()
@@ -261,6 +262,11 @@ class SailCheckpoint:
             raise CheckpointError(
                 f"{self.path}: config.json says {num_layers} layers (num_hidden_layers) but the weights hold "
                 f"{holds}{details}); use the config.json that came with these weights, or the weights that match it")
+
+    @property
+    def spec(self) -> str:
+        """What reopens exactly this checkpoint: ``repo@commit`` for a hub one, else its folder."""
+        return f"{self.repo_id}@{self.revision}" if self.repo_id is not None else str(self.path)
 
     @property
     def absent_files(self) -> list[Path]:
@@ -456,24 +462,22 @@ class SailCheckpoint:
             raise CheckpointError(found.describe())
 
 
-def open_checkpoint(spec: str | Path, *, max_layer: int | None = None, progress: bool = True) -> SailCheckpoint:
+def open_checkpoint(spec: str | Path, *, max_layer: int | None = None, weights: bool = True,
+                    progress: bool = True) -> SailCheckpoint:
     """Resolve a checkpoint spec and open it.
 
     ``spec`` is a local folder (``~`` expanded) or a Hugging Face hub id ``ORG/NAME[@REVISION]``; an
     existing local folder wins when a spec could be both. A hub id is fetched into the Hugging Face
     cache with only the shards an encoder with ``max_layer`` reads (see :mod:`.hub`), so the result
-    may be ``partial``; ``progress`` shows the hub's progress bars.
+    may be ``partial``; ``weights=False`` fetches no shard at all (config, tokenizer and index only);
+    ``progress`` shows the hub's progress bars.
     """
-    local = Path(str(spec)).expanduser()
-    if isinstance(spec, Path) or local.is_dir():
-        return SailCheckpoint(local)
     from . import hub
 
-    if not hub.is_hub_id(str(spec)):
-        raise CheckpointError(
-            f"{spec}: no such folder, and not a Hugging Face hub id (ORG/NAME or ORG/NAME@REVISION); "
-            f"give a local SAIL checkpoint folder or a hub id")
-    return hub.fetch_checkpoint(str(spec), max_layer=max_layer, progress=progress)
+    local = Path(str(spec)).expanduser()
+    if isinstance(spec, Path) or local.exists() or not hub.is_hub_id(str(spec)):
+        return SailCheckpoint(local)
+    return hub.fetch_checkpoint(str(spec), max_layer=max_layer, weights=weights, progress=progress)
 
 
 def checkpoint_source(ckpt: SailCheckpoint) -> dict:

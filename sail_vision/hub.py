@@ -35,10 +35,10 @@ def parse_hub_id(spec: str) -> tuple[str, str]:
     return match["repo"], match["revision"] or "main"
 
 
-def fetch_checkpoint(spec: str, *, max_layer: int | None = None, progress: bool = True):
-    """Download what an encoder with ``max_layer`` needs from hub id ``spec``; the opened
-    (possibly ``partial``) :class:`~.checkpoint.SailCheckpoint`, with ``repo_id`` and ``revision``
-    (the commit sha) set."""
+def fetch_checkpoint(spec: str, *, max_layer: int | None = None, weights: bool = True, progress: bool = True):
+    """Download what an encoder with ``max_layer`` needs from hub id ``spec`` (with ``weights=False``
+    only config, tokenizer and index); the opened (possibly ``partial``) :class:`~.checkpoint.SailCheckpoint`,
+    with ``repo_id`` and ``revision`` (the commit sha) set."""
     from .checkpoint import SINGLE_WEIGHTS_FILE, WEIGHTS_INDEX_FILE, SailCheckpoint
 
     repo_id, revision = parse_hub_id(spec)
@@ -50,9 +50,14 @@ def fetch_checkpoint(spec: str, *, max_layer: int | None = None, progress: bool 
     for name in TOKENIZER_FILES:
         fetch.optional(name)
     if fetch.optional(WEIGHTS_INDEX_FILE) is None:
+        if not weights:
+            raise CheckpointError(f"hub repo {repo_id} keeps its weights in one {SINGLE_WEIGHTS_FILE}; describing "
+                                  f"it needs the whole file: load it (or download it) first")
         fetch.required(SINGLE_WEIGHTS_FILE, f"{WEIGHTS_INDEX_FILE} or {SINGLE_WEIGHTS_FILE}")
         return _open(SailCheckpoint, folder, spec, repo_id, commit)
     ckpt = _open(SailCheckpoint, folder, spec, repo_id, commit)
+    if not weights:
+        return ckpt
     for file in ckpt.encoder_files(max_layer):
         fetch.required(file.name, "a shard the weight index lists")
     return _open(SailCheckpoint, folder, spec, repo_id, commit)

@@ -139,5 +139,5 @@ def test_hub_id_syntax():
     assert parse_hub_id("org/name@v1.0") == ("org/name", "v1.0")
     for bad in ("name", "/abs/path", "a/b/c", "./x", "org/../x", "org/name@"):
         assert not is_hub_id(bad), bad
-    with pytest.raises(CheckpointError, match="no such folder, and not a Hugging Face hub id"):
+    with pytest.raises(CheckpointError, match="not a directory; expected a SAIL checkpoint folder .or a Hugging"):
         open_checkpoint("/no/such/folder")
