@@ -71,6 +71,21 @@ def _open(cls, folder: Path, spec: str, repo_id: str, commit: str):
                               f"{exc}") from None
 
 
+def _entry_errors():
+    """(not on the hub, not in the cache): huggingface_hub >= 1.0 names the first
+    RemoteEntryNotFoundError; before, EntryNotFoundError (of which the second is a subclass, so
+    callers test the second first)."""
+    from huggingface_hub import errors
+
+    return getattr(errors, "RemoteEntryNotFoundError", errors.EntryNotFoundError), errors.LocalEntryNotFoundError
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE)
+
+
 class _Fetcher:
     """``hf_hub_download`` of one repo's files with each hub failure turned into a one-line error."""
 
@@ -80,33 +95,32 @@ class _Fetcher:
     def optional(self, filename: str) -> str | None:
         """The local path of ``filename``, or None when the repo has no such file."""
         from huggingface_hub import try_to_load_from_cache
-        from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
         from huggingface_hub.file_download import _CACHED_NO_EXIST
 
+        remote_missing, not_cached = _entry_errors()
         try:
             return self._download(filename)
-        except RemoteEntryNotFoundError:
-            return None
-        except LocalEntryNotFoundError as exc:
+        except not_cached:
             if try_to_load_from_cache(self.repo_id, filename, revision=self.revision) is _CACHED_NO_EXIST:
                 return None  # offline, but an earlier online look-up found the repo has no such file
-            raise self._unreachable(exc) from None
+            raise self._unreachable() from None
+        except remote_missing:
+            return None
 
     def required(self, filename: str, what: str) -> str:
         """The local path of ``filename``; an error saying the repo is not a SAIL checkpoint if absent."""
-        from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
-
+        remote_missing, not_cached = _entry_errors()
         try:
             return self._download(filename)
-        except RemoteEntryNotFoundError:
+        except not_cached:
+            raise self._unreachable() from None
+        except remote_missing:
             raise CheckpointError(f"hub repo {self.repo_id} (revision {self.revision}) has no {filename}: it is "
                                   f"not a SAIL checkpoint (SAIL needs {what}); check the repo id") from None
-        except LocalEntryNotFoundError as exc:
-            raise self._unreachable(exc) from None
 
     def _download(self, filename: str) -> str:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, RemoteEntryNotFoundError,
+        from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
                                             RepositoryNotFoundError, RevisionNotFoundError)
         from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
@@ -115,8 +129,8 @@ class _Fetcher:
             disable_progress_bars()
         try:
             return hf_hub_download(self.repo_id, filename, revision=self.revision)
-        except RemoteEntryNotFoundError:
-            raise  # the callers decide whether the file may be absent
+        except EntryNotFoundError:
+            raise  # the callers decide whether the file may be absent (on the hub or in the cache)
         except RevisionNotFoundError:
             raise CheckpointError(f"hub repo {self.repo_id} has no revision {self.revision!r}; use a branch, tag "
                                   f"or commit sha the repo has (ORG/NAME@REVISION)") from None
@@ -133,11 +147,11 @@ class _Fetcher:
             if quiet:
                 enable_progress_bars()
 
-    def _unreachable(self, exc: Exception) -> CheckpointError:
+    def _unreachable(self) -> CheckpointError:
         """Offline (or no network) and the file is not in the cache."""
         from huggingface_hub import constants
 
-        if constants.is_offline_mode():
+        if _offline():
             why = "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache " \
                   f"({constants.HF_HUB_CACHE}); unset HF_HUB_OFFLINE to download it, or set HF_HUB_CACHE / " \
                   "HF_HOME to the cache that holds it"

@@ -73,7 +73,7 @@ def test_upernet_on_sail_trains(model_dir):
     torch.manual_seed(0)
     backbone_config = SailBackboneConfig(checkpoint=model_dir, out_indices=[1, 2, 3, 4])
     config = UperNetConfig(backbone_config=backbone_config, num_labels=3, hidden_size=32, auxiliary_channels=16,
-                           auxiliary_in_channels=256, pool_scales=[1, 2])
+                           pool_scales=[1, 2])
     model = UperNetForSemanticSegmentation(config)
     encoder = model.backbone.encoder
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
