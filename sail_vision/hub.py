@@ -59,7 +59,7 @@ def fetch_checkpoint(spec: str, *, max_layer: int | None = None, weights: bool =
     if not weights:
         return ckpt
     for file in ckpt.encoder_files(max_layer):
-        fetch.required(file.name, "a shard the weight index lists")
+        fetch.required(file.relative_to(folder).as_posix(), "a shard the weight index lists")
     return _open(SailCheckpoint, folder, spec, repo_id, commit)
 
 

@@ -141,3 +141,29 @@ def test_hub_id_syntax():
         assert not is_hub_id(bad), bad
     with pytest.raises(CheckpointError, match="not a directory; expected a SAIL checkpoint folder .or a Hugging"):
         open_checkpoint("/no/such/folder")
+
+
+def test_other_layouts_single_file_and_shards_in_a_subfolder(hub, tiny_checkpoint, sharded_checkpoint, tmp_path):
+    """A repo with one model.safetensors is fetched whole; an index naming shards in a subfolder works."""
+    hub.add_repo("sail-test/single", tiny_checkpoint, "a" * 40)
+    single = SailEncoder.from_pretrained("sail-test/single", max_layer=2)
+    assert "model.safetensors" in hub.downloaded("sail-test/single")
+    local = SailEncoder.from_pretrained(tiny_checkpoint, max_layer=2)
+    assert all(torch.equal(v, single.state_dict()[k]) for k, v in local.state_dict().items())
+
+    nested = tmp_path / "nested"
+    (nested / "weights").mkdir(parents=True)
+    index = json.loads((sharded_checkpoint / "model.safetensors.index.json").read_text())
+    for path in sharded_checkpoint.iterdir():
+        if path.name.endswith(".safetensors"):
+            (nested / "weights" / path.name).symlink_to(path)
+        elif path.name != "model.safetensors.index.json":
+            (nested / path.name).symlink_to(path)
+    index["weight_map"] = {k: f"weights/{v}" for k, v in index["weight_map"].items()}
+    (nested / "model.safetensors.index.json").write_text(json.dumps(index))
+    hub.add_repo("sail-test/nested", nested, "b" * 40)
+    got = SailEncoder.from_pretrained("sail-test/nested", max_layer=1)
+    assert {f.split("/")[-1] for f in hub.downloaded("sail-test/nested") if f.startswith("weights/")} == \
+        _shards_for_blocks(sharded_checkpoint, 1)
+    want = SailEncoder.from_pretrained(sharded_checkpoint, max_layer=1)
+    assert all(torch.equal(v, got.state_dict()[k]) for k, v in want.state_dict().items())
