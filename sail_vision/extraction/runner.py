@@ -216,7 +216,7 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
     device = resolve_device(o.device)
     if o.dtype not in (None, "auto"):
         resolve_compute_dtype(o.dtype, device)  # a bad --dtype fails before any process group is joined
-    ckpt = open_checkpoint(checkpoint, weights=False)  # a hub id: config, tokenizer and index only
+    ckpt = open_checkpoint(checkpoint, weights=False, progress=o.progress)  # a hub id: config, tokenizer, index
     cfg = ckpt.config
     layers = resolve_layer_indices(layers, cfg.num_hidden_layers)
     if ckpt.repo_id is not None:  # then the shards of these layers, at the commit just resolved
