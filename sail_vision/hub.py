@@ -159,4 +159,4 @@ class _Fetcher:
             why = f"the hub at {constants.ENDPOINT} cannot be reached and it is not in the Hugging Face cache " \
                   f"({constants.HF_HUB_CACHE}); check the network or HF_ENDPOINT, or set HF_HUB_CACHE / HF_HOME " \
                   "to a cache that holds it and HF_HUB_OFFLINE=1"
-        return CheckpointError(f"{self.spec}: {why}")
+        return CheckpointError(f"{self.spec}: no such local folder, and as a hub id: {why}")
