@@ -39,6 +39,8 @@ def fetch_checkpoint(spec: str, *, max_layer: int | None = None, weights: bool =
     """Download what an encoder with ``max_layer`` needs from hub id ``spec`` (with ``weights=False``
     only config, tokenizer and index); the opened (possibly ``partial``) :class:`~.checkpoint.SailCheckpoint`,
     with ``repo_id`` and ``revision`` (the commit sha) set."""
+    from huggingface_hub import try_to_load_from_cache
+
     from .checkpoint import SINGLE_WEIGHTS_FILE, WEIGHTS_INDEX_FILE, SailCheckpoint
 
     repo_id, revision = parse_hub_id(spec)
@@ -50,9 +52,9 @@ def fetch_checkpoint(spec: str, *, max_layer: int | None = None, weights: bool =
     for name in TOKENIZER_FILES:
         fetch.optional(name)
     if fetch.optional(WEIGHTS_INDEX_FILE) is None:
-        if not weights:
-            raise CheckpointError(f"hub repo {repo_id} keeps its weights in one {SINGLE_WEIGHTS_FILE}; describing "
-                                  f"it needs the whole file: load it (or download it) first")
+        if not weights and not isinstance(try_to_load_from_cache(repo_id, SINGLE_WEIGHTS_FILE, revision=commit), str):
+            raise CheckpointError(f"hub repo {repo_id} keeps its weights in one {SINGLE_WEIGHTS_FILE}, not in the "
+                                  f"cache yet; describing it needs the whole file: load it once first")
         fetch.required(SINGLE_WEIGHTS_FILE, f"{WEIGHTS_INDEX_FILE} or {SINGLE_WEIGHTS_FILE}")
         return _open(SailCheckpoint, folder, spec, repo_id, commit)
     ckpt = _open(SailCheckpoint, folder, spec, repo_id, commit)
@@ -103,7 +105,7 @@ class _Fetcher:
         except not_cached:
             if try_to_load_from_cache(self.repo_id, filename, revision=self.revision) is _CACHED_NO_EXIST:
                 return None  # offline, but an earlier online look-up found the repo has no such file
-            raise self._unreachable() from None
+            raise self._unreachable(filename) from None
         except remote_missing:
             return None
 
@@ -113,7 +115,7 @@ class _Fetcher:
         try:
             return self._download(filename)
         except not_cached:
-            raise self._unreachable() from None
+            raise self._unreachable(filename) from None
         except remote_missing:
             raise CheckpointError(f"hub repo {self.repo_id} (revision {self.revision}) has no {filename}: it is "
                                   f"not a SAIL checkpoint (SAIL needs {what}); check the repo id") from None
@@ -147,16 +149,15 @@ class _Fetcher:
             if quiet:
                 enable_progress_bars()
 
-    def _unreachable(self) -> CheckpointError:
-        """Offline (or no network) and the file is not in the cache."""
+    def _unreachable(self, filename: str) -> CheckpointError:
+        """Offline (or no network) and ``filename`` is not in the cache."""
         from huggingface_hub import constants
 
+        what = f"{filename} of {self.repo_id}@{self.revision} is not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
         if _offline():
-            why = "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache " \
-                  f"({constants.HF_HUB_CACHE}); unset HF_HUB_OFFLINE to download it, or set HF_HUB_CACHE / " \
-                  "HF_HOME to the cache that holds it"
+            why = (f"HF_HUB_OFFLINE is set and {what}; unset HF_HUB_OFFLINE to download it, or set HF_HUB_CACHE / "
+                   f"HF_HOME to the cache that holds it")
         else:
-            why = f"the hub at {constants.ENDPOINT} cannot be reached and it is not in the Hugging Face cache " \
-                  f"({constants.HF_HUB_CACHE}); check the network or HF_ENDPOINT, or set HF_HUB_CACHE / HF_HOME " \
-                  "to a cache that holds it and HF_HUB_OFFLINE=1"
+            why = (f"the hub at {constants.ENDPOINT} cannot be reached and {what}; check the network or HF_ENDPOINT, "
+                   f"or set HF_HUB_CACHE / HF_HOME to a cache that holds it and HF_HUB_OFFLINE=1")
         return CheckpointError(f"{self.spec}: no such local folder, and as a hub id: {why}")

@@ -146,7 +146,11 @@ def test_hub_id_syntax():
 def test_other_layouts_single_file_and_shards_in_a_subfolder(hub, tiny_checkpoint, sharded_checkpoint, tmp_path):
     """A repo with one model.safetensors is fetched whole; an index naming shards in a subfolder works."""
     hub.add_repo("sail-test/single", tiny_checkpoint, "a" * 40)
+    with pytest.raises(CheckpointError, match="one model.safetensors, not in the cache yet"):
+        open_checkpoint("sail-test/single", weights=False)  # describing it would download it all
+    assert not hub.downloaded("sail-test/single").get("model.safetensors")
     single = SailEncoder.from_pretrained("sail-test/single", max_layer=2)
+    assert open_checkpoint("sail-test/single", weights=False).revision == "a" * 40  # now from the cache
     assert "model.safetensors" in hub.downloaded("sail-test/single")
     local = SailEncoder.from_pretrained(tiny_checkpoint, max_layer=2)
     assert all(torch.equal(v, single.state_dict()[k]) for k, v in local.state_dict().items())
