@@ -40,7 +40,10 @@ class SailBackboneConfig(BackboneConfigMixin, PreTrainedConfig):
     given (a hub id fetches config, tokenizer and weight index only). ``out_indices`` /
     ``out_features``: stages (hidden-state indices, negative from the end; default the last).
     ``norm`` (False): final RMSNorm on every stage. ``compute_dtype`` ("float32"): the encoder's dtype.
-    ``frozen`` (True): see the module docstring.
+    ``frozen`` (True): see the module docstring. ``reshape_hidden_states`` (True): feature maps as
+    (B, D, h, w); False gives (B, 1 + h*w, D) token sequences, the ``</vision>`` state first (as a class
+    token) then the patches, the layout heads written for ViT backbones read (e.g. DPT, like DINOv2's
+    ``reshape_hidden_states=False``).
     """
 
     model_type = MODEL_TYPE
@@ -49,6 +52,7 @@ class SailBackboneConfig(BackboneConfigMixin, PreTrainedConfig):
     norm: bool = False
     compute_dtype: str = "float32"
     frozen: bool = True
+    reshape_hidden_states: bool = True
     num_hidden_layers: int | None = None
     hidden_size: int | None = None
     patch_size: int | None = None
@@ -129,7 +133,7 @@ class SailBackbone(BackboneMixin, PreTrainedModel):
         when asked."""
         output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
                                 else output_hidden_states)
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         encoder = self.encoder
         stages = self._stage_layers()
         layers = list(range(encoder.num_blocks + 1)) if output_hidden_states else stages
@@ -138,7 +142,11 @@ class SailBackbone(BackboneMixin, PreTrainedModel):
         grad = torch.is_grad_enabled() and not self.config.frozen
         encoding = encoder.encode_pixels(pixel_values.to(encoder.dtype), layers, norm=self.config.norm,
                                          enable_grad=grad)
-        feature_maps = tuple(encoding.patch_maps(k).to(pixel_values.dtype) for k in stages)
+        if self.config.reshape_hidden_states:
+            feature_maps = tuple(encoding.patch_maps(k).to(pixel_values.dtype) for k in stages)
+        else:
+            feature_maps = tuple(torch.cat([encoding.end_token(k)[:, None], encoding.patch_tokens(k)], dim=1)
+                                 .to(pixel_values.dtype) for k in stages)
         hidden_states = tuple(encoding.layer(k) for k in layers) if output_hidden_states else None
         if not return_dict:
             return (feature_maps,) + ((hidden_states,) if output_hidden_states else ())

@@ -9,7 +9,8 @@ import torch
 from sail_vision import SailEncoder
 
 pytest.importorskip("transformers")
-from transformers import AutoBackbone, AutoConfig, UperNetConfig, UperNetForSemanticSegmentation  # noqa: E402
+from transformers import (AutoBackbone, AutoConfig, DPTConfig, DPTForDepthEstimation, UperNetConfig,  # noqa: E402
+                          UperNetForSemanticSegmentation)
 
 from sail_vision.hf_backbone import SailBackbone, SailBackboneConfig  # noqa: E402
 
@@ -49,6 +50,8 @@ def test_feature_maps_equal_encode(model_dir, pixels, out_indices, norm):
     for got, k in zip(out.feature_maps, [k % 5 for k in out_indices]):
         assert got.shape == (2, 256, 4, 6)
         assert (got - reference.patch_maps(k)).abs().max().item() <= TOL
+    as_tuple = backbone(pixels, return_dict=False)
+    assert len(as_tuple) == 1 and all(torch.equal(a, b) for a, b in zip(as_tuple[0], out.feature_maps))
     assert len(out.hidden_states) == deepest + 1
     for k, got in enumerate(out.hidden_states):
         assert (got - reference.layer(k)).abs().max().item() <= TOL
@@ -107,3 +110,29 @@ def test_bad_inputs_are_clear(model_dir):
         SailBackbone(SailBackboneConfig())
     with pytest.raises(ValueError, match="out_indices must be valid"):
         SailBackboneConfig(checkpoint=model_dir, out_indices=[7])
+
+
+def test_token_layout_and_dpt_on_sail(model_dir, pixels):
+    """reshape_hidden_states=False: (B, 1 + h*w, D) with </vision> first, the layout DPT's neck reads."""
+    config = SailBackboneConfig(checkpoint=model_dir, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
+    reference = SailEncoder.from_pretrained(model_dir).encode_pixels(pixels, [2])
+    tokens = SailBackbone(config)(pixels).feature_maps[1]
+    assert tokens.shape == (2, 1 + 24, 256)
+    assert (tokens[:, 0] - reference.end_token(2)).abs().max().item() <= TOL
+    assert (tokens[:, 1:] - reference.patch_tokens(2)).abs().max().item() <= TOL
+
+    torch.manual_seed(0)
+    model = DPTForDepthEstimation(DPTConfig(backbone_config=config, neck_hidden_sizes=[16, 16, 16, 16],
+                                            fusion_hidden_size=16, reassemble_factors=[1, 1, 1, 1]))
+    target = torch.nn.functional.interpolate(pixels[:, :1].abs(), size=(128, 192)).squeeze(1)  # DPT upsamples x32
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(4):
+        depth = model(pixel_values=pixels).predicted_depth
+        assert depth.shape == (2, 128, 192)
+        loss = torch.nn.functional.l1_loss(depth, target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
