@@ -23,8 +23,15 @@ the state dict (saved heads stay small), never re-initialised, never trained, mo
 from __future__ import annotations
 
 import torch
-from transformers import PreTrainedConfig, PreTrainedModel
-from transformers.backbone_utils import BackboneConfigMixin, BackboneMixin
+
+try:  # transformers 5 (dataclass configs, transformers.backbone_utils); tested with 5.24
+    from transformers import PreTrainedConfig, PreTrainedModel
+    from transformers.backbone_utils import BackboneConfigMixin, BackboneMixin
+except ImportError as exc:  # pragma: no cover - depends on the installed transformers
+    import transformers
+
+    raise ImportError(f"sail_vision.hf_backbone needs transformers >= 5 (installed: {transformers.__version__}); "
+                      f"the encoder and its timm / DINOv2 methods work with any supported version") from exc
 from transformers.modeling_outputs import BackboneOutput
 
 from .devices import resolve_dtype

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sail_vision import SailEncoder
 from sail_vision.cli import main
 from sail_vision.feature_store import open_feature_dir
 
@@ -26,6 +27,9 @@ def test_info_fetches_no_shard(hub, capsys):
     assert f"hub repo: {REPO} at commit {COMMIT}" in out
     assert "0 of them downloaded" in out and "not downloaded yet" in out
     assert not any(name.endswith(".safetensors") for name in hub.downloaded(REPO))
+    SailEncoder.from_pretrained(REPO, max_layer=1)  # now layer 1's shards are in the cache
+    assert main(["info", REPO, "--max-layer", "1"]) == 0
+    assert "an encoder with max_layer=1 reads 0.00" in capsys.readouterr().out
 
 
 def test_extract_from_a_hub_id_equals_a_local_extract_and_resume_refuses_another_revision(
