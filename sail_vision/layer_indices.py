@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Iterable
 
 from .errors import LayerIndexError
@@ -56,17 +57,37 @@ def block_output_layers(indices: int | Iterable[int] | None, num_layers: int, lo
     """
     loaded = num_layers if loaded is None else loaded
     if indices is None:
-        indices = list(range(loaded))
-    elif isinstance(indices, int) and not isinstance(indices, bool):
-        if not 0 < indices <= num_layers:
-            raise LayerIndexError(f"last-n {indices} is out of range for a model with {num_layers} blocks: "
+        blocks = list(range(loaded))
+    elif _as_int(indices) is not None:
+        n = _as_int(indices)
+        if not 0 < n <= num_layers:
+            raise LayerIndexError(f"last-n {n} is out of range for a model with {num_layers} blocks: "
                                   f"use 1..{num_layers}")
-        indices = list(range(num_layers - indices, num_layers))
-    items = [indices] if isinstance(indices, bool) else list(indices)
-    for item in items:
-        if isinstance(item, int) and not isinstance(item, bool) and not -num_layers <= item < num_layers:
-            raise LayerIndexError(f"block index {item} is out of range for a model with {num_layers} blocks: "
-                                  f"use 0..{num_layers - 1} or -{num_layers}..-1")
-    as_layers = [item + 1 if isinstance(item, int) and not isinstance(item, bool) and item >= 0 else item
-                 for item in items]
-    return sorted(resolve_layer_indices(as_layers, num_layers))
+        blocks = list(range(num_layers - n, num_layers))
+    else:
+        try:
+            items = list(indices)
+        except TypeError:
+            raise LayerIndexError(f"block indices {indices!r}: give an int (the last n blocks) or a list of "
+                                  f"block indices") from None
+        blocks = []
+        for item in items:
+            b = _as_int(item)
+            if b is None:
+                raise LayerIndexError(f"block index {item!r} is not an integer")
+            if not -num_layers <= b < num_layers:
+                raise LayerIndexError(f"block index {b} is out of range for a model with {num_layers} blocks: "
+                                      f"use 0..{num_layers - 1} or -{num_layers}..-1")
+            blocks.append(b)
+    # block b >= 0 is hidden state b + 1; block -k is the k-th from the end, hidden state -k as well
+    return sorted(resolve_layer_indices([b + 1 if b >= 0 else b for b in blocks], num_layers))
+
+
+def _as_int(value) -> int | None:
+    """``value`` as an int if it is an integer (Python, numpy or a 0-d integer tensor), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None

@@ -57,6 +57,7 @@ def test_pixels_round_trip_the_reference_patches_and_match_upstream(encoder, ref
 
 @pytest.mark.parametrize("indices, layers", [
     (None, [1, 2, 3, 4]), (2, [3, 4]), (1, [4]), ([0, 2], [1, 3]), ([-1, -4], [1, 4]), ([3, 1, -3], [2, 4]),
+    (np.array([0, 2]), [1, 3]), (torch.tensor([-1, 1]), [2, 4]), (np.int64(2), [3, 4]), ((1, 1), [2]),
 ])
 @pytest.mark.parametrize("norm", [False, True])
 def test_forward_intermediates_equals_encode(encoder, pixels, states, indices, layers, norm):
@@ -150,7 +151,9 @@ def test_bad_inputs_are_clear_errors(encoder, bad, message):
 
 
 @pytest.mark.parametrize("indices, message", [(0, "last-n 0"), (5, "last-n 5"), ([4], "block index 4"),
-                                              ([-5], "block index -5"), (["a"], "not an integer")])
+                                              ([-5], "block index -5"), (["a"], "not an integer"),
+                                              ([1.0], "not an integer"), ([True], "not an integer"),
+                                              ("12", "not an integer"), (1.5, "give an int")])
 def test_bad_indices(encoder, pixels, indices, message):
     with pytest.raises(LayerIndexError, match=message):
         encoder.forward_intermediates(pixels, indices=indices)
