@@ -8,6 +8,10 @@ Opening a checkpoint checks, from the safetensors headers alone (no tensor data 
 tensor name is one SAIL has, that the weights hold exactly the layers ``config.json`` says, and that
 every tensor is floating point. Shapes are checked as tensors are read; :meth:`SailCheckpoint.find_nonfinite`
 scans tensor data for NaN/inf on request.
+
+:func:`open_checkpoint` is where a checkpoint *spec* is resolved: a local folder (``~`` expanded),
+or a Hugging Face hub id ``ORG/NAME[@REVISION]`` fetched by :mod:`.hub` with only the shards the
+requested layers need (a local folder of the same name keeps priority).
 """
 
 from __future__ import annotations
@@ -204,12 +208,22 @@ def read_vision_token_ids(checkpoint_dir: str | Path, vocab_size: int | None = N
 
 
 class SailCheckpoint:
-    """A SAIL checkpoint folder: its config, vision token ids and a name -> file weight index."""
+    """A SAIL checkpoint folder: its config, vision token ids and a name -> file weight index.
 
-    def __init__(self, path: str | Path):
+    ``partial=True`` accepts shard files that are absent (a hub download of only the shards some
+    layers need, see :mod:`.hub`): they are listed in ``absent_files`` and reading a tensor they hold
+    is a one-line error. ``repo_id`` / ``revision`` (the commit sha) are set for hub checkpoints.
+    """
+
+    def __init__(self, path: str | Path, *, partial: bool = False, repo_id: str | None = None,
+                 revision: str | None = None):
         self.path = Path(path)
+        self.partial = partial
+        self.repo_id = repo_id
+        self.revision = revision
         if not self.path.is_dir():
-            raise CheckpointError(f"{self.path}: not a directory; expected a SAIL checkpoint folder")
+            raise CheckpointError(f"{self.path}: not a directory; expected a SAIL checkpoint folder (or a Hugging "
+                                  f"Face hub id ORG/NAME[@REVISION])")
         self.config = load_sail_config(self.path)
         self.token_ids = read_vision_token_ids(self.path, self.config.vocab_size)
         self.weight_map = self._index_weights()
@@ -249,10 +263,28 @@ class SailCheckpoint:
                 f"{self.path}: config.json says {num_layers} layers (num_hidden_layers) but the weights hold "
                 f"{holds}{details}); use the config.json that came with these weights, or the weights that match it")
 
+    @property
+    def spec(self) -> str:
+        """What reopens exactly this checkpoint: ``repo@commit`` for a hub one, else its folder."""
+        return f"{self.repo_id}@{self.revision}" if self.repo_id is not None else str(self.path)
+
+    @property
+    def absent_files(self) -> list[Path]:
+        """Shard files the index lists that are not here (only a ``partial`` checkpoint has any)."""
+        return sorted({p for p in self.weight_map.values() if not p.is_file()})
+
+    def files_for(self, names: Iterable[str]) -> list[Path]:
+        """The weight files holding the named tensors, sorted."""
+        self._require(names, check_present=False)
+        return sorted({self.weight_map[name] for name in names})
+
     def _read_dtypes(self) -> dict[str, str]:
-        """Each tensor's dtype code, reading only the safetensors headers (each file opened once)."""
+        """Each tensor's dtype code, reading only the safetensors headers (each file opened once);
+        the tensors of absent shards (``partial``) are left out."""
         dtypes = {}
         for file, names in self._group_by_file(self.weight_map).items():
+            if self.partial and not file.is_file():
+                continue
             with self._open(file) as handle:
                 available = set(handle.keys())
                 for name in names:
@@ -299,7 +331,7 @@ class SailCheckpoint:
                 raise CheckpointError(f"{index_path}: malformed index (needs a 'weight_map' object)") from None
             files = {name: self.path / shard for name, shard in weight_map.items()}
             absent = sorted({str(p.name) for p in files.values() if not p.is_file()})
-            if absent:
+            if absent and not self.partial:
                 raise CheckpointError(f"{index_path}: shard file(s) missing: {', '.join(absent)}")
             return files
         if single.is_file():
@@ -312,6 +344,8 @@ class SailCheckpoint:
 
     def weight_bytes(self, names: Iterable[str]) -> int:
         """Bytes on disk of the named tensors (from the safetensors headers, nothing is read)."""
+        names = list(names)
+        self._require(names)
         total = 0
         for file, file_names in self._group_by_file(names).items():
             with self._open(file) as handle:
@@ -353,11 +387,23 @@ class SailCheckpoint:
                     out[name] = tensor.to(device=device).to(dtype=dtype)
         return out
 
-    def _require(self, names: Iterable[str]) -> None:
+    def _require(self, names: Iterable[str], check_present: bool = True) -> None:
+        names = list(names)
         missing = [name for name in names if name not in self.weight_map]
         if missing:
             raise CheckpointError(f"{self.path}: tensor(s) missing from the checkpoint: {_name_list(missing)}; "
                                   f"the weights are incomplete: download or convert the checkpoint again")
+        if check_present and self.partial:
+            absent = sorted({self.weight_map[n].name for n in names if not self.weight_map[n].is_file()})
+            if absent:
+                where = f"hub checkpoint {self.repo_id}" if self.repo_id else str(self.path)
+                raise CheckpointError(
+                    f"{where}: shard(s) {', '.join(absent)} were not downloaded (only the shards of the layers "
+                    f"asked for are); load again with the deeper max_layer so they are fetched")
+
+    def encoder_files(self, max_layer: int | None = None) -> list[Path]:
+        """The weight files an encoder loaded with ``max_layer`` reads (what a hub download fetches)."""
+        return self.files_for(self.encoder_tensors(max_layer))
 
     def encoder_tensors(self, max_layer: int | None = None) -> dict[str, list[int] | None]:
         """The tensors an encoder loaded with ``max_layer`` reads, in forward order: name -> the rows
@@ -414,6 +460,32 @@ class SailCheckpoint:
         found = self.find_nonfinite(names, max_layer=max_layer, dtype=dtype)
         if found is not None:
             raise CheckpointError(found.describe())
+
+
+def open_checkpoint(spec: str | Path, *, max_layer: int | None = None, weights: bool = True,
+                    progress: bool = True) -> SailCheckpoint:
+    """Resolve a checkpoint spec and open it.
+
+    ``spec`` is a local folder (``~`` expanded) or a Hugging Face hub id ``ORG/NAME[@REVISION]``; an
+    existing local folder wins when a spec could be both. A hub id is fetched into the Hugging Face
+    cache with only the shards an encoder with ``max_layer`` reads (see :mod:`.hub`), so the result
+    may be ``partial``; ``weights=False`` fetches no shard at all (config, tokenizer and index only);
+    ``progress`` shows the hub's progress bars.
+    """
+    from . import hub
+
+    local = Path(str(spec)).expanduser()
+    if isinstance(spec, Path) or local.exists() or not hub.is_hub_id(str(spec)):
+        return SailCheckpoint(local)
+    return hub.fetch_checkpoint(str(spec), max_layer=max_layer, weights=weights, progress=progress)
+
+
+def checkpoint_source(ckpt: SailCheckpoint) -> dict:
+    """Where a checkpoint came from, for manifests: its folder, and its hub repo and commit if any."""
+    source = {"path": str(ckpt.path.absolute())}
+    if ckpt.repo_id is not None:
+        source.update(repo_id=ckpt.repo_id, revision=ckpt.revision)
+    return source
 
 
 def _nonfinite(name: str, file: Path, tensor: torch.Tensor, cast: torch.dtype | None) -> NonFiniteTensor | None:

@@ -105,10 +105,10 @@ def file_digests(files: Iterable[str | Path], *, progress: bool = False) -> dict
     return {str(f): cache[keys[f]] for f in files}
 
 
-def weights_digest(checkpoint, *, progress: bool = False) -> str:
+def weights_digest(checkpoint, *, progress: bool = False, files: Iterable[str | Path] | None = None) -> str:
     """The identity of a :class:`~sail_vision.checkpoint.SailCheckpoint`'s weights: a SHA-256 over the
-    names and full-content digests of all its weight files (32 hex digits)."""
-    files = sorted({Path(p) for p in checkpoint.weight_map.values()})
+    names and full-content digests of all its weight files, or of ``files`` (32 hex digits)."""
+    files = sorted({Path(p) for p in (checkpoint.weight_map.values() if files is None else files)})
     digests = file_digests(files, progress=progress)
     combined = hashlib.sha256()
     for file in files:

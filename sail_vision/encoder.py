@@ -14,10 +14,11 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from .checkpoint import VISION_TOKENS, SailCheckpoint, VisionTokenIds, expected_tensor_shapes
+from .checkpoint import VISION_TOKENS, VisionTokenIds, expected_tensor_shapes, open_checkpoint
 from .config import SailConfig
 from .devices import resolve_device, resolve_dtype
 from .errors import InputError, LayerIndexError
+from .interfaces import FeatureInterfacesMixin
 from .layer_indices import resolve_layer_indices
 from .outputs import SailEncoding
 from .packing import (BATCHING, DEFAULT_MAX_BATCH_TOKENS, PACKED_ATTENTION, PackedLayout, plan_packs,
@@ -30,7 +31,7 @@ _TOKEN_ROLES = tuple(VISION_TOKENS)
 ROTARY_CACHE_GRIDS = 32
 
 
-class SailEncoder(nn.Module):
+class SailEncoder(FeatureInterfacesMixin, nn.Module):
     """SAIL as a vision backbone: images in, per-token hidden states of chosen layers out.
 
     Build it with :meth:`from_pretrained`. Only blocks 1..``num_blocks`` exist; hidden-state
@@ -71,7 +72,8 @@ class SailEncoder(nn.Module):
     def from_pretrained(cls, path: str | Path, *, dtype: str | torch.dtype = torch.float32,
                         device: str | torch.device = "cpu", max_layer: int | None = None,
                         attn_implementation: str = "sdpa", packed_attention: str = "auto") -> "SailEncoder":
-        """Load a local SAIL checkpoint (Hugging Face format).
+        """Load a SAIL checkpoint (Hugging Face format): a local folder or a hub id ``ORG/NAME[@REVISION]``
+        (fetched with only the shards the loaded blocks need, see :func:`~.checkpoint.open_checkpoint`).
 
         ``max_layer=k`` builds and reads only blocks 1..k (hidden-state indices 0..k stay
         available; negative k counts from the end). ``lm_head`` and the token embedding table
@@ -80,7 +82,7 @@ class SailEncoder(nn.Module):
         picks the kernel for images of different sizes packed into one sequence
         (``packing.PACKED_ATTENTION``; ``auto`` suits the device).
         """
-        ckpt = SailCheckpoint(path)
+        ckpt = open_checkpoint(path, max_layer=max_layer)
         cfg = ckpt.config
         num_blocks = cfg.num_hidden_layers
         if max_layer is not None:
@@ -98,7 +100,8 @@ class SailEncoder(nn.Module):
             model = cls(cfg, ckpt.token_ids, num_blocks=num_blocks, attn_implementation=attn_implementation,
                         packed_attention=packed_attention)
         model.load_state_dict(state, strict=True, assign=True)
-        model.checkpoint_path = str(Path(path).resolve())
+        model.checkpoint_path = str(ckpt.path.resolve())
+        model.checkpoint_repo, model.checkpoint_revision = ckpt.repo_id, ckpt.revision
         model.requires_grad_(False)
         return model.eval()
 

@@ -48,7 +48,9 @@ def register(subparsers) -> None:
                     "continue with --resume; under torchrun the ranks share the work.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to extract")
-    g.add_argument("--checkpoint", required=True, help="SAIL checkpoint folder (required)")
+    g.add_argument("--checkpoint", required=True,
+                   help="SAIL checkpoint: a local folder or a Hugging Face hub id ORG/NAME[@REVISION], fetched with "
+                        "only the shards the --layers need (required)")
     g.add_argument("--images", required=True, nargs="+", metavar="PATH",
                    help="a folder (recursive), an ImageNet split or root, an ADE20K folder, a .txt/.csv list "
                         "of paths with optional labels, image files, WebDataset tar shards "

@@ -18,7 +18,9 @@ def register(subparsers) -> None:
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files to encode (with --checkpoint)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint",
-                        help="SAIL checkpoint folder used to encode the IMAGEs (this or --features is required)")
+                        help="SAIL checkpoint used to encode the IMAGEs: a folder or a Hugging Face hub id "
+                             "ORG/NAME[@REVISION], fetched with only the shards --layer needs (this or --features "
+                             "is required)")
     source.add_argument("--features", metavar="DIR",
                         help="a finished `sail-vision extract` folder holding patch features, from --pool patch "
                              "(this or --checkpoint is required)")

@@ -24,7 +24,8 @@ def register(subparsers) -> None:
                         "<image name>.png for each (default: not saved)")
     p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override config entries as tools/train.py does, e.g. "
-                        "model.backbone.checkpoint=/models/SAIL-7B (default: none)")
+                        "model.backbone.checkpoint=/models/SAIL-7B, or a hub id such as "
+                        "model.backbone.checkpoint=ORG/SAIL-7B@REVISION (default: none)")
     p.set_defaults(func=run)
 
 

@@ -28,9 +28,9 @@ DELAY_ENV = "SAIL_VISION_EXTRACT_DELAY"
 
 def describe_nonfinite(checkpoint, max_layer: int, compute_dtype: str) -> str:
     """Why the model produced NaN/inf: a damaged or overflowing weight (named), else the compute dtype."""
-    from ..checkpoint import SailCheckpoint
+    from ..checkpoint import open_checkpoint
 
-    found = SailCheckpoint(checkpoint).find_nonfinite(max_layer=max_layer, dtype=compute_dtype)
+    found = open_checkpoint(checkpoint, max_layer=max_layer).find_nonfinite(max_layer=max_layer, dtype=compute_dtype)
     if found is not None:
         return found.describe()
     if compute_dtype in ("float32", "float64"):

@@ -126,13 +126,17 @@ class ExtractOptions:
         return replace(self, workers=workers, pools=normalise_pools(self.pools))
 
     def output_settings(self, *, compute_dtype: str, packed: bool, packed_kernel: str | None,
-                        preprocessing: dict, source_args: dict, layers: list[int]) -> dict:
-        """The options that decide the bytes written (what resume compares), as resolved."""
+                        preprocessing: dict, source_args: dict, layers: list[int],
+                        revision: str | None = None) -> dict:
+        """The options that decide the bytes written (what resume compares), as resolved; ``revision``
+        is a hub checkpoint's commit sha (None for a local folder)."""
         settings = {"layers": layers, "pools": list(self.pools), "norm": bool(self.norm),
                     "add_cls": "cls" in self.pools, "preprocessing": preprocessing, "dtype": compute_dtype,
                     "save_dtype": self.save_dtype, "batch_size": int(self.batch_size),
                     "batching": "packed" if packed else "grouped", "inputs": source_args,
                     "part_size": int(self.part_size)}
+        if revision is not None:  # hub checkpoints only: local-folder settings stay as they were
+            settings["checkpoint_revision"] = revision
         if self.views:  # only with views: folders extracted without them keep resuming
             settings["views"] = self.views_entry()
         if packed:

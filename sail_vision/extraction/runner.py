@@ -202,7 +202,7 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
     failed images are counted there and in the manifest, not raised.
     """
     from ..attention import describe_attention
-    from ..checkpoint import SailCheckpoint
+    from ..checkpoint import checkpoint_source, open_checkpoint
     from ..devices import resolve_device, resolve_dtype
     from ..layer_indices import resolve_layer_indices
 
@@ -216,9 +216,12 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
     device = resolve_device(o.device)
     if o.dtype not in (None, "auto"):
         resolve_compute_dtype(o.dtype, device)  # a bad --dtype fails before any process group is joined
-    ckpt = SailCheckpoint(checkpoint)
+    ckpt = open_checkpoint(checkpoint, weights=False, progress=o.progress)  # a hub id: config, tokenizer, index
     cfg = ckpt.config
     layers = resolve_layer_indices(layers, cfg.num_hidden_layers)
+    if ckpt.repo_id is not None:  # then the shards of these layers, at the commit just resolved
+        ckpt = open_checkpoint(ckpt.spec, max_layer=max(layers), progress=o.progress)
+        checkpoint = ckpt.spec
     preprocess = Preprocess.create(cfg.vision_patch_size, o.resolution, o.max_tokens, o.max_pixels)
     out = Path(out).expanduser().absolute()
     if isinstance(images, (list, tuple)) and len(images) == 1:
@@ -236,11 +239,13 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
 
     def describe_run() -> tuple[dict, dict]:
         """(settings resume compares, manifest skeleton); rank 0 only: hashing the weights reads them all."""
-        digest = weights_digest(ckpt, progress=o.progress)
+        # a hub download holds only the shards of these layers: they are what identifies its weights
+        digest = weights_digest(ckpt, progress=o.progress,
+                                files=ckpt.encoder_files(max(layers)) if ckpt.partial else None)
         settings = {"config_fingerprint": cfg.fingerprint(), "weights_digest": digest,
                     **o.output_settings(compute_dtype=compute_dtype, packed=packed, packed_kernel=packed_kernel,
                                         preprocessing=preprocess.describe(), source_args=source_args,
-                                        layers=layers)}
+                                        layers=layers, revision=ckpt.revision)}
         attention = describe_attention("sdpa", device.type, compute_dtype,
                                        cfg.num_attention_heads // cfg.num_key_value_heads)
         if packed:
@@ -250,7 +255,7 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
             "num_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size, "layers": layers, "pools": pools,
             "features": {}, "valid": VALID_FILE, "labels": None, "masks": None, "classes": None, "paths": PATHS_FILE,
             "patch_grids": PATCH_GRIDS_FILE, "failures": {"file": FAILURES_FILE, "count": None},
-            "checkpoint": {"path": str(Path(checkpoint).absolute()), "config_fingerprint": cfg.fingerprint(),
+            "checkpoint": {**checkpoint_source(ckpt), "config_fingerprint": cfg.fingerprint(),
                            "weights_digest": digest, "config": cfg.to_dict()},
             "preprocessing": {**preprocess.describe(), "norm": bool(o.norm), "add_cls": add_cls,
                               "resize": "bilinear", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},

@@ -35,7 +35,8 @@ class SAILBackbone(BaseModule):
     """SAIL as an mmseg backbone.
 
     Args:
-        checkpoint: local SAIL checkpoint folder (Hugging Face layout). Required.
+        checkpoint: local SAIL checkpoint folder (Hugging Face layout; ``~`` expanded) or a Hugging Face
+            hub id ``ORG/NAME[@REVISION]``, fetched with only the shards ``out_indices`` need. Required.
         out_indices: hidden-state indices to return (0 = embeddings, k = block k, -1 = last;
             negative count from the end; duplicates dropped). Default ``(-1,)``.
         norm: apply the final RMSNorm to intermediate layers too (the last layer always has it).
@@ -132,18 +133,28 @@ class SAILBackbone(BaseModule):
         if init_cfg is not None:
             raise CheckpointError(f"SAILBackbone init_cfg={init_cfg!r}: SAIL weights come from "
                                   f"checkpoint={checkpoint!r} only; remove init_cfg")
-        if not checkpoint or not Path(str(checkpoint)).is_dir():
+        from .. import hub
+
+        local = Path(str(checkpoint)).expanduser()
+        is_hub = bool(checkpoint) and not local.exists() and hub.is_hub_id(str(checkpoint))
+        if not is_hub and (not checkpoint or not local.is_dir()):
             raise CheckpointError(f"SAILBackbone checkpoint {checkpoint!r} is not a folder (relative paths start at "
                                   f"the current directory); point model.backbone.checkpoint to a local SAIL "
-                                  f"checkpoint. The tiny demo configs need `python -m sail_vision.mmseg.synthetic` "
-                                  f"run first")
+                                  f"checkpoint or a hub id ORG/NAME[@REVISION]. The tiny demo configs need "
+                                  f"`python -m sail_vision.mmseg.synthetic` run first")
         if batching not in BACKBONE_BATCHING:
             raise InputError(f"SAILBackbone batching={batching!r}: choose from "
                              f"{', '.join(repr(b) for b in BACKBONE_BATCHING)}")
         if isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, int) or max_batch_tokens <= 0:
             raise InputError(f"SAILBackbone max_batch_tokens={max_batch_tokens!r}: use a positive whole number "
                              f"of tokens (default {DEFAULT_MAX_BATCH_TOKENS})")
-        num_layers = load_sail_config(checkpoint).num_hidden_layers
+        if is_hub:
+            from ..checkpoint import open_checkpoint
+
+            config = open_checkpoint(checkpoint, weights=False).config  # config, tokenizer and index only
+        else:
+            config = load_sail_config(local)
+        num_layers = config.num_hidden_layers
         return {"out_indices": tuple(resolve_layer_indices(out_indices, num_layers)),
                 "dtype": resolve_dtype(dtype), "device": _resolve_device(device), "batching": batching,
                 "max_batch_tokens": max_batch_tokens}
