@@ -14,11 +14,15 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    import os
+
     from ..checkpoint import SailCheckpoint, expected_tensor_shapes
     from ..layer_indices import resolve_layer_indices
 
-    ckpt = SailCheckpoint(args.checkpoint)
+    ckpt = SailCheckpoint(os.path.expanduser(args.checkpoint))
     cfg = ckpt.config
+    # every check before the first line of the report: an error prints only itself
+    max_layer = None if args.max_layer is None else resolve_layer_indices([args.max_layer], cfg.num_hidden_layers)[0]
     print(f"checkpoint: {ckpt.path}")
     for key, value in cfg.to_dict().items():
         print(f"  {key}: {value}")
@@ -26,9 +30,8 @@ def run(args) -> int:
     print(f"vision token ids: {ckpt.token_ids}")
     total = ckpt.weight_bytes(ckpt.weight_map)
     print(f"weights on disk: {total / 1e9:.3f} GB in {len(set(ckpt.weight_map.values()))} file(s)")
-    if args.max_layer is not None:
-        k = resolve_layer_indices([args.max_layer], cfg.num_hidden_layers)[0]
-        names = [n for n in expected_tensor_shapes(cfg, k) if n != "model.embed_tokens.weight"]
-        print(f"an encoder with max_layer={k} reads {ckpt.weight_bytes(names) / 1e9:.3f} GB "
+    if max_layer is not None:
+        names = [n for n in expected_tensor_shapes(cfg, max_layer) if n != "model.embed_tokens.weight"]
+        print(f"an encoder with max_layer={max_layer} reads {ckpt.weight_bytes(names) / 1e9:.3f} GB "
               f"(plus 6 embedding rows)")
     return 0

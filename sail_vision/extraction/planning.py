@@ -12,7 +12,7 @@ import numpy as np
 
 from ..feature_store import (LABELS_FILE, MANIFEST_FILE, MASK_PATHS_FILE, PATCH_GRIDS_FILE, PATHS_FILE, STATE_DIR,
                              atomic_save_npy, atomic_write_text, check_free_space, extraction_entries, feature_name,
-                             FeatureStoreError, mask_manifest_entry, offsets_file_name, read_manifest,
+                             FeatureStoreError, mask_manifest_entry, offsets_file_name, read_lines, read_manifest,
                              remove_extraction_files, remove_temporary_files, unallocated_bytes, write_manifest)
 from ..pause_points import pause_point
 from ..preprocessing import Preprocess
@@ -64,12 +64,6 @@ def changed_settings(before: dict | None, now: dict | None) -> list[str]:
     """The setting names whose values differ between two manifests' ``settings``, sorted."""
     before, now = before or {}, now or {}
     return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-
-
-def read_lines(file: Path, count: int | None = None) -> list[str]:
-    """The lines of a one-entry-per-row text file (``paths.txt``, ``mask_paths.txt``)."""
-    lines = file.read_text(encoding="utf-8").split("\n")[:-1]
-    return lines if count is None else lines[:count]
 
 
 def feature_specs(layers: Sequence[int], pools: Sequence[str], hidden: int, num_items: int,
@@ -298,6 +292,26 @@ class DatasetPlanner(PartPlanner):
             atomic_write_text(self.state / LISTING_ERRORS, json.dumps(
                 {str(row): list(error) for row, error in sorted(source.errors.items())}))
         atomic_write_text(self.state / PLANNED_MARK, "")
+
+
+#: The number of tasks of the task array (or 1) that started an extraction, kept while it runs.
+TASK_COUNT = "num-tasks"
+
+
+def check_task_count(out: Path, num_tasks: int) -> None:
+    """Record how many tasks share ``out`` on the first start; refuse a task array of another size later
+    (its tasks would split the parts differently). A single process may always finish a folder."""
+    file = out / STATE_DIR / TASK_COUNT
+    if not file.is_file():
+        if (out / STATE_DIR).is_dir():
+            atomic_write_text(file, str(num_tasks))
+        return
+    started = int(file.read_text(encoding="utf-8").strip() or 0)
+    if num_tasks > 1 and started != num_tasks:
+        raise ExtractionError(f"--num-tasks {num_tasks}: --out {out} was started by "
+                              f"{'a task array of ' + str(started) + ' tasks' if started > 1 else 'a single process'}"
+                              f"; run every task with --num-tasks {started}"
+                              f"{'' if started > 1 else ' (leave --num-tasks out)'}, or finish it with --finalize")
 
 
 def listing_errors(out: Path) -> dict[int, tuple[str, str]]:
