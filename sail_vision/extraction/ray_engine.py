@@ -20,6 +20,7 @@ import os
 from typing import Sequence
 
 from ..errors import InputError, SailVisionError
+from ..feature_store import STATE_DIR, atomic_write_text
 from .part_job import PartJob, extract_part
 from .parts import Part, commit_part, is_committed
 from .results import ExtractionError
@@ -31,7 +32,7 @@ DEFAULT_CPUS_PER_ACTOR = 4
 #: How long the actor pool may wait for its first actor to be placed before the run stops (seconds).
 PLACEMENT_WAIT_S = 120
 #: Tests only: the path of a marker file; the first part an actor extracts while it is absent creates
-#: it and fails with a fake CUDA error (see :func:`is_cuda_error`).
+#: it and fails with a fake CUDA error (see :func:`is_cuda_error`); ``always``: every part fails so.
 FAKE_CUDA_ERROR_ENV = "SAIL_VISION_FAKE_CUDA_ERROR_ONCE"
 #: Exit status of an actor that stops after a CUDA error (Ray restarts it and retries the part).
 CUDA_ERROR_EXIT = 75
@@ -80,17 +81,31 @@ class _PartWorker:
                     done = extract_part(self.job, part)
                     commit_part(self.job.out, part)
             except Exception as exc:  # reported by the driver in one line; the other parts go on
-                if is_cuda_error(exc):
-                    os._exit(CUDA_ERROR_EXIT)  # a poisoned CUDA context: Ray restarts the actor, retries the part
                 error = str(exc) if isinstance(exc, SailVisionError) else f"{type(exc).__name__}: {exc}"
+                if is_cuda_error(exc):
+                    if _first_cuda_error(self.job.out, part, error):
+                        os._exit(CUDA_ERROR_EXIT)  # a poisoned CUDA context: Ray restarts the actor, retries the part
+                    error = f"{error} (again, on a fresh actor)"
             processed.append(done)
             errors.append(f"{part.name}: {error}" if error else "")
         return {"index": list(batch["index"]), "processed": processed, "error": errors,
                 "pid": [os.getpid()] * len(processed)}
 
 
+def _first_cuda_error(out, part: Part, error: str) -> bool:
+    """Record a part's CUDA error in the run's working folder; False when it had one already."""
+    marker = out / STATE_DIR / f"cuda-error-{part.name}"
+    if marker.exists():
+        return False
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(marker, error + "\n")
+    return True
+
+
 def _fake_cuda_error_once() -> None:
     marker = os.environ.get(FAKE_CUDA_ERROR_ENV)
+    if marker == "always":
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (fake, for a test)")
     if marker:
         try:
             with open(marker, "x"):
@@ -170,8 +185,8 @@ def _run_pool(ray, job: PartJob, todo: Sequence[Part], *, actors: int, cpus: int
     dataset = ray.data.from_items([{"index": p.index} for p in todo], override_num_blocks=len(todo))
     mapped = dataset.map_batches(
         _PartWorker, fn_constructor_args=(job.for_process(), todo, use_gpus, cpus), batch_size=1,
-        compute=ActorPoolStrategy(size=actors), num_gpus=1 if use_gpus else 0, num_cpus=cpus, batch_format="numpy",
-        max_restarts=-1, max_task_retries=1)  # a CUDA error: a fresh actor, the part tried once more
+        compute=ActorPoolStrategy(size=actors), num_gpus=1 if use_gpus else 0, num_cpus=cpus, batch_format="numpy")
+    # Ray Data restarts a dead actor and retries its batch (its defaults; no deprecated remote args).
     bar = None
     if progress:
         from tqdm import tqdm
