@@ -16,7 +16,7 @@ from ..feature_store import (FAILURES_FILE, LABELS_FILE, MASK_PATHS_FILE, PARTS_
                              STATE_DIR, VALID_FILE, FeatureStoreError, atomic_file, atomic_save_npy, atomic_write_text,
                              check_free_space, count_lines, npy_header, read_failures, read_lines, read_manifest,
                              refuse_foreign_part_entries, remove_parts, remove_temporary_files, unallocated_bytes,
-                             write_manifest)
+                             write_lines, write_manifest)
 from ..pause_points import pause_point
 from .parts import Part, is_committed, parts_from_manifest
 from .planning import PLAN_FAILURES, changed_settings, json_line, status_files
@@ -94,13 +94,12 @@ def finish_dataset(out: Path, manifest: dict, extra_run: Mapping | None = None, 
         if lines != count:
             raise FeatureStoreError(f"{folder}: {PATHS_FILE} has {lines} line(s) for {count} row(s); remove this "
                                     f"part's folder and rerun the same command with --resume to extract it again")
-    atomic_write_text(out / PATHS_FILE, "".join((f / PATHS_FILE).read_text(encoding="utf-8") for f in folders))
+    write_lines(out / PATHS_FILE, [line for f in folders for line in read_lines(f / PATHS_FILE)])
     if manifest.get("labels"):
         atomic_save_npy(out / LABELS_FILE, np.concatenate([np.load(f / LABELS_FILE) for f in folders]))
     masks = manifest.get("masks")
     if masks:  # the label maps themselves are large: joined with the feature arrays
-        atomic_write_text(out / MASK_PATHS_FILE,
-                          "".join((f / MASK_PATHS_FILE).read_text(encoding="utf-8") for f in folders))
+        write_lines(out / MASK_PATHS_FILE, [line for f in folders for line in read_lines(f / MASK_PATHS_FILE)])
         if masks.get("offsets"):
             _join_arrays(out / masks["offsets"], [f / masks["offsets"] for f in folders], shift_offsets=True)
     failures_entry = _write_failures(out, failures)

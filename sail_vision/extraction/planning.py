@@ -3,7 +3,6 @@ preallocated files, a per-row status file). Resuming checks settings and inputs 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Callable, Sequence
@@ -13,7 +12,8 @@ import numpy as np
 from ..feature_store import (LABELS_FILE, MANIFEST_FILE, MASK_PATHS_FILE, PATCH_GRIDS_FILE, PATHS_FILE, STATE_DIR,
                              atomic_save_npy, atomic_write_text, check_free_space, extraction_entries, feature_name,
                              FeatureStoreError, mask_manifest_entry, offsets_file_name, read_lines, read_manifest,
-                             remove_extraction_files, remove_temporary_files, unallocated_bytes, write_manifest)
+                             remove_extraction_files, remove_temporary_files, unallocated_bytes, write_lines,
+                             write_manifest)
 from ..pause_points import pause_point
 from ..preprocessing import Preprocess
 from ..sources import ImageSource
@@ -55,9 +55,9 @@ def dataset_mask_entry(source: ImageSource, native: bool) -> dict | None:
                                num_classes=rules.get("num_classes"), classes=source.classes)
 
 
-def mask_lines(masks: Sequence[str | None]) -> str:
-    """``mask_paths.txt``: one mask path per row, an empty line for a row without one."""
-    return "".join((m or "") + "\n" for m in masks)
+def mask_lines(masks: Sequence[str | None]) -> list[str]:
+    """The lines of ``mask_paths.txt``: one mask path per row, empty for a row without one."""
+    return [m or "" for m in masks]
 
 
 def changed_settings(before: dict | None, now: dict | None) -> list[str]:
@@ -166,14 +166,12 @@ class PartPlanner:
 
     def _check_same_inputs(self) -> None:
         source = self._source()
-        listed = (self.out / PATHS_FILE).read_text(encoding="utf-8")
-        now = "".join(p + "\n" for p in source.paths)
-        if hashlib.sha256(listed.encode()).digest() != hashlib.sha256(now.encode()).digest():
+        if read_lines(self.out / PATHS_FILE) != list(source.paths):
             raise ExtractionError(f"--out {self.out}: the input images changed since this extraction started "
                                   f"(the list differs from {PATHS_FILE}); pass --overwrite to start again")
         masks_file = self.out / MASK_PATHS_FILE
         if masks_file.is_file() and getattr(source, "masks", None) is not None:
-            if masks_file.read_text(encoding="utf-8") != mask_lines(source.masks):
+            if read_lines(masks_file) != mask_lines(source.masks):
                 raise ExtractionError(f"--out {self.out}: the masks paired with the images changed since this "
                                       f"extraction started (the list differs from {MASK_PATHS_FILE}); pass "
                                       f"--overwrite to start again")
@@ -230,11 +228,11 @@ class PartPlanner:
             create_array_file(self.out / masks.file, masks.shape, masks.dtype)
             if masks.offsets_file:
                 atomic_save_npy(self.out / masks.offsets_file, offsets * self.preprocess.patch_size ** 2)
-            atomic_write_text(self.out / MASK_PATHS_FILE, mask_lines(source.masks))
+            write_lines(self.out / MASK_PATHS_FILE, mask_lines(source.masks))
         atomic_save_npy(self.out / PATCH_GRIDS_FILE, grids)
         if source.labels is not None:
             atomic_save_npy(self.out / LABELS_FILE, source.labels.astype(np.int64))
-        atomic_write_text(self.out / PATHS_FILE, "".join(p + "\n" for p in paths))
+        write_lines(self.out / PATHS_FILE, paths)
         atomic_write_text(self.state / PLAN_FAILURES,
                           "".join(json_line(failures[r]) for r in sorted(failures)))
         RowStatus.create(self.state / PLAN_STATUS, num_items, sorted(failures))
@@ -286,9 +284,9 @@ class DatasetPlanner(PartPlanner):
         if shards is None:
             if source.labels is not None:
                 atomic_save_npy(self.out / LABELS_FILE, source.labels.astype(np.int64))
-            atomic_write_text(self.out / PATHS_FILE, "".join(p + "\n" for p in source.paths))
+            write_lines(self.out / PATHS_FILE, source.paths)
             if masks is not None:
-                atomic_write_text(self.out / MASK_PATHS_FILE, mask_lines(source.masks))
+                write_lines(self.out / MASK_PATHS_FILE, mask_lines(source.masks))
             atomic_write_text(self.state / LISTING_ERRORS, json.dumps(
                 {str(row): list(error) for row, error in sorted(source.errors.items())}))
         atomic_write_text(self.state / PLANNED_MARK, "")

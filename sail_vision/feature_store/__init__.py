@@ -38,7 +38,7 @@ from .format import (FAILURES_FILE, FORMAT_NAME, FORMAT_VERSION, LABELS_FILE, LA
                      manifest_files, manifest_header, mask_manifest_entry, npy_header, offsets_file_name,
                      parse_feature_name, parted_files, read_manifest, software_versions, write_manifest)
 from .reader import FeatureDir, PartedArray, open_feature_dir, read_failures, read_lines
-from .writer import write_feature_dir
+from .writer import write_feature_dir, write_lines
 
 __all__ = [
     "FAILURES_FILE", "FORMAT_NAME", "FORMAT_VERSION", "LABELS_FILE", "LAYOUTS", "MANIFEST_FILE", "MASK_IGNORE_INDEX",
@@ -49,5 +49,5 @@ __all__ = [
     "manifest_files", "manifest_header", "mask_manifest_entry", "npy_header", "offsets_file_name", "open_feature_dir",
     "parse_feature_name", "parted_files", "read_failures", "read_lines", "read_manifest",
     "refuse_foreign_part_entries", "remove_extraction_files", "remove_parts", "remove_temporary_files",
-    "software_versions", "temporary_target", "unallocated_bytes", "write_feature_dir", "write_manifest",
+    "software_versions", "temporary_target", "unallocated_bytes", "write_feature_dir", "write_lines", "write_manifest",
 ]

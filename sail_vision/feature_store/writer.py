@@ -16,6 +16,17 @@ from .format import (FAILURES_FILE, LABELS_FILE, MANIFEST_FILE, MASK_OFFSETS_FIL
 from .reader import FeatureDir, open_feature_dir
 
 
+def write_lines(path: str | Path, lines: Sequence[str]) -> None:
+    """Atomically write a one-entry-per-row text file (``paths.txt``, ``mask_paths.txt``): each entry and
+    a ``\n``. An entry holding ``\n`` would shift every later row, so it is refused (a :class:`FeatureStoreError`
+    naming the row)."""
+    bad = next((row for row, line in enumerate(lines) if "\n" in line), None)
+    if bad is not None:
+        raise FeatureStoreError(f"{Path(path).name}: row {bad} ({lines[bad]!r}) holds a line break; a name must be "
+                                f"one line (row {bad} would shift every row after it)")
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
 def write_feature_dir(path: str | Path, features: Mapping[str, np.ndarray], labels=None,
                       classes: Sequence[str] | None = None, paths: Sequence[str] | None = None, *,
                       valid=None, overwrite: bool = False, masks=None, mask_meta: Mapping | None = None,
@@ -71,7 +82,7 @@ def write_feature_dir(path: str | Path, features: Mapping[str, np.ndarray], labe
     if labels is not None:
         atomic_save_npy(folder / LABELS_FILE, labels)
     if paths is not None:
-        atomic_write_text(folder / PATHS_FILE, "".join(p + "\n" for p in paths))
+        write_lines(folder / PATHS_FILE, paths)
     atomic_write_text(folder / FAILURES_FILE, "")
     layers = sorted({e["layer"] for e in entries.values() if e["layer"] is not None})
     pools = list(dict.fromkeys(e["pool"] for e in entries.values() if e["pool"] is not None))

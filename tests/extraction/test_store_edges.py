@@ -120,3 +120,13 @@ def test_one_reader_for_paths_and_failures_tolerates_torn_lines(tmp_path):
     write_feature_dir(folder, {"x": np.zeros((2, 2), np.float32)}, paths=["a", "b"])
     (folder / "failures.jsonl").write_text(failures.read_text())
     assert [r["index"] for r in open_feature_dir(folder).failures] == [1]
+
+
+def test_the_one_writer_of_row_files_refuses_a_name_with_a_line_break(tmp_path):
+    from sail_vision.feature_store import write_lines
+
+    write_lines(tmp_path / "paths.txt", ["a", "b\rc"])
+    assert read_lines(tmp_path / "paths.txt") == ["a", "b\rc"]
+    with pytest.raises(FeatureStoreError, match=r"paths.txt: row 1 \('x\\ny'\) holds a line break"):
+        write_lines(tmp_path / "paths.txt", ["a", "x\ny"])
+    assert read_lines(tmp_path / "paths.txt") == ["a", "b\rc"]  # the old file stays
