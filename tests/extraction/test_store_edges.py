@@ -130,3 +130,9 @@ def test_the_one_writer_of_row_files_refuses_a_name_with_a_line_break(tmp_path):
     with pytest.raises(FeatureStoreError, match=r"paths.txt: row 1 \('x\\ny'\) holds a line break"):
         write_lines(tmp_path / "paths.txt", ["a", "x\ny"])
     assert read_lines(tmp_path / "paths.txt") == ["a", "b\rc"]  # the old file stays
+
+
+def test_a_carriage_return_in_a_name_keeps_rows_and_names_aligned(tmp_path):
+    names = ["a.png", "b\rc.png", "d\u2028e.png", "f.png"]
+    folder = write_feature_dir(tmp_path / "f", {"x": np.arange(8, dtype=np.float32).reshape(4, 2)}, paths=names)
+    assert open_feature_dir(folder.path).paths == names
