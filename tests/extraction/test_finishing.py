@@ -108,3 +108,17 @@ def test_free_space_check_covers_the_join_before_any_part_is_extracted(tiny_chec
     monkeypatch.setattr(shutil, "disk_usage", real)
     extract(tiny_checkpoint, images, out, **OPTIONS, num_tasks=2, task_index=1)
     _assert_finished(out, reference)
+
+
+def test_a_fresh_run_counts_the_join_from_its_settings(tiny_checkpoint, images, tmp_path, monkeypatch):
+    """At a fixed resolution the bytes per row are known before any part is planned."""
+    fixed = {**OPTIONS, "resolution": 16}
+    reference = tmp_path / "fixed"
+    extract(tiny_checkpoint, images, reference, **fixed)
+    joined = sum(f.stat().st_size for f in reference.glob("layer-*.npy"))
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=joined * 3 // 2))
+    out = tmp_path / "fresh"
+    with pytest.raises(FeatureStoreError, match=r"the remaining parts and their join need (.*) more but only"):
+        extract(tiny_checkpoint, images, out, **fixed)
+    assert not list((out / PARTS_DIR).glob("*part-*")) if (out / PARTS_DIR).exists() else True
