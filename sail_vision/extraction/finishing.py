@@ -217,9 +217,27 @@ def space_to_finish(out: Path, manifest: dict, *, consolidate: bool) -> int:
         known_bytes += sum(sizes)
         known_rows += int(part_manifest["num_items"])
         unwritten += sum(unallocated_bytes(folder / f) for f in files)
-    estimated = known_bytes * unplanned_rows // known_rows if known_rows else 0
+    estimated = (known_bytes * unplanned_rows // known_rows if known_rows
+                 else unplanned_rows * _row_bytes_before_planning(manifest))
     joined = known_bytes + estimated if consolidate and len(parts) > 1 else 0
     return unwritten + estimated + joined
+
+
+def _row_bytes_before_planning(manifest: dict) -> int:
+    """Bytes per row of the feature and mask files, as far as the settings alone say: exact for pooled
+    features and a fixed resolution; native-resolution patch rows and masks (their sizes come from the
+    images) count for nothing, so the estimate is a lower bound."""
+    settings = manifest.get("settings") or {}
+    itemsize = 2 if settings.get("save_dtype", "float16") == "float16" else 4
+    hidden = int(manifest.get("hidden_size") or 0)
+    resolution = (settings.get("preprocessing") or {}).get("resolution")
+    patch = int((settings.get("preprocessing") or {}).get("patch_size") or 1)
+    pixels = (resolution * resolution if isinstance(resolution, int)
+              else resolution[0] * resolution[1] if isinstance(resolution, list) else 0)
+    per_layer = sum(hidden * itemsize * (pixels // (patch * patch) if pool == "patch" else 1)
+                    for pool in settings.get("pools") or [])
+    masks = pixels if manifest.get("masks") else 0
+    return per_layer * len(settings.get("layers") or []) + masks
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

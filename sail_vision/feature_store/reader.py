@@ -17,7 +17,8 @@ from .format import (FAILURES_FILE, PATCH_GRIDS_FILE, FeatureStoreError, check_m
 def read_lines(file: str | Path, count: int | None = None) -> list[str]:
     """The lines of a one-entry-per-row text file (``paths.txt``, ``mask_paths.txt``): split on ``\n``
     only (a name may hold any other character), a torn last line without its ``\n`` left out."""
-    lines = Path(file).read_text(encoding="utf-8").split("\n")[:-1]
+    with open(file, encoding="utf-8", newline="") as handle:  # newline="": a "\r" stays in its name
+        lines = handle.read().split("\n")[:-1]
     return lines if count is None else lines[:count]
 
 
@@ -28,7 +29,9 @@ def read_failures(file: str | Path) -> list[dict]:
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+        text = handle.read()
+    for line in text.split("\n"):
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
