@@ -1,5 +1,6 @@
-"""Engines: `extract` in one process vs 2 torchrun ranks vs Ray with 2 CPU actors, on the same images
-and parts; and peak RSS of one process for 1,000 vs 10,000 images spread over parts.
+"""Engines: `extract` in one process vs 2 torchrun ranks vs Ray with 2 CPU actors vs Ray on its default
+options (``ray-defaults``: actors sized to the node found), on the same images and parts; and peak RSS
+of one process for 1,000 vs 10,000 images spread over parts.
 
 Every run is a fresh `python -m sail_vision extract` process (what a user starts), timed end to
 end (start-up, planning, model loading, encoding, joining); the outputs of the three engines are
@@ -9,6 +10,7 @@ own (``ru_maxrss`` of the waited-for child, ``--workers 0``).
 
     python benchmarks/bench_engines.py            # `small` checkpoint, 48 images at 224 px; ~5 min
     python benchmarks/bench_engines.py --quick    # tiny sizes (tests)
+    python benchmarks/bench_engines.py --engines single ray-defaults --no-rss --results-name bench_engines_ray_defaults
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_CACHE_DIR, cached_checkpoint, print_table, run_and_save, write_noise_jpegs  # noqa: E402
 
-ENGINES = ("single", "torchrun-2", "ray-2")
+ENGINES = ("single", "torchrun-2", "ray-2", "ray-defaults")
 
 
 def _command(engine: str, checkpoint: Path, images: Path, out: Path, args) -> list[str]:
@@ -38,6 +40,8 @@ def _command(engine: str, checkpoint: Path, images: Path, out: Path, args) -> li
     if engine == "torchrun-2":
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--module",
                 "sail_vision", "extract", *common]
+    if engine == "ray-defaults":  # what a user gets: actors sized to the node found
+        return [sys.executable, "-m", "sail_vision", "extract", *common, "--engine", "ray"]
     return [sys.executable, "-m", "sail_vision", "extract", *common, "--engine", "ray", "--ray-actors", "2",
             "--ray-cpus-per-actor", "1"]
 
@@ -102,12 +106,17 @@ def run(args) -> dict:
             row["vs_single"] = rows[0]["seconds"] / row["seconds"]
         print_table(rows, list(rows[0]), title=f"engines, {'tiny' if args.quick else 'small'} checkpoint, "
                                                f"{args.resolution} px, float32 CPU, end to end")
-        small = tmp / "small-images"
-        write_noise_jpegs(small, max(args.rss_counts), sides=(32, 48))
-        memory = [_rss_run(tiny, small, tmp / f"rss-{count}", count, args.rss_part_size) for count in args.rss_counts]
-    print_table(memory, ["count", "parts", "part_size", "images", "peak_rss_bytes", "output_bytes", "seconds"],
-                title="peak RSS of one process across parts (tiny checkpoint, 32 px, mean + patch)")
-    return {"engines": rows, "memory": memory, "rss_growth": memory[-1]["peak_rss_bytes"] / memory[0]["peak_rss_bytes"],
+        memory = []
+        if not args.no_rss:
+            small = tmp / "small-images"
+            write_noise_jpegs(small, max(args.rss_counts), sides=(32, 48))
+            memory = [_rss_run(tiny, small, tmp / f"rss-{count}", count, args.rss_part_size)
+                      for count in args.rss_counts]
+    if memory:
+        print_table(memory, ["count", "parts", "part_size", "images", "peak_rss_bytes", "output_bytes", "seconds"],
+                    title="peak RSS of one process across parts (tiny checkpoint, 32 px, mean + patch)")
+    growth = memory[-1]["peak_rss_bytes"] / memory[0]["peak_rss_bytes"] if memory else None
+    return {"engines": rows, "memory": memory, "rss_growth": growth, "cpus": os.cpu_count(),
             "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()),
             "settings": {k: v for k, v in vars(args).items() if k != "cache_dir"}}
 
@@ -124,13 +133,16 @@ def main(argv=None) -> None:
     parser.add_argument("--rss-counts", type=int, nargs=2, default=None, help="images of the RSS runs (1000 10000)")
     parser.add_argument("--rss-part-size", type=int, default=None, help="part size of the RSS runs (1000)")
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="where random checkpoints are cached")
+    parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS runs (engines only)")
+    parser.add_argument("--results-name", default="bench_engines",
+                        help="results file stem under benchmarks/results (keep other runs' results)")
     args = parser.parse_args(argv)
     args.images = args.images or (8 if args.quick else 48)
     args.resolution = args.resolution or (32 if args.quick else 224)
     args.part_size = args.part_size or (2 if args.quick else 12)
     args.rss_counts = args.rss_counts or ([50, 200] if args.quick else [1000, 10000])
     args.rss_part_size = args.rss_part_size or (50 if args.quick else 1000)
-    run_and_save(parser, lambda: run(args), "bench_engines", args.quick)
+    run_and_save(parser, lambda: run(args), args.results_name, args.quick)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,10 @@ POINTS = {
                         "manifest still says unfinished",
     "extract:commit-part": "a part is finished in its work folder, not yet renamed to its own name",
     "extract:consolidate": "the parts are being joined: one feature file of the dataset is written",
-    "extract:cleanup": "the manifest says complete, the working files are not removed yet",
+    "extract:cleanup": "a part's manifest says complete, its working files are not removed yet",
+    "extract:joined": "the joined files are in place and the manifest says consolidated; parts/ is not removed yet",
+    "extract:remove-parts": "parts/ was checked for files sail-vision did not write; nothing removed yet",
+    "extract:removing-parts": "one entry of parts/ has been removed, the others not yet",
 }
 
 
@@ -34,8 +37,9 @@ def pause_point(name: str) -> None:
     if not wanted or name not in wanted.split(","):
         return
     marker = os.environ.get(MARKER_ENV)
-    if marker:
-        with open(marker, "w", encoding="utf-8") as handle:
+    if marker:  # written whole, then renamed: a test that sees the file can read the name
+        with open(f"{marker}.{os.getpid()}.writing", "w", encoding="utf-8") as handle:
             handle.write(name)
+        os.replace(f"{marker}.{os.getpid()}.writing", marker)
     while True:
         time.sleep(3600)

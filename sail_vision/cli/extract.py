@@ -154,8 +154,9 @@ def register(subparsers) -> None:
     g.add_argument("--ray-actors", type=_positive_int, default=None, metavar="N",
                    help="actors encoding parts (default: one per GPU of the cluster, else its CPUs divided by "
                         "--ray-cpus-per-actor)")
-    g.add_argument("--ray-cpus-per-actor", type=_positive_int, default=4, metavar="N",
-                   help="CPUs each actor reserves (torch threads on CPU actors) (default: 4)")
+    g.add_argument("--ray-cpus-per-actor", type=_positive_int, default=None, metavar="N",
+                   help="CPUs each actor reserves (torch threads on CPU actors); more than the largest node has "
+                        "is refused (default: min(4, the largest node's CPUs) for CPU actors, 1 for GPU actors)")
     g.add_argument("--no-consolidate", action="store_true",
                    help="when every part is done, finish the dataset but keep the feature arrays in their parts "
                         "(no copy; open_feature_dir, probes and pca read them as one dataset); "

@@ -21,6 +21,8 @@ def run(args) -> int:
 
     ckpt = open_checkpoint(args.checkpoint, max_layer=args.max_layer, weights=False)
     cfg = ckpt.config
+    # every check before the first line of the report: an error prints only itself
+    max_layer = None if args.max_layer is None else resolve_layer_indices([args.max_layer], cfg.num_hidden_layers)[0]
     print(f"checkpoint: {ckpt.path}")
     if ckpt.repo_id is not None:
         print(f"hub repo: {ckpt.repo_id} at commit {ckpt.revision}")
@@ -34,10 +36,10 @@ def run(args) -> int:
         print(f"weights: {len(files)} file(s), {len(files) - len(absent)} of them downloaded")
     else:
         print(f"weights on disk: {ckpt.weight_bytes(ckpt.weight_map) / 1e9:.3f} GB in {len(files)} file(s)")
-    if args.max_layer is not None:
-        tensors = ckpt.encoder_tensors(args.max_layer)
-        k = resolve_layer_indices([args.max_layer], cfg.num_hidden_layers)[0]
-        needed = ckpt.encoder_files(args.max_layer)
+    if max_layer is not None:
+        tensors = ckpt.encoder_tensors(max_layer)
+        k = max_layer
+        needed = ckpt.encoder_files(max_layer)
         missing = [f for f in needed if f in absent]
         if missing:
             print(f"an encoder with max_layer={k} reads {len(needed)} file(s) ({', '.join(f.name for f in needed)}); "

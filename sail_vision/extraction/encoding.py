@@ -12,11 +12,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..feature_store import MASK_PATHS_FILE, PATCH_GRIDS_FILE, PATHS_FILE, STATE_DIR
+from ..feature_store import MASK_PATHS_FILE, PATCH_GRIDS_FILE, PATHS_FILE, STATE_DIR, read_lines
 from ..pause_points import pause_point
 from ..preprocessing import Preprocess
 from .loader import batch_loader
-from .planning import mask_spec, rank_status_file, read_lines, row_images, specs_from_manifest
+from .planning import mask_spec, rank_status_file, row_images, specs_from_manifest
 from .results import ExtractionError
 from .writer import ArraySpec, BackgroundWriter, failure_record, FailureLog, OutputArrays, RowStatus
 

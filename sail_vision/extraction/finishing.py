@@ -3,7 +3,6 @@ part is committed (the small per-row files joined at once, the feature arrays by
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections import Counter
@@ -14,13 +13,15 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..feature_store import (FAILURES_FILE, LABELS_FILE, MASK_PATHS_FILE, PARTS_DIR, PATCH_GRIDS_FILE, PATHS_FILE,
-                             STATE_DIR, VALID_FILE, atomic_save_npy, atomic_write_text, FeatureStoreError, read_manifest,
-                             remove_temporary_files, write_manifest)
+                             STATE_DIR, VALID_FILE, FeatureStoreError, atomic_file, atomic_save_npy, atomic_write_text,
+                             check_free_space, count_lines, npy_header, read_failures, read_lines, read_manifest,
+                             refuse_foreign_part_entries, remove_parts, remove_temporary_files, unallocated_bytes,
+                             write_lines, write_manifest)
 from ..pause_points import pause_point
 from .parts import Part, is_committed, parts_from_manifest
-from .planning import PLAN_FAILURES, changed_settings, json_line, read_lines, status_files
+from .planning import PLAN_FAILURES, changed_settings, json_line, status_files
 from .results import ExtractionError
-from .writer import DONE, FAILED, PENDING, _RowFile, create_array_file, failure_record, FailureLog, RowStatus
+from .writer import DONE, FAILED, PENDING, RowFile, create_array_file, failure_record, FailureLog, RowStatus
 
 
 def _write_failures(out: Path, failures: Sequence[dict]) -> dict:
@@ -42,7 +43,7 @@ def finish_part(out: Path, manifest: dict, *, seconds: float, world_size: int, w
     for log in [state / PLAN_FAILURES, *sorted(state.glob("failures-rank*.jsonl"))]:
         for record in FailureLog.read(log):
             records[record["index"]] = record
-    paths = read_lines(out / PATHS_FILE)
+    paths = read_lines(out / PATHS_FILE, manifest["num_items"])
     failures = []
     for row in np.flatnonzero(status == FAILED):
         failures.append(records.get(int(row)) or failure_record(int(row), paths[row], "unknown", "failed"))
@@ -88,13 +89,17 @@ def finish_dataset(out: Path, manifest: dict, extra_run: Mapping | None = None, 
                                     f"with --overwrite")
     failures = [r for start, folder in zip(starts, folders) for r in _shifted_failures(folder, start)]
     # The listing and labels of the whole dataset, from the parts (a shard's rows are known only there).
-    atomic_write_text(out / PATHS_FILE, "".join((f / PATHS_FILE).read_text(encoding="utf-8") for f in folders))
+    for folder, count in zip(folders, counts):
+        lines = count_lines(folder / PATHS_FILE)
+        if lines != count:
+            raise FeatureStoreError(f"{folder}: {PATHS_FILE} has {lines} line(s) for {count} row(s); remove this "
+                                    f"part's folder and rerun the same command with --resume to extract it again")
+    write_lines(out / PATHS_FILE, [line for f in folders for line in read_lines(f / PATHS_FILE)])
     if manifest.get("labels"):
         atomic_save_npy(out / LABELS_FILE, np.concatenate([np.load(f / LABELS_FILE) for f in folders]))
     masks = manifest.get("masks")
     if masks:  # the label maps themselves are large: joined with the feature arrays
-        atomic_write_text(out / MASK_PATHS_FILE,
-                          "".join((f / MASK_PATHS_FILE).read_text(encoding="utf-8") for f in folders))
+        write_lines(out / MASK_PATHS_FILE, [line for f in folders for line in read_lines(f / MASK_PATHS_FILE)])
         if masks.get("offsets"):
             _join_arrays(out / masks["offsets"], [f / masks["offsets"] for f in folders], shift_offsets=True)
     failures_entry = _write_failures(out, failures)
@@ -135,23 +140,29 @@ def _check_part_origin(folder: Path, part: Part, part_manifest: dict, manifest: 
 
 def join_features(out: Path, manifest: dict | None = None) -> dict:
     """Write the single ``layer-{k}_{pool}.npy`` files (and ``masks.npy``) of a finished, parted folder and
-    remove ``parts/``.
+    remove ``parts/``; on a folder already joined, finish what an interrupted run left (``parts/``,
+    temporary files).
 
     One part's files are hard-linked into place (no copy; copied where links are not possible),
-    several parts' are copied in chunks through temporary files (memory stays flat). Until the
-    manifest says ``"consolidated": true`` readers use the parts, so the folder reads correctly
-    at every moment, and an interrupted join is simply run again.
+    several parts' are copied in chunks through temporary files (memory stays flat); a file joined
+    by an interrupted run is kept. Until the manifest says ``"consolidated": true`` readers use the
+    parts, so the folder reads correctly at every moment, and an interrupted join is simply run
+    again. Files under ``parts/`` that sail-vision did not write are refused by name before anything
+    is written or removed.
     """
     manifest = read_manifest(out) if manifest is None else manifest
     parts_info = manifest.get("parts") or {}
     if manifest.get("complete") is not True:
         raise FeatureStoreError(f"{out}: the extraction is unfinished; finish it first (the same "
                                 f"`sail-vision extract` command with --resume, or --finalize after a task array)")
+    refuse_foreign_part_entries(out)
     if parts_info.get("consolidated", True):
+        finish_cleanup(out)
         return manifest
-    folders = [out / PARTS_DIR / item["name"] for item in parts_info["items"]]
-    for info in [*manifest["features"].values(), *([manifest["masks"]] if manifest.get("masks") else [])]:
-        sources = [f / info["file"] for f in folders]
+    todo = joins_to_write(out, manifest)
+    check_free_space(out, sum(size for _, _, size in todo) if len(parts_info["items"]) > 1 else 0,
+                     option="folder", what="joining the parts")
+    for info, sources, _ in todo:
         if len(sources) == 1:
             _link_or_copy(sources[0], out / info["file"])
         else:
@@ -159,30 +170,87 @@ def join_features(out: Path, manifest: dict | None = None) -> dict:
         pause_point("extract:consolidate")
     joined = {**manifest, "parts": {**parts_info, "consolidated": True}}
     write_manifest(out, joined)
-    pause_point("extract:cleanup")
-    shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
+    pause_point("extract:joined")
+    finish_cleanup(out)
     return joined
 
 
+def finish_cleanup(out: Path) -> None:
+    """The last step of a consolidated folder: ``parts/`` and the working files removed (repeatable)."""
+    remove_parts(out)
+    remove_temporary_files(out)
+
+
+def joins_to_write(out: Path, manifest: dict) -> list[tuple[dict, list[Path], int]]:
+    """(manifest entry, part files, bytes) of each array a join still has to write: the features and
+    ``masks.npy``, less those an interrupted join already put in place (same shape and dtype)."""
+    folders = [out / PARTS_DIR / item["name"] for item in manifest["parts"]["items"]]
+    todo = []
+    for info in [*manifest["features"].values(), *([manifest["masks"]] if manifest.get("masks") else [])]:
+        sources = [f / info["file"] for f in folders]
+        headers = [npy_header(f) for f in sources]
+        shape = (sum(h[0][0] for h in headers), *headers[0][0][1:])
+        size = int(np.prod(shape, dtype=np.int64)) * headers[0][1].itemsize
+        target = out / info["file"]
+        if target.is_file() and npy_header(target) == (shape, headers[0][1]):
+            continue
+        todo.append((info, sources, size))
+    return todo
+
+
+def space_to_finish(out: Path, manifest: dict, *, consolidate: bool) -> int:
+    """Bytes the disk of ``out`` still has to take before the extraction is finished: the unwritten
+    blocks of parts being extracted, the parts not started (estimated from the bytes per row of the
+    others) and, when several parts are joined, the joined copy."""
+    parts = parts_from_manifest(manifest)
+    known_bytes, known_rows, unwritten, unplanned_rows, total_rows = 0, 0, 0, 0, 0
+    for part in parts:
+        folder = part.folder(out) if is_committed(out, part) else part.work_folder(out)
+        try:
+            part_manifest = read_manifest(folder)
+            files = [info["file"] for info in part_manifest["features"].values()]
+            files += [part_manifest["masks"]["file"]] if part_manifest.get("masks") else []
+            sizes = [(folder / f).stat().st_size for f in files]
+        except (FeatureStoreError, OSError, KeyError, TypeError):
+            unplanned_rows += part.num_rows or 0
+            continue
+        known_bytes += sum(sizes)
+        known_rows += int(part_manifest["num_items"])
+        unwritten += sum(unallocated_bytes(folder / f) for f in files)
+    estimated = (known_bytes * unplanned_rows // known_rows if known_rows
+                 else unplanned_rows * _row_bytes_before_planning(manifest))
+    joined = known_bytes + estimated if consolidate and len(parts) > 1 else 0
+    return unwritten + estimated + joined
+
+
+def _row_bytes_before_planning(manifest: dict) -> int:
+    """Bytes per row of the feature and mask files, as far as the settings alone say: exact for pooled
+    features and a fixed resolution; native-resolution patch rows and masks (their sizes come from the
+    images) count for nothing, so the estimate is a lower bound."""
+    settings = manifest.get("settings") or {}
+    itemsize = 2 if settings.get("save_dtype", "float16") == "float16" else 4
+    hidden = int(manifest.get("hidden_size") or 0)
+    resolution = (settings.get("preprocessing") or {}).get("resolution")
+    patch = int((settings.get("preprocessing") or {}).get("patch_size") or 1)
+    pixels = (resolution * resolution if isinstance(resolution, int)
+              else resolution[0] * resolution[1] if isinstance(resolution, list) else 0)
+    per_layer = sum(hidden * itemsize * (pixels // (patch * patch) if pool == "patch" else 1)
+                    for pool in settings.get("pools") or [])
+    masks = pixels if manifest.get("masks") else 0
+    return per_layer * len(settings.get("layers") or []) + masks
+
+
 def _link_or_copy(source: Path, target: Path) -> None:
-    tmp = target.with_name(f".{target.name}.join.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    with atomic_file(target) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
 
 
 def _shifted_failures(folder: Path, first_row: int) -> list[dict]:
-    records = []
-    file = folder / FAILURES_FILE
-    for line in file.read_text(encoding="utf-8").splitlines() if file.is_file() else []:
-        if line.strip():
-            record = json.loads(line)
-            record["index"] = int(record["index"]) + first_row
-            records.append(record)
-    return records
+    return [{**record, "index": record["index"] + first_row} for record in read_failures(folder / FAILURES_FILE)]
 
 
 def _join_arrays(target: Path, sources: Sequence[Path], *, shift_offsets: bool = False) -> None:
@@ -200,22 +268,21 @@ def _join_arrays(target: Path, sources: Sequence[Path], *, shift_offsets: bool =
         atomic_save_npy(target, np.concatenate(pieces))
         return
     shape = (sum(a.shape[0] for a in arrays), *arrays[0].shape[1:])
-    tmp = target.with_name(f".{target.name}.join.tmp")
-    create_array_file(tmp, shape, arrays[0].dtype)
-    out = _RowFile(tmp)
-    try:
-        row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * arrays[0].dtype.itemsize)
-        step = max(1, COPY_CHUNK_BYTES // row_bytes)
-        row = 0
-        for array in arrays:
-            for start in range(0, array.shape[0], step):
-                chunk = np.asarray(array[start:start + step])
-                out.write(row + start, chunk)
-            row += array.shape[0]
-        out.sync()
-    finally:
-        out.close()
-    os.replace(tmp, target)
+    with atomic_file(target) as tmp:
+        create_array_file(tmp, shape, arrays[0].dtype)
+        out = RowFile(tmp)
+        try:
+            row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * arrays[0].dtype.itemsize)
+            step = max(1, COPY_CHUNK_BYTES // row_bytes)
+            row = 0
+            for array in arrays:
+                for start in range(0, array.shape[0], step):
+                    out.write(row + start, np.asarray(array[start:start + step]))
+                row += array.shape[0]
+            out.sync()
+        finally:
+            out.close()
+
 
 #: Copy at most this many bytes at a time when several parts are joined.
 COPY_CHUNK_BYTES = 64 << 20

@@ -19,6 +19,7 @@ from ..outputs import POOLS
 from ..packing import BATCHING, PACKED_ATTENTION
 from ..preprocessing import DEFAULT_MAX_PIXELS, DEFAULT_MAX_TOKENS, VIEW_PIPELINE, parse_resolution
 from .parts import DEFAULT_PART_SIZE, task_slice
+from .ray_engine import require_ray
 
 SAVE_DTYPES = ("float16", "float32")
 #: Who extracts the parts: this process (or each torchrun rank / array task), or a pool of Ray actors.
@@ -41,7 +42,8 @@ class ExtractOptions:
     ``strict`` (False), ``progress`` (True). Parts and engines: ``part_size`` (10000),
     ``num_tasks`` / ``task_index`` (None: Slurm's, else one task), ``finalize`` (False),
     ``consolidate`` (True), ``engine`` ("local"), ``ray_address`` (None), ``ray_actors`` (None),
-    ``ray_cpus_per_actor`` (4). Augmented views: ``views`` (0 = none; K: K seeded mmseg-style training
+    ``ray_cpus_per_actor`` (None: min(4, the largest Ray node's CPUs) for CPU actors, 1 for GPU
+    actors). Augmented views: ``views`` (0 = none; K: K seeded mmseg-style training
     views of every image, each a row, see :mod:`.views`), ``views_seed`` (0).
     """
 
@@ -78,7 +80,7 @@ class ExtractOptions:
     engine: str = "local"
     ray_address: str | None = None
     ray_actors: int | None = None
-    ray_cpus_per_actor: int = 4
+    ray_cpus_per_actor: int | None = None
     views: int = 0
     views_seed: int = 0
 
@@ -92,6 +94,8 @@ class ExtractOptions:
             raise InputError(f"--save-dtype {self.save_dtype!r}: choose float16 or float32")
         for name in ("batch_size", "part_size", "ray_cpus_per_actor"):
             value = getattr(self, name)
+            if value is None and name == "ray_cpus_per_actor":
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if self.batching not in BATCHING:
@@ -117,8 +121,6 @@ class ExtractOptions:
         if self.engine not in ENGINES:
             raise InputError(f"--engine {self.engine!r}: choose from {', '.join(ENGINES)}")
         if self.engine == "ray":
-            from .ray_engine import require_ray
-
             require_ray()
             if self.num_tasks is not None or self.task_index is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 raise InputError("--engine ray schedules the parts itself; run it as one process, without torchrun "

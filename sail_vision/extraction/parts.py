@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..errors import InputError
-from ..feature_store import MANIFEST_FILE, PARTS_DIR, FeatureStoreError, _fsync_dir, read_manifest
+from ..feature_store import MANIFEST_FILE, PARTS_DIR, FeatureStoreError, fsync_dir, read_manifest
 from ..pause_points import pause_point
 
 #: Rows per part unless ``--part-size`` says otherwise (a sharded input's shards are parts of their own).
@@ -152,7 +152,7 @@ def commit_part(out: Path, part: Part) -> None:
             pass
         else:
             raise
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 # ---------------------------------------------------------------------------------- consolidating

@@ -3,7 +3,6 @@ preallocated files, a per-row status file). Resuming checks settings and inputs 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Callable, Sequence
@@ -12,8 +11,9 @@ import numpy as np
 
 from ..feature_store import (LABELS_FILE, MANIFEST_FILE, MASK_PATHS_FILE, PATCH_GRIDS_FILE, PATHS_FILE, STATE_DIR,
                              atomic_save_npy, atomic_write_text, check_free_space, extraction_entries, feature_name,
-                             FeatureStoreError, mask_manifest_entry, offsets_file_name, read_manifest,
-                             remove_extraction_files, remove_temporary_files, unallocated_bytes, write_manifest)
+                             FeatureStoreError, mask_manifest_entry, offsets_file_name, read_lines, read_manifest,
+                             remove_extraction_files, remove_temporary_files, unallocated_bytes, write_lines,
+                             write_manifest)
 from ..pause_points import pause_point
 from ..preprocessing import Preprocess
 from ..sources import ImageSource
@@ -55,21 +55,15 @@ def dataset_mask_entry(source: ImageSource, native: bool) -> dict | None:
                                num_classes=rules.get("num_classes"), classes=source.classes)
 
 
-def mask_lines(masks: Sequence[str | None]) -> str:
-    """``mask_paths.txt``: one mask path per row, an empty line for a row without one."""
-    return "".join((m or "") + "\n" for m in masks)
+def mask_lines(masks: Sequence[str | None]) -> list[str]:
+    """The lines of ``mask_paths.txt``: one mask path per row, empty for a row without one."""
+    return [m or "" for m in masks]
 
 
 def changed_settings(before: dict | None, now: dict | None) -> list[str]:
     """The setting names whose values differ between two manifests' ``settings``, sorted."""
     before, now = before or {}, now or {}
     return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-
-
-def read_lines(file: Path, count: int | None = None) -> list[str]:
-    """The lines of a one-entry-per-row text file (``paths.txt``, ``mask_paths.txt``)."""
-    lines = file.read_text(encoding="utf-8").split("\n")[:-1]
-    return lines if count is None else lines[:count]
 
 
 def feature_specs(layers: Sequence[int], pools: Sequence[str], hidden: int, num_items: int,
@@ -172,14 +166,12 @@ class PartPlanner:
 
     def _check_same_inputs(self) -> None:
         source = self._source()
-        listed = (self.out / PATHS_FILE).read_text(encoding="utf-8")
-        now = "".join(p + "\n" for p in source.paths)
-        if hashlib.sha256(listed.encode()).digest() != hashlib.sha256(now.encode()).digest():
+        if read_lines(self.out / PATHS_FILE) != list(source.paths):
             raise ExtractionError(f"--out {self.out}: the input images changed since this extraction started "
                                   f"(the list differs from {PATHS_FILE}); pass --overwrite to start again")
         masks_file = self.out / MASK_PATHS_FILE
         if masks_file.is_file() and getattr(source, "masks", None) is not None:
-            if masks_file.read_text(encoding="utf-8") != mask_lines(source.masks):
+            if read_lines(masks_file) != mask_lines(source.masks):
                 raise ExtractionError(f"--out {self.out}: the masks paired with the images changed since this "
                                       f"extraction started (the list differs from {MASK_PATHS_FILE}); pass "
                                       f"--overwrite to start again")
@@ -236,11 +228,11 @@ class PartPlanner:
             create_array_file(self.out / masks.file, masks.shape, masks.dtype)
             if masks.offsets_file:
                 atomic_save_npy(self.out / masks.offsets_file, offsets * self.preprocess.patch_size ** 2)
-            atomic_write_text(self.out / MASK_PATHS_FILE, mask_lines(source.masks))
+            write_lines(self.out / MASK_PATHS_FILE, mask_lines(source.masks))
         atomic_save_npy(self.out / PATCH_GRIDS_FILE, grids)
         if source.labels is not None:
             atomic_save_npy(self.out / LABELS_FILE, source.labels.astype(np.int64))
-        atomic_write_text(self.out / PATHS_FILE, "".join(p + "\n" for p in paths))
+        write_lines(self.out / PATHS_FILE, paths)
         atomic_write_text(self.state / PLAN_FAILURES,
                           "".join(json_line(failures[r]) for r in sorted(failures)))
         RowStatus.create(self.state / PLAN_STATUS, num_items, sorted(failures))
@@ -292,12 +284,32 @@ class DatasetPlanner(PartPlanner):
         if shards is None:
             if source.labels is not None:
                 atomic_save_npy(self.out / LABELS_FILE, source.labels.astype(np.int64))
-            atomic_write_text(self.out / PATHS_FILE, "".join(p + "\n" for p in source.paths))
+            write_lines(self.out / PATHS_FILE, source.paths)
             if masks is not None:
-                atomic_write_text(self.out / MASK_PATHS_FILE, mask_lines(source.masks))
+                write_lines(self.out / MASK_PATHS_FILE, mask_lines(source.masks))
             atomic_write_text(self.state / LISTING_ERRORS, json.dumps(
                 {str(row): list(error) for row, error in sorted(source.errors.items())}))
         atomic_write_text(self.state / PLANNED_MARK, "")
+
+
+#: The number of tasks of the task array (or 1) that started an extraction, kept while it runs.
+TASK_COUNT = "num-tasks"
+
+
+def check_task_count(out: Path, num_tasks: int) -> None:
+    """Record how many tasks share ``out`` on the first start; refuse a task array of another size later
+    (its tasks would split the parts differently). A single process may always finish a folder."""
+    file = out / STATE_DIR / TASK_COUNT
+    if not file.is_file():
+        if (out / STATE_DIR).is_dir():
+            atomic_write_text(file, str(num_tasks))
+        return
+    started = int(file.read_text(encoding="utf-8").strip() or 0)
+    if num_tasks > 1 and started != num_tasks:
+        raise ExtractionError(f"--num-tasks {num_tasks}: --out {out} was started by "
+                              f"{'a task array of ' + str(started) + ' tasks' if started > 1 else 'a single process'}"
+                              f"; run every task with --num-tasks {started}"
+                              f"{'' if started > 1 else ' (leave --num-tasks out)'}, or finish it with --finalize")
 
 
 def listing_errors(out: Path) -> dict[int, tuple[str, str]]:

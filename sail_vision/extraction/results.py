@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import SailVisionError
 from ..feature_store import describe_bytes, parted_files
 from ..sources.labels import labels_summary
@@ -31,6 +33,13 @@ class ExtractionResult:
     labels: str = ""  # one line: labelled rows and classes found, or why there are none
     parts_total: int = 0
     parts_waiting: int = 0  # parts other tasks still have to finish (the dataset is not joined yet)
+    views: int = 0  # --views K: every image is K rows
+
+    def rows(self, count: int) -> str:
+        """``count`` rows in words: images, or rows of K views each (as the manifest counts them)."""
+        if not self.views:
+            return f"{count} images"
+        return f"{count} rows ({count / self.views:g} images x {self.views} views)"
 
     @property
     def finished(self) -> bool:
@@ -44,24 +53,30 @@ class ExtractionResult:
         """One line: images, failures, time, speed, bytes on disk."""
         labels = f"\n{self.labels}" if self.labels else ""
         if not self.finished:
-            return (f"{self.out}: this task processed {self.images_processed} images in {self.seconds:.1f} s; "
+            return (f"{self.out}: this task processed {self.rows(self.images_processed)} in {self.seconds:.1f} s; "
                     f"{self.parts_total - self.parts_waiting} of {self.parts_total} parts are finished, "
                     f"{self.parts_waiting} still to do by the other tasks (the last task to finish joins them, "
                     f"or run the same command with --finalize)")
         if self.already_complete:
-            return (f"{self.out}: already complete ({self.num_items} images, {self.num_failed} failed); "
+            return (f"{self.out}: already complete ({self.rows(self.num_items)}, {self.num_failed} failed); "
                     f"nothing to do{labels}")
         ranks = f" on {self.world_size} processes" if self.world_size > 1 else ""
-        return (f"extracted {self.num_items} images ({self.num_valid} ok, {self.num_failed} failed) in "
-                f"{self.seconds:.1f} s{ranks} ({self.images_per_second:.1f} images/s this run), "
+        rate = f"{self.images_per_second:.1f} {'rows' if self.views else 'images'}/s this run"
+        return (f"extracted {self.rows(self.num_items)} ({self.num_valid} ok, {self.num_failed} failed) in "
+                f"{self.seconds:.1f} s{ranks} ({rate}), "
                 f"{describe_bytes(self.output_bytes)} of features in {self.out}{labels}")
 
 
 # ---------------------------------------------------------------------------------- planning
 
 
-def label_summary_of(manifest: dict) -> str:
-    return labels_summary((manifest.get("inputs") or {}).get("labels"))
+def label_summary_of(out: Path, manifest: dict) -> str:
+    """The labels line, counted on the rows the manifest holds (``labels.npy``: label >= 0), not on
+    what the listing guessed (a shard's labels are known only once it is read; views repeat rows)."""
+    labelled = None
+    if manifest.get("labels") and (out / manifest["labels"]).is_file():
+        labelled = int(np.count_nonzero(np.load(out / manifest["labels"], mmap_mode="r") >= 0))
+    return labels_summary((manifest.get("inputs") or {}).get("labels"), labelled=labelled, rows=manifest["num_items"])
 
 
 def output_bytes(out: Path, manifest: dict) -> int:
@@ -72,10 +87,15 @@ def output_bytes(out: Path, manifest: dict) -> int:
 # ---------------------------------------------------------------------------------- parts
 
 
+def views_of(manifest: dict) -> int:
+    """K of a ``--views K`` extraction, else 0."""
+    return int(((manifest.get("inputs") or {}).get("views") or {}).get("count") or 0)
+
+
 def result_from_manifest(out: Path, manifest: dict, **extra) -> ExtractionResult:
     return ExtractionResult(out, manifest["num_items"], manifest["num_valid"], manifest["num_failed"],
                             manifest["failures"].get("items", []), output_bytes=output_bytes(out, manifest),
-                            labels=label_summary_of(manifest), **extra)
+                            labels=label_summary_of(out, manifest), views=views_of(manifest), **extra)
 
 
 # ---------------------------------------------------------------------------------- API

@@ -12,157 +12,33 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ..checkpoint_digest import weights_digest
-from ..feature_store import (FAILURES_FILE, FORMAT_NAME, FORMAT_VERSION, LABELS_FILE, MANIFEST_FILE, MASK_PATHS_FILE,
-                             PATCH_GRIDS_FILE, PATHS_FILE, STATE_DIR, VALID_FILE, _software_versions, read_manifest,
-                             remove_temporary_files)
+from ..feature_store import (FAILURES_FILE, LABELS_FILE, MANIFEST_FILE, MASK_PATHS_FILE, PATCH_GRIDS_FILE, PATHS_FILE,
+                             VALID_FILE, check_free_space, manifest_header, read_lines, read_manifest, remove_temporary_files,
+                             software_versions)
 from ..folder_lock import hold_folder
 from ..packing import resolve_packed_attention
 from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from ..sources import ImageSource, find_duplicates, resolve_inputs
+from ..sources import find_duplicates
 from .distributed import DistContext
-from .encoding import encode_batches
-from .finishing import finish_dataset, finish_part, join_features
-from .loader import default_token_budget, plan_batches, plan_packed_batches
+from .finishing import finish_dataset, join_features, space_to_finish
 from .options import ExtractOptions, resolve_compute_dtype
+from .part_job import PartJob, SourceLoader, extract_part
 from .parts import Part, commit_part, is_committed, parts_from_manifest, task_slice
-from .planning import DatasetPlanner, listing_errors, PartPlanner, rank_status_file, read_lines, status_files
-from .results import ExtractionError, ExtractionResult, result_from_manifest
-from .spool import has_spool, spool_records
+from .planning import DatasetPlanner, check_task_count, listing_errors
+from .ray_engine import extract_parts_on_ray
+from .results import ExtractionError, ExtractionResult, result_from_manifest, views_of
 from .views import ViewSource
-from .writer import DONE, PENDING, RowStatus
 
 
 #: How long a task of a task array waits for another task that is planning or joining (seconds).
 SHARED_LOCK_WAIT_S = 600
-
-
-@dataclass
-class _PartJob:
-    """What every part of one run shares (the dataset's settings, the listing, the compute setup)."""
-
-    out: Path
-    settings: dict
-    manifest_base: dict
-    preprocess: Preprocess
-    source: Callable[[], object]  # the dataset's source (resolved once per process, when a shard is read)
-    paths: list[str] | None  # flat sources: the whole listing
-    labels: np.ndarray | None
-    classes: list[str] | None
-    duplicates: dict[int, int]
-    checkpoint: str | Path
-    layers: list[int]
-    norm: bool
-    add_cls: bool
-    compute_dtype: str
-    device: object
-    hidden: int
-    batch_size: int
-    packed: bool
-    max_batch_tokens: int | None
-    packed_attention: str
-    workers: int
-    strict: bool
-    progress: bool
-    commit_interval: float
-    labels_expected: bool = False
-    masks: list[str | None] | None = None  # flat segmentation sources: each row's mask path
-    listing_errors: dict[int, tuple[str, str]] = field(default_factory=dict)  # rows the listing found unusable
-    _encoder: object = field(default=None, repr=False)
-
-    def encoder(self):
-        """The model, loaded once per process for all the parts it extracts."""
-        if self._encoder is None:
-            from ..encoder import SailEncoder
-
-            self._encoder = SailEncoder.from_pretrained(self.checkpoint, dtype=self.compute_dtype, device=self.device,
-                                                        max_layer=max(self.layers),
-                                                        packed_attention=self.packed_attention)
-        return self._encoder
-
-
-class _SourceLoader:
-    """``resolve_inputs(**source_args)``, listed once per process on first use (picklable, for Ray actors)."""
-
-    def __init__(self, source_args: dict):
-        self.source_args = source_args
-        self._source = None
-
-    def __call__(self):
-        if self._source is None:
-            self._source = resolve_inputs(**self.source_args)
-        return self._source
-
-    def __getstate__(self):
-        return {"source_args": self.source_args, "_source": None}
-
-
-def _part_source(job: _PartJob, part: Part, work: Path) -> ImageSource:
-    """The rows of one part: a slice of the listing, or the records of a shard (copied into the work
-    folder first, see :mod:`.spool`; a resumed part reads its own ``paths.txt`` instead)."""
-    if part.shard is None:
-        rows = slice(part.first_row, part.first_row + part.num_rows)
-        return ImageSource(job.paths[rows], None if job.labels is None else job.labels[rows], job.classes,
-                           description={"part": part.describe()},
-                           masks=None if job.masks is None else job.masks[rows])
-    if (work / PATHS_FILE).is_file() and has_spool(work / STATE_DIR):
-        paths = read_lines(work / PATHS_FILE)
-        return ImageSource(paths, None, job.classes, description={"part": part.describe()})
-    source = job.source()
-    shard = next(s for s in source.shards if s.name == part.shard)
-    records = spool_records(source.records(shard), work / STATE_DIR)
-    labels = None
-    if job.labels_expected:
-        labels = np.array([-1 if r.label is None else r.label for r in records], dtype=np.int64)
-    return ImageSource([r.key for r in records], labels, job.classes, description={"part": part.describe()},
-                       errors={row: r.error for row, r in enumerate(records) if r.error is not None})
-
-
-def _extract_part(job: _PartJob, part: Part, bar=None) -> int:
-    """Extract one part into its work folder (resuming what an earlier run left there), under the
-    part's own lock; returns the images processed. The caller commits it."""
-    work = part.work_folder(job.out)
-    first, count = part.first_row or 0, part.num_rows or 0
-    known = {row - first: error for row, error in job.listing_errors.items() if first <= row < first + count}
-    known.update({row - first: ("duplicate", f"duplicate path: same as row {orig}; extracted once, at row {orig}")
-                  for row, orig in job.duplicates.items() if first <= row < first + count})
-    with hold_folder(work, "sail-vision extract", option=f"part {part.name} of --out"):
-        planner = PartPlanner(work, job.settings, {**job.manifest_base, "part": part.describe()}, job.preprocess,
-                           lambda: _part_source(job, part, work), hidden=job.hidden, strict=job.strict,
-                           workers=job.workers, progress=job.progress and bar is None, known_failures=known)
-        if planner.prepare(resume=True, overwrite=False) == "complete":
-            return 0
-        started = time.monotonic()
-        manifest = read_manifest(work)
-        status = RowStatus.combined(status_files(work), manifest["num_items"])
-        grids = np.load(work / PATCH_GRIDS_FILE)
-        if job.packed:
-            extra = 2 + int(job.add_cls)
-            budget = job.max_batch_tokens or default_token_budget(grids, job.batch_size, extra)
-            batches = plan_packed_batches(grids, budget, extra)
-        else:
-            batches = plan_batches(grids, job.batch_size)
-        pending = [b for b in batches if (status[b] == PENDING).any()]
-        resumed = len(pending) < len(batches) or int((status == DONE).sum()) > 0
-        if not rank_status_file(work, 0).is_file():
-            RowStatus.create(rank_status_file(work, 0), manifest["num_items"])
-        processed = 0
-        if pending:
-            processed, _ = encode_batches(
-                work, manifest, pending, encoder=job.encoder(), checkpoint=job.checkpoint, layers=job.layers,
-                norm=job.norm, add_cls=job.add_cls, compute_dtype=job.compute_dtype, device=job.device,
-                preprocess=job.preprocess, workers=job.workers, strict=job.strict, progress=job.progress, rank=0,
-                commit_interval=job.commit_interval, bar=bar)
-        finish_part(work, manifest, seconds=time.monotonic() - started, world_size=1, workers=job.workers,
-                  device_type=job.device.type, resumed=resumed)
-        return processed
 
 
 def _absolute_spec(images: str) -> str:
@@ -224,12 +100,13 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
         checkpoint = ckpt.spec
     preprocess = Preprocess.create(cfg.vision_patch_size, o.resolution, o.max_tokens, o.max_pixels)
     out = Path(out).expanduser().absolute()
+    created, failed = not out.exists(), False  # a failed start removes an --out it created and left empty
     if isinstance(images, (list, tuple)) and len(images) == 1:
         images = images[0]
     images_arg = ([str(Path(p).absolute()) for p in images] if isinstance(images, (list, tuple))
                   else _absolute_spec(str(images)))
     source_args = {"images": images_arg, "layout": o.layout, "split": o.split, "limit": o.limit,
-                   "labels_file": str(Path(o.labels_file).absolute()) if o.labels_file else None}
+                   "labels_file": str(Path(o.labels_file).expanduser().absolute()) if o.labels_file else None}
     if o.masks is not None:  # only when given: settings of extractions without masks stay as they were
         source_args["masks"] = str(Path(o.masks).expanduser().absolute())
     if o.reduce_zero_label is not None:
@@ -251,7 +128,7 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
         if packed:
             attention += f"; images of different sizes packed, block-diagonal attention: {packed_kernel}"
         manifest_base = {
-            "format": FORMAT_NAME, "version": FORMAT_VERSION, "complete": False, "num_items": 0,
+            **manifest_header(complete=False), "num_items": 0,
             "num_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size, "layers": layers, "pools": pools,
             "features": {}, "valid": VALID_FILE, "labels": None, "masks": None, "classes": None, "paths": PATHS_FILE,
             "patch_grids": PATCH_GRIDS_FILE, "failures": {"file": FAILURES_FILE, "count": None},
@@ -261,7 +138,7 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
                               "resize": "bilinear", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
             "dtypes": {"compute": compute_dtype, "save": o.save_dtype},
             "attention": attention,
-            "settings": settings, "software": _software_versions(),
+            "settings": settings, "software": software_versions(),
         }
         if o.views:
             manifest_base["views"] = o.views_entry()
@@ -290,7 +167,7 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
                     lock.enter_context(hold_folder(out, "sail-vision extract"))
                 with held_briefly():
                     settings, manifest_base = describe_run()
-                    listing = _SourceLoader(source_args)
+                    listing = SourceLoader(source_args)
                     if o.views:
                         listing = ViewSource(listing, o.views)
                     planner = DatasetPlanner(out, settings, manifest_base, listing,
@@ -299,6 +176,7 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
                         raise ExtractionError(f"--out {out}: nothing to finalize (no {MANIFEST_FILE}); run the "
                                               f"extraction first")
                     outcome = planner.prepare(resume=o.resume or shared, overwrite=o.overwrite)
+                    check_task_count(out, tasks.num_tasks)
             except Exception as exc:
                 dist.broadcast(("error", str(exc)))
                 raise
@@ -307,8 +185,9 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
             raise ExtractionError(f"rank 0 could not start: {outcome[1]}")
         manifest = read_manifest(out)
         if outcome == "complete":
-            if o.consolidate and dist.is_main and not (manifest.get("parts") or {}).get("consolidated", True):
-                with held_briefly():  # a join that was interrupted, or asked for now
+            joined = (manifest.get("parts") or {}).get("consolidated", True)
+            if dist.is_main and (o.consolidate or joined):
+                with held_briefly():  # a join or cleanup that was interrupted, or a join asked for now
                     join_features(out)
             dist.barrier()
             manifest = read_manifest(out)
@@ -319,21 +198,24 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
         labels = np.load(out / LABELS_FILE) if flat and manifest.get("labels") else None
         masks = ([m or None for m in read_lines(out / MASK_PATHS_FILE, manifest["num_items"])]
                  if flat and manifest.get("masks") else None)
-        job = _PartJob(out, manifest["settings"], {k: v for k, v in manifest.items() if k != "parts"}, preprocess,
-                       _SourceLoader(source_args), paths, labels,
-                       manifest.get("classes"), find_duplicates(paths) if flat else {}, checkpoint, layers,
-                       bool(o.norm), add_cls, compute_dtype, device, cfg.hidden_size, int(o.batch_size), packed,
-                       o.max_batch_tokens, o.packed_attention, workers, o.strict, o.progress and dist.is_main,
-                       o.commit_interval, labels_expected=bool(manifest.get("labels")), masks=masks,
-                       listing_errors=listing_errors(out) if flat else {})
+        job = PartJob(
+            out=out, settings=manifest["settings"], manifest_base={k: v for k, v in manifest.items() if k != "parts"},
+            preprocess=preprocess, source=SourceLoader(source_args), paths=paths, labels=labels,
+            classes=manifest.get("classes"), labels_expected=bool(manifest.get("labels")), masks=masks,
+            duplicates=find_duplicates(paths) if flat else {}, listing_errors=listing_errors(out) if flat else {},
+            checkpoint=checkpoint, layers=layers, norm=bool(o.norm), add_cls=add_cls, compute_dtype=compute_dtype,
+            device=device, hidden=cfg.hidden_size, packed_attention=o.packed_attention,
+            batch_size=int(o.batch_size), packed=packed, max_batch_tokens=o.max_batch_tokens, workers=workers,
+            strict=o.strict, progress=o.progress and dist.is_main, commit_interval=o.commit_interval)
         todo = [] if o.finalize else [p for p in tasks.parts_for(parts) if not is_committed(out, p)]
+        if dist.is_main and todo:  # the parts still to extract and the join must fit: fail now, not at the end
+            check_free_space(out, space_to_finish(out, manifest, consolidate=o.consolidate),
+                             what="the remaining parts and their join")
         failure, processed = None, 0
         try:
             if o.engine == "ray" and todo:
-                from .ray_engine import extract_parts_on_ray
-
                 processed, _ = extract_parts_on_ray(job, todo, address=o.ray_address, actors=o.ray_actors,
-                                                    cpus_per_actor=o.ray_cpus_per_actor)
+                                                    cpus_per_actor=o.ray_cpus_per_actor, progress=job.progress)
             else:
                 processed = _extract_parts(job, todo)
         except Exception as exc:
@@ -372,17 +254,30 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
                                       f"({', '.join(waiting[:5])}{' ...' if len(waiting) > 5 else ''}); run the "
                                       f"tasks that own them again, then --finalize")
             return ExtractionResult(out, manifest["num_items"], 0, 0, seconds=seconds, images_processed=processed,
-                                    world_size=dist.world_size, parts_waiting=len(waiting),
+                                    world_size=dist.world_size, parts_waiting=len(waiting), views=views_of(manifest),
                                     parts_total=len(parts))
         return result_from_manifest(out, manifest, seconds=seconds, images_processed=processed, world_size=dist.world_size)
+    except BaseException:
+        failed = True
+        raise
     finally:
         try:
             lock.close()
         finally:
             dist.close()
+            if failed and created and dist.is_main:
+                remove_if_empty(out)
 
 
-def _extract_parts(job: _PartJob, todo: Sequence[Part]) -> int:
+def remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` if it is an empty folder (a failed start's ``--out``); anything in it keeps it."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _extract_parts(job: PartJob, todo: Sequence[Part]) -> int:
     """Extract and commit each part of ``todo`` in order; one progress bar for all of them."""
     bar = None
     if job.progress and len(todo) > 1:
@@ -396,7 +291,7 @@ def _extract_parts(job: _PartJob, todo: Sequence[Part]) -> int:
     try:
         for part in todo:
             if not is_committed(job.out, part):
-                processed += _extract_part(job, part, bar)
+                processed += extract_part(job, part, bar)
                 commit_part(job.out, part)
     finally:
         if bar is not None:

@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..errors import SailVisionError
-from ..feature_store import atomic_save_npy
+from ..feature_store import atomic_save_npy, read_failures
 
 PENDING, DONE, FAILED = 0, 1, 2
 
@@ -98,7 +98,7 @@ def _npy_data_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
         return tuple(int(v) for v in shape), np.dtype(dtype), handle.tell()
 
 
-class _RowFile:
+class RowFile:
     """One ``.npy`` file opened for positional writes of whole rows (first-axis slices)."""
 
     def __init__(self, path: Path):
@@ -143,7 +143,7 @@ class OutputArrays:
 
     def __init__(self, out_dir: Path, specs: Sequence[ArraySpec], offsets: Mapping[str, np.ndarray] | None = None):
         self.specs = {spec.name: spec for spec in specs}
-        self.files = {spec.name: _RowFile(out_dir / spec.file) for spec in specs}
+        self.files = {spec.name: RowFile(out_dir / spec.file) for spec in specs}
         self.offsets = dict(offsets or {})
 
     def write(self, name: str, rows: np.ndarray, values: np.ndarray) -> None:
@@ -186,7 +186,7 @@ class RowStatus:
     def __init__(self, path: Path):
         self.path = path
         self.array = np.load(path).astype(np.uint8)
-        self._file = _RowFile(path)
+        self._file = RowFile(path)
         self._dirty = False
 
     @staticmethod
@@ -240,18 +240,8 @@ class FailureLog:
 
     @staticmethod
     def read(path: Path) -> list[dict]:
-        """Records of a log, skipping a torn last line left by a crash."""
-        if not path.is_file():
-            return []
-        records = []
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("index"), int):
-                records.append(record)
-        return records
+        """Records of a log, skipping lines torn by a crash (``feature_store.read_failures``)."""
+        return read_failures(path)
 
 
 def failure_record(row: int, path: str, kind: str, reason: str) -> dict:

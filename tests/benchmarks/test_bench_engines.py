@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_engines_quick(tmp_path):
-    engines = ["single", "torchrun-2"] + (["ray-2"] if importlib.util.find_spec("ray") else [])
+    engines = ["single", "torchrun-2"] + (["ray-2", "ray-defaults"] if importlib.util.find_spec("ray") else [])
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_engines.py"), "--quick", "--engines",
                            *engines, "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True,
                           cwd=ROOT, timeout=600)

@@ -248,15 +248,14 @@ def test_the_weights_digest_is_cached_and_covers_every_byte(tiny_checkpoint, tmp
 # ---------------------------------------------------------------------------------- disk space
 def test_too_little_free_space_is_refused_before_anything_is_allocated(tiny_checkpoint, images, tmp_path,
                                                                        monkeypatch):
-    from sail_vision import feature_store
 
     real = shutil.disk_usage
-    monkeypatch.setattr(feature_store.shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
     out = tmp_path / "out"
     with pytest.raises(FeatureStoreError, match=r"the features need .* more but only 1.0 KB is free"):
         extract(tiny_checkpoint, images, out, **OPTIONS)
     assert not list(out.glob("layer-*"))
-    monkeypatch.setattr(feature_store.shutil, "disk_usage", real)
+    monkeypatch.setattr(shutil, "disk_usage", real)
     extract(tiny_checkpoint, images, out, resume=True, **OPTIONS)
     assert open_feature_dir(out).num_valid == 6
 

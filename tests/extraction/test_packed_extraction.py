@@ -71,7 +71,7 @@ def test_the_batching_is_recorded_and_resume_compares_it(tiny_checkpoint, sizes_
 
 
 def test_packed_batches_respect_the_token_budget(tiny_checkpoint, sizes_folder, tmp_path, monkeypatch):
-    from sail_vision.extraction import runner
+    from sail_vision.extraction import part_job as runner  # where extract_part plans its batches
 
     planned = []
     original = runner.plan_packed_batches
