@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..errors import InputError
-from .base import Record, Shard
+from .base import Record, Shard, name_problem, names_fit_lines
 from .labels import label_info, label_problem, no_labels, parse_label_text
 from .walk import Listing, subfolders, walk_files
 
@@ -33,7 +33,9 @@ class ImageSource:
     """An ordered list of image files, with labels, masks and known-bad rows when the layout has them.
 
     ``errors`` maps a row to ``(kind, detail)`` for rows that are recorded as failures without
-    being decoded; ``masks`` (segmentation layouts) holds each row's mask path or None.
+    being decoded; ``masks`` (segmentation layouts) holds each row's mask path or None. A path (or
+    mask path) that cannot be one line of ``paths.txt`` is replaced by its escaped stand-in and its
+    row becomes a ``bad-name`` failure (:func:`.base.name_problem`), however the source was built.
     """
 
     paths: list[str]
@@ -44,6 +46,28 @@ class ImageSource:
     description: dict = field(default_factory=dict)
     errors: dict[int, tuple[str, str]] = field(default_factory=dict)
     masks: list[str | None] | None = None
+
+    def __post_init__(self):
+        self.fail_bad_names()
+
+    def fail_bad_names(self) -> None:
+        """Make every row whose path or mask cannot be one line a ``bad-name`` failure (done on
+        creation; call it again after setting ``masks`` by hand)."""
+        masks = [m for m in self.masks or () if m is not None]
+        if names_fit_lines(self.paths) and names_fit_lines(masks):
+            return
+        self.paths, self.errors = list(self.paths), dict(self.errors)
+        self.masks = None if self.masks is None else list(self.masks)
+        for row, path in enumerate(self.paths):
+            mask = None if self.masks is None else self.masks[row]
+            problem = name_problem(path) or (name_problem(mask) if mask is not None else None)
+            if problem is None:
+                continue
+            if name_problem(path) is not None:
+                self.paths[row] = problem[0]
+            if mask is not None:
+                self.masks[row] = None
+            self.errors[row] = problem[1]
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -79,15 +103,14 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def clean_path(path: str, where: str) -> str:
-    """An absolute, normalised path; refuses newlines (``paths.txt`` holds one path per line)."""
-    if "\n" in path or "\r" in path:
-        raise InputError(f"{where}: path {path!r} contains a newline, which paths.txt cannot hold")
+def clean_path(path: str) -> str:
+    """An absolute, normalised path (one that cannot be a line of ``paths.txt`` becomes a ``bad-name``
+    failure of its row when it enters an :class:`ImageSource`)."""
     return os.path.normpath(os.path.abspath(path))
 
 
-def _from_listing(listing: Listing, where: str) -> tuple[list[str], dict[int, tuple[str, str]]]:
-    paths = [clean_path(f.path, where) for f in listing.found]
+def _from_listing(listing: Listing) -> tuple[list[str], dict[int, tuple[str, str]]]:
+    paths = [clean_path(f.path) for f in listing.found]
     return paths, {row: f.error for row, f in enumerate(listing.found) if f.error is not None}
 
 
@@ -99,7 +122,7 @@ def list_folder(root: Path, why_no_labels: str = "folder layout: images are not 
                 listing: Listing | None = None) -> ImageSource:
     """Every image under ``root`` (recursive, see :mod:`.walk`), no labels."""
     listing = listing if listing is not None else walk_files(root, is_image_name)
-    paths, errors = _from_listing(listing, str(root))
+    paths, errors = _from_listing(listing)
     return ImageSource(paths, layout="folder", root=str(root), errors=errors,
                        description={"labels": no_labels(why_no_labels, len(paths)), **_walk_description(listing)})
 
@@ -138,14 +161,14 @@ def list_class_folders(root: Path, listing: Listing | None = None) -> ImageSourc
         loose = listing.found[tops.index(None)].path
         raise InputError(f"{root}: holds {tops.count(None)} image(s) outside class folders (e.g. "
                          f"{os.path.basename(loose)}); move them into a class folder or use --layout folder")
-    paths, errors = _from_listing(listing, str(root))
+    paths, errors = _from_listing(listing)
     index = {name: label for label, name in enumerate(classes)}
     labels = np.asarray([index[name] for name in tops], dtype=np.int64)
-    labelled = len(paths) - len(errors)
-    return ImageSource(paths, labels, classes, layout="imagenet", root=str(root), errors=errors,
-                       description={"labels": label_info("class-folders", labelled=labelled, rows=len(paths),
-                                                         classes=classes, names_from="class-folders"),
-                                    **_walk_description(listing)})
+    source = ImageSource(paths, labels, classes, layout="imagenet", root=str(root), errors=errors,
+                         description=_walk_description(listing))
+    source.description["labels"] = label_info("class-folders", labelled=len(paths) - len(source.errors),
+                                              rows=len(paths), classes=classes, names_from="class-folders")
+    return source
 
 
 def class_folder_verdict(root: Path, listing: Listing) -> str | None:
@@ -231,7 +254,7 @@ def read_list_file(list_file: Path, root: Path | None = None, found_from: str = 
     if unlabelled and len(unlabelled) != len(rows):
         raise InputError(f"{list_file}:{unlabelled[0][2]}: has no label while other lines do; give every line a "
                          f"label or none")
-    paths = [clean_path(str(base / p), f"{list_file}:{n}") for p, _, n in rows]
+    paths = [clean_path(str(base / p)) for p, _, n in rows]
     description = {"list_file": str(list_file)}
     if unlabelled:
         return ImageSource(paths, layout="list", root=str(base),
@@ -255,7 +278,7 @@ def read_list_file(list_file: Path, root: Path | None = None, found_from: str = 
 
 def files_source(paths: Sequence[str]) -> ImageSource:
     """Explicit image files (several ``--images``), in the order given, no labels."""
-    cleaned = [clean_path(str(p), "--images") for p in paths]
+    cleaned = [clean_path(str(p)) for p in paths]
     folders = [p for p in cleaned if os.path.isdir(p)]
     if folders:
         raise InputError(f"--images {folders[0]}: is a folder; several --images must all be image files (or "

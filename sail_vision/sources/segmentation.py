@@ -64,6 +64,7 @@ def pair_masks(source: ImageSource, images_root: str, masks_root: str) -> dict:
         used.add(key)
         if error is not None and row not in source.errors:
             source.errors[row] = error
+    source.fail_bad_names()
     unpaired = sorted(p for key, paths in masks.items() if key not in used for p in paths)
     paired = sum(m is not None for m in source.masks)
     return {"masks": masks_root, "paired": paired, "ignore_index": IGNORE_INDEX,
