@@ -161,6 +161,7 @@ def list_class_folders(root: Path, listing: Listing | None = None) -> ImageSourc
         loose = listing.found[tops.index(None)].path
         raise InputError(f"{root}: holds {tops.count(None)} image(s) outside class folders (e.g. "
                          f"{os.path.basename(loose)}); move them into a class folder or use --layout folder")
+    _refuse_collapsed_classes(root, classes, listing, tops)
     paths, errors = _from_listing(listing)
     index = {name: label for label, name in enumerate(classes)}
     labels = np.asarray([index[name] for name in tops], dtype=np.int64)
@@ -169,6 +170,37 @@ def list_class_folders(root: Path, listing: Listing | None = None) -> ImageSourc
     source.description["labels"] = label_info("class-folders", labelled=len(paths) - len(source.errors),
                                               rows=len(paths), classes=classes, names_from="class-folders")
     return source
+
+
+#: Folder names (lower case) that mean "label maps" (beside an images folder, or as a class folder
+#: whose files pair with another folder's).
+MASK_FOLDER_NAMES = ("annotations", "annotation", "masks", "mask", "labels", "label", "gt", "groundtruth",
+                     "ground_truth", "segmentationclass", "segmentationobject", "segmentation", "segmentations",
+                     "semantic", "label_maps", "labelmaps")
+
+
+def _refuse_collapsed_classes(root: Path, classes: list[str], listing: Listing, tops: list[str | None]) -> None:
+    """Refuse class folders whose labels would mean nothing: a single class, or a class folder of
+    label maps (named like one, its files paired by relative name with another folder's images)."""
+    if len(classes) == 1:
+        raise InputError(f"{root}: has one sub-folder ({classes[0]}), so every image would get the same label; "
+                         f"class folders need at least two classes (--layout folder lists the images without "
+                         f"labels; for ADE20K use --layout ade20k, for images with masks --layout pairs)")
+    stems: dict[str, set[str]] = {}
+    for found, top in zip(listing.found, tops):
+        if top is not None:
+            rel = os.path.relpath(found.path, os.path.join(root, top))
+            stems.setdefault(top, set()).add(os.path.splitext(rel)[0])
+    for name in classes:
+        mine = stems.get(name, set())
+        if name.lower() not in MASK_FOLDER_NAMES or not mine:
+            continue
+        partner = next((other for other in classes if other != name
+                        and len(mine & stems.get(other, set())) * 2 >= len(mine)), None)
+        if partner is not None:
+            raise InputError(f"{root}: class folder {name}/ holds label maps named like the images in {partner}/, "
+                             f"not a class; read them with --layout pairs --images {root / partner} --masks "
+                             f"{root / name}")
 
 
 def class_folder_verdict(root: Path, listing: Listing) -> str | None:

@@ -20,7 +20,7 @@ from .containment import allowed_roots
 from .files import (IMAGE_EXTENSIONS, SPLIT_NAMES, ImageSource, class_folder_verdict, files_source, is_image_name,
                     list_class_folders, list_folder, read_list_file, refuse_split_folders)
 from .parquet import open_parquet
-from .segmentation import list_ade20k, list_pairs
+from .segmentation import list_ade20k, list_pairs, looks_like_ade20k, segmentation_layout_hint
 from .shards import SHARD_SUFFIXES, expand_spec, looks_like_shard_spec, shard_layout
 from .walk import subfolders, walk_files
 from .webdataset import open_webdataset
@@ -108,11 +108,6 @@ def _sharded(urls: list[str], spec: str, layout: str, split: str | None, allowed
 
 
 # ---------------------------------------------------------------------------------- folders
-def _is_ade20k(images: Path) -> bool:
-    return ((images / "ADEChallengeData2016").is_dir() or images.name == "ADEChallengeData2016"
-            or (images.name in ("training", "validation") and images.parent.name == "images"))
-
-
 def _auto_folder(root: Path) -> ImageSource:
     """Class folders when ``root`` passes the rule, else every image below without labels."""
     refuse_split_folders(root, subfolders(root))
@@ -128,7 +123,7 @@ def detect_layout(images: Path, split_given: bool = False) -> str:
     imagenet (class folders) or folder; an unsplit root with split folders is refused."""
     if images.is_file():
         return "list"
-    if _is_ade20k(images):
+    if looks_like_ade20k(images):
         return "ade20k"
     if not split_given:
         refuse_split_folders(images, subfolders(images))
@@ -153,7 +148,7 @@ def _auto_layout(root: Path, labels_file, masks) -> str:
         return "list"
     if labels_file is not None:
         return "imagenet"
-    return "ade20k" if _is_ade20k(root) else "auto"
+    return "ade20k" if looks_like_ade20k(root) else "auto"
 
 
 def _flat(root: Path, layout: str, split: str | None, labels_file, masks,
@@ -174,6 +169,10 @@ def _flat(root: Path, layout: str, split: str | None, labels_file, masks,
         source = read_list_file(Path(labels_file), root=base, found_from="labels-file")
         source.layout = "imagenet"
         return source
+    hint = segmentation_layout_hint(base)
+    if hint is not None:
+        raise InputError(f"{base}: {hint} (the {'class-folder' if layout != 'folder' else layout} layout would "
+                         f"read label maps as images)")
     if layout == "imagenet":
         return list_class_folders(base)
     return list_folder(base) if layout == "folder" else _auto_folder(base)

@@ -13,11 +13,36 @@ import os
 from pathlib import Path
 
 from ..errors import InputError
-from .files import ImageSource, is_image_name, list_folder
+from .files import MASK_FOLDER_NAMES, ImageSource, is_image_name, list_folder
 from .labels import CLASSES_FILE, IGNORE_INDEX, label_info, no_labels, read_class_names
-from .walk import Listing, walk_files
+from .walk import Listing, subfolders, walk_files
 
 ADE20K_SPLITS = ("training", "validation")
+#: Folder names (lower case) that mean "the images" of a segmentation dataset (beside one of
+#: ``MASK_FOLDER_NAMES``, "the label maps").
+IMAGE_FOLDER_NAMES = ("images", "image", "imgs", "img", "rgb", "jpegimages", "photos")
+
+
+def looks_like_ade20k(root: Path) -> bool:
+    """An ADE20K tree: ``ADEChallengeData2016`` (or a folder holding it), its ``images`` folder, or a
+    split below it, or a folder with ``images/<split>`` beside ``annotations``."""
+    return ((root / "ADEChallengeData2016").is_dir() or root.name == "ADEChallengeData2016"
+            or (root.name in ADE20K_SPLITS and root.parent.name == "images")
+            or ((root / "annotations").is_dir() and any((root / "images" / s).is_dir() for s in ADE20K_SPLITS)))
+
+
+def segmentation_layout_hint(root: Path) -> str | None:
+    """When ``root`` looks like a segmentation dataset (so its sub-folders are images and label maps,
+    not classes): what it looks like and the options that read it; else None."""
+    if looks_like_ade20k(root):
+        return "is an ADE20K tree (images with annotations); read it with --layout ade20k --split training"
+    names = {name.lower(): name for name in subfolders(root)}
+    images = next((names[n] for n in IMAGE_FOLDER_NAMES if n in names), None)
+    masks = next((names[n] for n in MASK_FOLDER_NAMES if n in names), None)
+    if images and masks:
+        return (f"holds images ({images}/) and label maps ({masks}/), not classes; read it with --layout pairs "
+                f"--images {root / images} --masks {root / masks}")
+    return None
 
 
 def _stem_key(path: str, root: str) -> str:
