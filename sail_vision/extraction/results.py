@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import SailVisionError
-from ..feature_store import describe_bytes, parted_files
+from ..feature_store import LABELS_FILE, describe_bytes, parted_files
 from ..sources.labels import labels_summary
 
 
@@ -60,8 +62,14 @@ class ExtractionResult:
 # ---------------------------------------------------------------------------------- planning
 
 
-def label_summary_of(manifest: dict) -> str:
-    return labels_summary((manifest.get("inputs") or {}).get("labels"))
+def label_summary_of(out: Path, manifest: dict) -> str:
+    """The labels line of a finished extraction; rows a sharded source counts only as it reads them
+    are counted in ``labels.npy`` (rows with a label >= 0) and the manifest's ``num_items``."""
+    info = (manifest.get("inputs") or {}).get("labels")
+    if info and info.get("from") and info.get("labelled") is None and (out / LABELS_FILE).is_file():
+        return labels_summary(info, labelled=int((np.load(out / LABELS_FILE) >= 0).sum()),
+                              rows=manifest["num_items"])
+    return labels_summary(info)
 
 
 def output_bytes(out: Path, manifest: dict) -> int:
@@ -75,7 +83,7 @@ def output_bytes(out: Path, manifest: dict) -> int:
 def result_from_manifest(out: Path, manifest: dict, **extra) -> ExtractionResult:
     return ExtractionResult(out, manifest["num_items"], manifest["num_valid"], manifest["num_failed"],
                             manifest["failures"].get("items", []), output_bytes=output_bytes(out, manifest),
-                            labels=label_summary_of(manifest), **extra)
+                            labels=label_summary_of(out, manifest), **extra)
 
 
 # ---------------------------------------------------------------------------------- API

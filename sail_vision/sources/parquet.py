@@ -180,14 +180,14 @@ class ParquetSource(ShardedSource):
         data = image.get("bytes") if isinstance(image, dict) else image
         if data:
             if problem := too_large(len(data)):
-                return Record(key=key, error=problem)
+                return Record(key=key, label=label, error=problem)
             return Record(key=key, label=label, data=bytes(data))
         file = image.get("path") if isinstance(image, dict) else None
         if file:
             if name_problem(file) is not None:
                 return Record(key=os.path.join(folder, file))  # a bad-name record
             real, problem = contained_path(file, folder, self.allowed)
-            return Record(key=key, error=problem) if problem else Record(key=real, label=label, path=real)
+            return Record(key=key, label=label, error=problem) if problem else Record(key=real, label=label, path=real)
         return Record(key=key, label=label, error=("no-image", f"{self.schema.image} holds neither bytes nor a path"))
 
 
