@@ -267,8 +267,9 @@ def read_list_file(list_file: Path, root: Path | None = None, found_from: str = 
     """A text / CSV list of paths, one per line, each optionally followed by a label.
 
     Text lines are ``path`` or ``path<TAB or spaces>label`` (the label is the last field); CSV
-    (``.csv``) rows are ``path[,label]`` with an optional header row. Relative paths are taken
-    from ``root`` (default: the list file's folder). Blank lines and ``#`` comments are skipped.
+    (``.csv``) rows are ``path[,label]`` with an optional header row. Paths may name any file
+    (the list is the user's own choice; ``~`` is expanded); relative ones are taken from ``root``
+    (default: the list file's folder). Blank lines and ``#`` comments are skipped.
     Labels are either all integers (0-based class indices, kept as they are, no class names) or
     class names (numbered in sorted order); every line has one or none does.
     """
@@ -286,7 +287,7 @@ def read_list_file(list_file: Path, root: Path | None = None, found_from: str = 
     if unlabelled and len(unlabelled) != len(rows):
         raise InputError(f"{list_file}:{unlabelled[0][2]}: has no label while other lines do; give every line a "
                          f"label or none")
-    paths = [clean_path(str(base / p)) for p, _, n in rows]
+    paths = [clean_path(str(base / os.path.expanduser(p))) for p, _, n in rows]
     description = {"list_file": str(list_file)}
     if unlabelled:
         return ImageSource(paths, layout="list", root=str(base),

@@ -20,7 +20,7 @@ def home(tmp_path, monkeypatch):
         save_rgb(tmp_path / "flat" / f"{name}.png", 8, 8, seed=i)
         (tmp_path / "masks").mkdir(exist_ok=True)
         Image.fromarray(np.zeros((8, 8), np.uint8), mode="L").save(tmp_path / "masks" / f"{name}.png")
-    (tmp_path / "list.txt").write_text("flat/a.png 0\nflat/b.png 1\n")
+    (tmp_path / "list.txt").write_text("flat/a.png 0\n~/flat/b.png 1\n")
     (tmp_path / "labels.txt").write_text("a.png 1\nb.png 0\n")
     write_tar(tmp_path / "s0.tar", [{"__key__": "k", "png": png_bytes()}])
     write_tar(tmp_path / "s1.tar", [{"__key__": "k", "png": png_bytes()}])
