@@ -17,6 +17,8 @@ from typing import Iterator, Protocol, runtime_checkable
 _NOT_IN_A_LINE = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029\x00]")
 #: Lone surrogates (undecodable bytes of a file or tar member name): not writable as UTF-8.
 _UNENCODABLE = re.compile("[\ud800-\udfff]")
+_ASCII_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x00"
+_OTHER_BREAKS = "\x85\u2028\u2029"
 #: The failure kind of a row whose name cannot be one line of ``paths.txt``.
 BAD_NAME = "bad-name"
 
@@ -30,17 +32,39 @@ def name_problem(name: str) -> tuple[str, tuple[str, str]] | None:
     the row's ``(kind, detail)`` failure). The stand-in spells each offending character as Python
     escapes it (a newline as the two characters ``\\n``). Every row name (a :class:`Record` key,
     an :class:`~.files.ImageSource` path or mask) passes this one check."""
-    if not _NOT_IN_A_LINE.search(name) and not _UNENCODABLE.search(name):
+    if _fits_a_line(name):
         return None
     line = _UNENCODABLE.sub(_escaped, _NOT_IN_A_LINE.sub(_escaped, name))
     return line, (BAD_NAME, f"the name holds a line break, NUL or undecodable byte, which paths.txt (one line per "
                             f"row) cannot hold; shown here escaped; rename it")
 
 
-def names_fit_lines(names) -> bool:
-    """True when no name of ``names`` needs :func:`name_problem` (one pass over all of them)."""
-    joined = "".join(names)
-    return not _NOT_IN_A_LINE.search(joined) and not _UNENCODABLE.search(joined)
+def _fits_a_line(text: str) -> bool:
+    """No character of ``_NOT_IN_A_LINE`` and nothing ``_UNENCODABLE`` in ``text`` (fast substring
+    tests: this runs over every path of a dataset)."""
+    if any(char in text for char in _ASCII_BREAKS):
+        return False
+    if text.isascii():
+        return True
+    if any(char in text for char in _OTHER_BREAKS):
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def rows_without_one_line(names, chunk: int = 1000) -> list[int]:
+    """The indices of the names that need :func:`name_problem` (``chunk`` names checked at once, one
+    by one only in a chunk that holds such a name)."""
+    names = list(names)
+    rows = []
+    for start in range(0, len(names), chunk):
+        part = names[start:start + chunk]
+        if not _fits_a_line("".join(part)):
+            rows.extend(start + i for i, name in enumerate(part) if not _fits_a_line(name))
+    return rows
 
 
 @dataclass(frozen=True)

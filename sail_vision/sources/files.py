@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..errors import InputError
-from .base import Record, Shard, name_problem, names_fit_lines
+from .base import Record, Shard, name_problem, rows_without_one_line
 from .labels import label_info, label_problem, no_labels, parse_label_text
 from .walk import Listing, subfolders, walk_files
 
@@ -53,21 +53,17 @@ class ImageSource:
     def fail_bad_names(self) -> None:
         """Make every row whose path or mask cannot be one line a ``bad-name`` failure (done on
         creation; call it again after setting ``masks`` by hand)."""
-        masks = [m for m in self.masks or () if m is not None]
-        if names_fit_lines(self.paths) and names_fit_lines(masks):
+        bad_paths = rows_without_one_line(self.paths)
+        bad_masks = rows_without_one_line(m or "" for m in self.masks) if self.masks is not None else []
+        if not bad_paths and not bad_masks:
             return
         self.paths, self.errors = list(self.paths), dict(self.errors)
         self.masks = None if self.masks is None else list(self.masks)
-        for row, path in enumerate(self.paths):
-            mask = None if self.masks is None else self.masks[row]
-            problem = name_problem(path) or (name_problem(mask) if mask is not None else None)
-            if problem is None:
-                continue
-            if name_problem(path) is not None:
-                self.paths[row] = problem[0]
-            if mask is not None:
+        for row in sorted(set(bad_paths) | set(bad_masks)):
+            stand_in, failure = name_problem(self.paths[row]) or (self.paths[row], name_problem(self.masks[row])[1])
+            self.paths[row], self.errors[row] = stand_in, failure
+            if self.masks is not None:
                 self.masks[row] = None
-            self.errors[row] = problem[1]
 
     def __len__(self) -> int:
         return len(self.paths)

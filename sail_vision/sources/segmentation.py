@@ -31,15 +31,24 @@ def looks_like_ade20k(root: Path) -> bool:
             or ((root / "annotations").is_dir() and any((root / "images" / s).is_dir() for s in ADE20K_SPLITS)))
 
 
+def _holds_an_image(folder: Path) -> bool:
+    """Whether any image file lies below ``folder`` (stops at the first; label maps are images,
+    YOLO-style ``labels/*.txt`` are not)."""
+    return any(is_image_name(name) for _, _, files in os.walk(folder) for name in files)
+
+
 def segmentation_layout_hint(root: Path) -> str | None:
-    """When ``root`` looks like a segmentation dataset (so its sub-folders are images and label maps,
-    not classes): what it looks like and the options that read it; else None."""
-    if looks_like_ade20k(root):
+    """When ``root`` holds a segmentation dataset's label maps beside its images (so its sub-folders
+    are not classes, and a folder listing would take the label maps for images): what it looks like
+    and the options that read it; else None. ADE20K's ``images`` folder or a split of it holds no
+    label maps and passes."""
+    if (root / "ADEChallengeData2016").is_dir() or root.name == "ADEChallengeData2016" or (
+            (root / "annotations").is_dir() and any((root / "images" / s).is_dir() for s in ADE20K_SPLITS)):
         return "is an ADE20K tree (images with annotations); read it with --layout ade20k --split training"
     names = {name.lower(): name for name in subfolders(root)}
     images = next((names[n] for n in IMAGE_FOLDER_NAMES if n in names), None)
     masks = next((names[n] for n in MASK_FOLDER_NAMES if n in names), None)
-    if images and masks:
+    if images and masks and _holds_an_image(root / masks):
         return (f"holds images ({images}/) and label maps ({masks}/), not classes; read it with --layout pairs "
                 f"--images {root / images} --masks {root / masks}")
     return None

@@ -74,3 +74,15 @@ def test_one_class_folder_is_refused(tmp_path, split):
     save_rgb(base / "only" / "a.jpg", 8, 8)
     with pytest.raises(InputError, match="has one sub-folder \\(only\\), so every image would get the same label"):
         resolve_inputs(tmp_path / "d", layout="imagenet", split=split)
+
+
+def test_folders_without_label_maps_below_them_stay_readable(tmp_path):
+    """ADE20K's images/<split> as a plain folder; YOLO-style images/ + labels/*.txt."""
+    _seg(tmp_path / "ADEChallengeData2016", split="training")
+    split = tmp_path / "ADEChallengeData2016" / "images" / "training"
+    assert len(resolve_inputs(split, layout="folder").paths) == 3
+    for i in range(2):
+        save_rgb(tmp_path / "yolo" / "images" / f"{i}.jpg", 8, 8, seed=i)
+        (tmp_path / "yolo" / "labels").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "yolo" / "labels" / f"{i}.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    assert len(resolve_inputs(tmp_path / "yolo", layout="folder").paths) == 2
