@@ -88,10 +88,20 @@ class ImageSource:
             return self
         if limit <= 0:
             raise InputError(f"--limit must be positive, got {limit}")
-        return ImageSource(self.paths[:limit], None if self.labels is None else self.labels[:limit], self.classes,
+        kept = ImageSource(self.paths[:limit], None if self.labels is None else self.labels[:limit], self.classes,
                            self.layout, self.root, {**self.description, "limit": limit},
                            {row: e for row, e in self.errors.items() if row < limit},
                            None if self.masks is None else self.masks[:limit])
+        info = kept.description.get("labels")
+        if info and info.get("rows") is not None and info["rows"] != len(kept.paths):  # count the kept rows
+            kept.description["labels"] = {**info, "rows": len(kept.paths), "labelled": kept.labelled_rows()}
+        return kept
+
+    def labelled_rows(self) -> int:
+        """Rows with a label: with masks, rows paired with one; with labels, rows not known to be bad."""
+        if self.masks is not None:
+            return sum(m is not None for m in self.masks)
+        return 0 if self.labels is None else len(self.paths) - len(self.errors)
 
 
 # ---------------------------------------------------------------------------------- listing
