@@ -84,3 +84,14 @@ def test_a_label_member_over_its_limit_is_too_large(tmp_path, extracted, monkeyp
     records = list(resolve_inputs(spec).records())
     assert [r.error[0] if r.error else None for r in records] == [None, "too-large", "too-large"]
     assert "b.cls" not in extracted and "c.json" not in extracted
+
+
+def test_parquet_image_bytes_over_the_limit_are_too_large(tmp_path, monkeypatch):
+    from image_factory import write_parquet
+
+    small, big = png_bytes(1, 8, 6), png_bytes(2, 64, 64)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", (len(small) + len(big)) // 8)
+    path = write_parquet(tmp_path / "d.parquet", [(small, None), (big, None)], [0, 1], ["a", "b"])
+    records = list(resolve_inputs(path).records())
+    assert [(r.error[0] if r.error else None, r.label) for r in records] == [(None, 0), ("too-large", 1)]
+    assert records[1].data is None
