@@ -205,8 +205,8 @@ def _name_differences(stored: list[str], given: list[str], shown: int = 5) -> st
 
 
 def read_classes_file(path: str | Path) -> list[str]:
-    """Class names, one per line (label i is line i); blank lines at the end are ignored."""
-    path = Path(path)
+    """Class names, one per line (label i is line i); blank lines at the end are ignored (``~`` expanded)."""
+    path = Path(path).expanduser()
     if not path.is_file():
         raise ProbeDataError(f"--classes {path}: no such file (one class name per line, label i on line i)")
     try:

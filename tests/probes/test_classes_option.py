@@ -32,3 +32,11 @@ def test_classes_that_differ_from_the_stored_names_are_listed(folder, given, dif
 
 def test_the_same_names_are_accepted(folder):
     assert load_feature_dir(folder, classes=["cat", "dog", "zebra"]).classes == ["cat", "dog", "zebra"]
+
+
+def test_a_classes_file_under_home(tmp_path, monkeypatch):
+    from sail_vision.probes.data import read_classes_file
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "names.txt").write_text("cat\ndog\n")
+    assert read_classes_file("~/names.txt") == ["cat", "dog"]
