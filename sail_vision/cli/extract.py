@@ -70,6 +70,10 @@ def register(subparsers) -> None:
     g.add_argument("--reduce-zero-label", action="store_true", default=None,
                    help="with --masks: mmseg's reduce_zero_label (mask 0 -> 255 ignored, v -> v - 1), as ADE20K "
                         "always has (default: mask values are the labels)")
+    g.add_argument("--allow-paths-under", action="append", default=None, metavar="DIR",
+                   help="a folder (~ expanded; repeatable) that Parquet rows whose image is a file path may read "
+                        "from, besides the Parquet file's own folder; other paths (absolute, '..', links leading "
+                        "out) are recorded outside-dataset failures (default: none)")
     g.add_argument("--layers", nargs="+", default=["-1"], metavar="K",
                    help="hidden-state indices: 0 = embeddings, L = last (final norm); negative count from the "
                         "end; several allowed, e.g. --layers 8 16 -1 or 8,16,-1 (default: -1)")
@@ -190,7 +194,7 @@ def run(args) -> int:
         num_tasks=args.num_tasks, task_index=args.task_index, finalize=args.finalize,
         consolidate=not args.no_consolidate, engine=args.engine, ray_address=args.ray_address,
         ray_actors=args.ray_actors, ray_cpus_per_actor=args.ray_cpus_per_actor, views=args.views,
-        views_seed=args.views_seed)
+        views_seed=args.views_seed, allow_paths_under=tuple(args.allow_paths_under or ()))
     result = extract(args.checkpoint, args.images, args.out, options)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 reports (and sets the exit status) for the whole run

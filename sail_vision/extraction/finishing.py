@@ -203,7 +203,7 @@ def space_to_finish(out: Path, manifest: dict, *, consolidate: bool) -> int:
     blocks of parts being extracted, the parts not started (estimated from the bytes per row of the
     others) and, when several parts are joined, the joined copy."""
     parts = parts_from_manifest(manifest)
-    known_bytes, known_rows, unwritten, unplanned_rows, total_rows = 0, 0, 0, 0, 0
+    known_bytes, known_rows, unwritten, unplanned_rows = 0, 0, 0, 0
     for part in parts:
         folder = part.folder(out) if is_committed(out, part) else part.work_folder(out)
         try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from ..errors import InputError
 from ..outputs import POOLS
@@ -44,7 +44,8 @@ class ExtractOptions:
     ``consolidate`` (True), ``engine`` ("local"), ``ray_address`` (None), ``ray_actors`` (None),
     ``ray_cpus_per_actor`` (None: min(4, the largest Ray node's CPUs) for CPU actors, 1 for GPU
     actors). Augmented views: ``views`` (0 = none; K: K seeded mmseg-style training
-    views of every image, each a row, see :mod:`.views`), ``views_seed`` (0).
+    views of every image, each a row, see :mod:`.views`), ``views_seed`` (0). Contained paths:
+    ``allow_paths_under`` (folders Parquet image paths may lead into besides the dataset's own; ()).
     """
 
     layers: int | Iterable[int] = (-1,)
@@ -83,6 +84,7 @@ class ExtractOptions:
     ray_cpus_per_actor: int | None = None
     views: int = 0
     views_seed: int = 0
+    allow_paths_under: Sequence[str | Path] = ()
 
     def checked(self) -> "ExtractOptions":
         """These options with defaults filled in (workers, pools as a list), or a one-line InputError."""

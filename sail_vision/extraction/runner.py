@@ -25,7 +25,7 @@ from ..feature_store import (FAILURES_FILE, LABELS_FILE, MANIFEST_FILE, MASK_PAT
 from ..folder_lock import hold_folder
 from ..packing import resolve_packed_attention
 from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from ..sources import find_duplicates
+from ..sources import allowed_roots, find_duplicates
 from .distributed import DistContext
 from .finishing import finish_dataset, join_features, space_to_finish
 from .options import ExtractOptions, resolve_compute_dtype
@@ -103,12 +103,14 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
     created, failed = not out.exists(), False  # a failed start removes an --out it created and left empty
     if isinstance(images, (list, tuple)) and len(images) == 1:
         images = images[0]
-    images_arg = ([str(Path(p).absolute()) for p in images] if isinstance(images, (list, tuple))
+    images_arg = ([_absolute_spec(str(p)) for p in images] if isinstance(images, (list, tuple))
                   else _absolute_spec(str(images)))
     source_args = {"images": images_arg, "layout": o.layout, "split": o.split, "limit": o.limit,
                    "labels_file": str(Path(o.labels_file).expanduser().absolute()) if o.labels_file else None}
     if o.masks is not None:  # only when given: settings of extractions without masks stay as they were
         source_args["masks"] = str(Path(o.masks).expanduser().absolute())
+    if o.allow_paths_under:  # likewise
+        source_args["allow_paths_under"] = list(allowed_roots(o.allow_paths_under))
     if o.reduce_zero_label is not None:
         source_args["reduce_zero_label"] = bool(o.reduce_zero_label)
     add_cls = "cls" in pools

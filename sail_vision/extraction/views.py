@@ -42,6 +42,10 @@ def expand_views(source, count: int):
     labels = None if source.labels is None else np.repeat(source.labels, count)
     errors = {row * count + k: error for row, error in source.errors.items() for k in range(count)}
     description = {**source.description, "views": {"count": count, "images": rows}}
+    if source.description.get("labels"):  # counted in rows, as the manifest counts them: K per image
+        labels_info = source.description["labels"]
+        description["labels"] = {**labels_info, **{k: labels_info[k] * count for k in ("labelled", "rows")
+                                                   if labels_info.get(k) is not None}}
     return ImageSource(paths, labels, source.classes, source.layout, source.root, description, errors, masks)
 
 

@@ -188,9 +188,25 @@ def _check_label_range(labels: np.ndarray | None, classes: list[str] | None, whe
                              f"or name them with --classes FILE")
 
 
+def _name_differences(stored: list[str], given: list[str], shown: int = 5) -> str:
+    """Which names ``given`` lacks and adds compared with ``stored``, or where their order first differs."""
+    def some(names: list[str]) -> str:
+        return ", ".join(map(repr, names[:shown])) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+    missing = [n for n in stored if n not in set(given)]
+    extra = [n for n in given if n not in set(stored)]
+    if missing or extra:
+        return "; ".join(part for part in (f"missing {some(missing)}" if missing else "",
+                                           f"extra {some(extra)}" if extra else "") if part)
+    if len(given) != len(stored):
+        return f"{len(given)} names given for {len(stored)} classes"
+    first = next(i for i, (a, b) in enumerate(zip(stored, given)) if a != b)
+    return f"the same names in another order (label {first} is {stored[first]!r}, --classes says {given[first]!r})"
+
+
 def read_classes_file(path: str | Path) -> list[str]:
-    """Class names, one per line (label i is line i); blank lines at the end are ignored."""
-    path = Path(path)
+    """Class names, one per line (label i is line i); blank lines at the end are ignored (``~`` expanded)."""
+    path = Path(path).expanduser()
     if not path.is_file():
         raise ProbeDataError(f"--classes {path}: no such file (one class name per line, label i on line i)")
     try:
@@ -336,9 +352,9 @@ def load_feature_dir(path: str | Path, names: Sequence[str] | None = None, *, la
         label_array = None if stored is None else _as_labels(stored, label_where, num_rows)
     if classes is not None:
         if class_names is not None and list(classes) != class_names:
-            raise ProbeDataError(f"--classes names labels that have no names, but the labels of {folder.path} are "
-                                 f"already named by {names_from}; drop --classes or replace the labels with "
-                                 f"--train-labels / --val-labels")
+            raise ProbeDataError(f"--classes differs from the class names of {folder.path} (from {names_from}): "
+                                 f"{_name_differences(class_names, list(classes))}; the labels are already named, "
+                                 f"so drop --classes (or replace the labels with --train-labels / --val-labels)")
         class_names, names_from = list(classes), "--classes"
     _check_label_range(label_array, class_names, label_where, names_from)
     failures = {}

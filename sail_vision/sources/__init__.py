@@ -8,9 +8,10 @@ docs/inputs.md.
 """
 
 from .base import Record, Shard, Source
+from .containment import allowed_roots
 from .files import IMAGE_EXTENSIONS, ImageSource, find_duplicates
 from .labels import labels_summary
 from .resolve import LAYOUTS, resolve_inputs
 
 __all__ = ["Record", "Shard", "Source", "ImageSource", "resolve_inputs", "find_duplicates", "labels_summary",
-           "IMAGE_EXTENSIONS", "LAYOUTS"]
+           "IMAGE_EXTENSIONS", "LAYOUTS", "allowed_roots"]

@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..errors import InputError
-from .base import Record, Shard
+from .base import Record, Shard, name_problem, rows_without_one_line
 from .labels import label_info, label_problem, no_labels, parse_label_text
 from .walk import Listing, subfolders, walk_files
 
@@ -33,7 +33,9 @@ class ImageSource:
     """An ordered list of image files, with labels, masks and known-bad rows when the layout has them.
 
     ``errors`` maps a row to ``(kind, detail)`` for rows that are recorded as failures without
-    being decoded; ``masks`` (segmentation layouts) holds each row's mask path or None.
+    being decoded; ``masks`` (segmentation layouts) holds each row's mask path or None. A path (or
+    mask path) that cannot be one line of ``paths.txt`` is replaced by its escaped stand-in and its
+    row becomes a ``bad-name`` failure (:func:`.base.name_problem`), however the source was built.
     """
 
     paths: list[str]
@@ -44,6 +46,24 @@ class ImageSource:
     description: dict = field(default_factory=dict)
     errors: dict[int, tuple[str, str]] = field(default_factory=dict)
     masks: list[str | None] | None = None
+
+    def __post_init__(self):
+        self.fail_bad_names()
+
+    def fail_bad_names(self) -> None:
+        """Make every row whose path or mask cannot be one line a ``bad-name`` failure (done on
+        creation; call it again after setting ``masks`` by hand)."""
+        bad_paths = rows_without_one_line(self.paths)
+        bad_masks = rows_without_one_line(m or "" for m in self.masks) if self.masks is not None else []
+        if not bad_paths and not bad_masks:
+            return
+        self.paths, self.errors = list(self.paths), dict(self.errors)
+        self.masks = None if self.masks is None else list(self.masks)
+        for row in sorted(set(bad_paths) | set(bad_masks)):
+            stand_in, failure = name_problem(self.paths[row]) or (self.paths[row], name_problem(self.masks[row])[1])
+            self.paths[row], self.errors[row] = stand_in, failure
+            if self.masks is not None:
+                self.masks[row] = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -68,10 +88,20 @@ class ImageSource:
             return self
         if limit <= 0:
             raise InputError(f"--limit must be positive, got {limit}")
-        return ImageSource(self.paths[:limit], None if self.labels is None else self.labels[:limit], self.classes,
+        kept = ImageSource(self.paths[:limit], None if self.labels is None else self.labels[:limit], self.classes,
                            self.layout, self.root, {**self.description, "limit": limit},
                            {row: e for row, e in self.errors.items() if row < limit},
                            None if self.masks is None else self.masks[:limit])
+        info = kept.description.get("labels")
+        if info and info.get("rows") is not None and info["rows"] != len(kept.paths):  # count the kept rows
+            kept.description["labels"] = {**info, "rows": len(kept.paths), "labelled": kept.labelled_rows()}
+        return kept
+
+    def labelled_rows(self) -> int:
+        """Rows with a label: with masks, rows paired with one; with labels, rows not known to be bad."""
+        if self.masks is not None:
+            return sum(m is not None for m in self.masks)
+        return 0 if self.labels is None else len(self.paths) - len(self.errors)
 
 
 # ---------------------------------------------------------------------------------- listing
@@ -79,15 +109,14 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def clean_path(path: str, where: str) -> str:
-    """An absolute, normalised path; refuses newlines (``paths.txt`` holds one path per line)."""
-    if "\n" in path or "\r" in path:
-        raise InputError(f"{where}: path {path!r} contains a newline, which paths.txt cannot hold")
+def clean_path(path: str) -> str:
+    """An absolute, normalised path (one that cannot be a line of ``paths.txt`` becomes a ``bad-name``
+    failure of its row when it enters an :class:`ImageSource`)."""
     return os.path.normpath(os.path.abspath(path))
 
 
-def _from_listing(listing: Listing, where: str) -> tuple[list[str], dict[int, tuple[str, str]]]:
-    paths = [clean_path(f.path, where) for f in listing.found]
+def _from_listing(listing: Listing) -> tuple[list[str], dict[int, tuple[str, str]]]:
+    paths = [clean_path(f.path) for f in listing.found]
     return paths, {row: f.error for row, f in enumerate(listing.found) if f.error is not None}
 
 
@@ -99,7 +128,7 @@ def list_folder(root: Path, why_no_labels: str = "folder layout: images are not 
                 listing: Listing | None = None) -> ImageSource:
     """Every image under ``root`` (recursive, see :mod:`.walk`), no labels."""
     listing = listing if listing is not None else walk_files(root, is_image_name)
-    paths, errors = _from_listing(listing, str(root))
+    paths, errors = _from_listing(listing)
     return ImageSource(paths, layout="folder", root=str(root), errors=errors,
                        description={"labels": no_labels(why_no_labels, len(paths)), **_walk_description(listing)})
 
@@ -138,14 +167,46 @@ def list_class_folders(root: Path, listing: Listing | None = None) -> ImageSourc
         loose = listing.found[tops.index(None)].path
         raise InputError(f"{root}: holds {tops.count(None)} image(s) outside class folders (e.g. "
                          f"{os.path.basename(loose)}); move them into a class folder or use --layout folder")
-    paths, errors = _from_listing(listing, str(root))
+    _refuse_collapsed_classes(root, classes, listing, tops)
+    paths, errors = _from_listing(listing)
     index = {name: label for label, name in enumerate(classes)}
     labels = np.asarray([index[name] for name in tops], dtype=np.int64)
-    labelled = len(paths) - len(errors)
-    return ImageSource(paths, labels, classes, layout="imagenet", root=str(root), errors=errors,
-                       description={"labels": label_info("class-folders", labelled=labelled, rows=len(paths),
-                                                         classes=classes, names_from="class-folders"),
-                                    **_walk_description(listing)})
+    source = ImageSource(paths, labels, classes, layout="imagenet", root=str(root), errors=errors,
+                         description=_walk_description(listing))
+    source.description["labels"] = label_info("class-folders", labelled=len(paths) - len(source.errors),
+                                              rows=len(paths), classes=classes, names_from="class-folders")
+    return source
+
+
+#: Folder names (lower case) that mean "label maps" (beside an images folder, or as a class folder
+#: whose files pair with another folder's).
+MASK_FOLDER_NAMES = ("annotations", "annotation", "masks", "mask", "labels", "label", "gt", "groundtruth",
+                     "ground_truth", "segmentationclass", "segmentationobject", "segmentation", "segmentations",
+                     "semantic", "label_maps", "labelmaps")
+
+
+def _refuse_collapsed_classes(root: Path, classes: list[str], listing: Listing, tops: list[str | None]) -> None:
+    """Refuse class folders whose labels would mean nothing: a single class, or a class folder of
+    label maps (named like one, its files paired by relative name with another folder's images)."""
+    if len(classes) == 1:
+        raise InputError(f"{root}: has one sub-folder ({classes[0]}), so every image would get the same label; "
+                         f"class folders need at least two classes (--layout folder lists the images without "
+                         f"labels; for ADE20K use --layout ade20k, for images with masks --layout pairs)")
+    stems: dict[str, set[str]] = {}
+    for found, top in zip(listing.found, tops):
+        if top is not None:
+            rel = os.path.relpath(found.path, os.path.join(root, top))
+            stems.setdefault(top, set()).add(os.path.splitext(rel)[0])
+    for name in classes:
+        mine = stems.get(name, set())
+        if name.lower() not in MASK_FOLDER_NAMES or not mine:
+            continue
+        partner = next((other for other in classes if other != name
+                        and len(mine & stems.get(other, set())) * 2 >= len(mine)), None)
+        if partner is not None:
+            raise InputError(f"{root}: class folder {name}/ holds label maps named like the images in {partner}/, "
+                             f"not a class; read them with --layout pairs --images {root / partner} --masks "
+                             f"{root / name}")
 
 
 def class_folder_verdict(root: Path, listing: Listing) -> str | None:
@@ -212,8 +273,9 @@ def read_list_file(list_file: Path, root: Path | None = None, found_from: str = 
     """A text / CSV list of paths, one per line, each optionally followed by a label.
 
     Text lines are ``path`` or ``path<TAB or spaces>label`` (the label is the last field); CSV
-    (``.csv``) rows are ``path[,label]`` with an optional header row. Relative paths are taken
-    from ``root`` (default: the list file's folder). Blank lines and ``#`` comments are skipped.
+    (``.csv``) rows are ``path[,label]`` with an optional header row. Paths may name any file
+    (the list is the user's own choice; ``~`` is expanded); relative ones are taken from ``root``
+    (default: the list file's folder). Blank lines and ``#`` comments are skipped.
     Labels are either all integers (0-based class indices, kept as they are, no class names) or
     class names (numbered in sorted order); every line has one or none does.
     """
@@ -231,7 +293,7 @@ def read_list_file(list_file: Path, root: Path | None = None, found_from: str = 
     if unlabelled and len(unlabelled) != len(rows):
         raise InputError(f"{list_file}:{unlabelled[0][2]}: has no label while other lines do; give every line a "
                          f"label or none")
-    paths = [clean_path(str(base / p), f"{list_file}:{n}") for p, _, n in rows]
+    paths = [clean_path(str(base / os.path.expanduser(p))) for p, _, n in rows]
     description = {"list_file": str(list_file)}
     if unlabelled:
         return ImageSource(paths, layout="list", root=str(base),
@@ -255,7 +317,7 @@ def read_list_file(list_file: Path, root: Path | None = None, found_from: str = 
 
 def files_source(paths: Sequence[str]) -> ImageSource:
     """Explicit image files (several ``--images``), in the order given, no labels."""
-    cleaned = [clean_path(str(p), "--images") for p in paths]
+    cleaned = [clean_path(str(p)) for p in paths]
     folders = [p for p in cleaned if os.path.isdir(p)]
     if folders:
         raise InputError(f"--images {folders[0]}: is a folder; several --images must all be image files (or "

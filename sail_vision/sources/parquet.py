@@ -4,8 +4,11 @@ Read with ``pyarrow``, a batch of rows at a time (memory bounded by one row grou
 
 - the image column is the one the embedded ``huggingface`` schema metadata types ``Image`` (``image``
   when several are), else a column named ``image`` or ``img``; it holds ``{bytes, path}`` structs
-  (or plain bytes). Bytes are decoded as they are; a row with only a path reads that file
-  (relative paths from the Parquet file's folder); a row with neither is a ``no-image`` record;
+  (or plain bytes). Bytes are decoded as they are (``<shard>#<row>`` names the row); a row with
+  only a path reads that file if it lies inside the Parquet file's folder or an allowed root
+  (:mod:`.containment`; else an ``outside-dataset`` record), and its real path names the row; bytes
+  larger than the member limit (:data:`.webdataset.MAX_IMAGE_BYTES`) are a ``too-large`` record; a
+  row with neither bytes nor a path is a ``no-image`` record;
 - the label column is the ``ClassLabel`` column (``label`` when several are), else an integer
   column named ``label``; class names are the ``ClassLabel`` names. A null label in a labelled
   file is ``no-label``; a negative one (Hugging Face writes -1 for unlabelled rows, e.g. test
@@ -24,9 +27,10 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from ..errors import InputError
-from .base import Record, Shard
+from .base import Record, Shard, name_problem
+from .containment import contained_path
 from .labels import label_info, label_problem, no_labels
-from .shards import ShardedSource, check_local_shards, local_path, make_shards, require
+from .shards import ShardedSource, check_local_shards, local_path, make_shards, require, too_large
 
 IMAGE_COLUMNS = ("image", "img")
 LABEL_COLUMN = "label"
@@ -128,6 +132,8 @@ class ParquetSource(ShardedSource):
     """Parquet files, one shard each."""
 
     schema: ParquetSchema | None = None
+    #: Real folders (besides each file's own) that image paths may lead into (``--allow-paths-under``).
+    allowed: tuple[str, ...] = ()
 
     @property
     def labelled(self) -> bool:
@@ -173,15 +179,21 @@ class ParquetSource(ShardedSource):
                 return Record(key=key, error=("bad-label", problem + hint))
         data = image.get("bytes") if isinstance(image, dict) else image
         if data:
+            if problem := too_large(len(data)):
+                return Record(key=key, label=label, error=problem)
             return Record(key=key, label=label, data=bytes(data))
         file = image.get("path") if isinstance(image, dict) else None
         if file:
-            return Record(key=key, label=label, path=os.path.normpath(os.path.join(folder, file)))
+            if name_problem(file) is not None:
+                return Record(key=os.path.join(folder, file))  # a bad-name record
+            real, problem = contained_path(file, folder, self.allowed)
+            return Record(key=key, label=label, error=problem) if problem else Record(key=real, label=label, path=real)
         return Record(key=key, label=label, error=("no-image", f"{self.schema.image} holds neither bytes nor a path"))
 
 
-def open_parquet(urls: list[str], spec: str) -> ParquetSource:
-    """A :class:`ParquetSource` over local Parquet files (``spec`` is what the user wrote)."""
+def open_parquet(urls: list[str], spec: str, allowed: tuple[str, ...] = ()) -> ParquetSource:
+    """A :class:`ParquetSource` over local Parquet files (``spec`` is what the user wrote; ``allowed``:
+    real folders image paths may lead into besides the files' own, see :mod:`.containment`)."""
     remote = [u for u in urls if local_path(u) is None]
     if remote:
         raise InputError(f"shard {remote[0]}: Parquet files must be local paths (pipe: and URLs are for "
@@ -198,4 +210,5 @@ def open_parquet(urls: list[str], spec: str) -> ParquetSource:
     shards = make_shards(urls)
     return ParquetSource("parquet", shards, classes,
                          {"images": spec, "shards": [s.url for s in shards], "labels": info,
-                          "columns": {"image": schema.image, "label": schema.label}}, schema=schema)
+                          "columns": {"image": schema.image, "label": schema.label},
+                          **({"allowed_roots": list(allowed)} if allowed else {})}, schema=schema, allowed=allowed)

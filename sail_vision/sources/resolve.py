@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import InputError
+from .containment import allowed_roots
 from .files import (IMAGE_EXTENSIONS, SPLIT_NAMES, ImageSource, class_folder_verdict, files_source, is_image_name,
                     list_class_folders, list_folder, read_list_file, refuse_split_folders)
 from .parquet import open_parquet
-from .segmentation import list_ade20k, list_pairs
+from .segmentation import list_ade20k, list_pairs, looks_like_ade20k, segmentation_layout_hint
 from .shards import SHARD_SUFFIXES, expand_spec, looks_like_shard_spec, shard_layout
 from .walk import subfolders, walk_files
 from .webdataset import open_webdataset
@@ -87,7 +88,7 @@ def _shard_urls(images: str | list[str], split: str | None) -> list[str] | None:
     return None
 
 
-def _sharded(urls: list[str], spec: str, layout: str, split: str | None):
+def _sharded(urls: list[str], spec: str, layout: str, split: str | None, allowed: tuple[str, ...]):
     kinds = {shard_layout(u) for u in urls}
     if None in kinds:
         odd = next(u for u in urls if shard_layout(u) is None)
@@ -98,17 +99,15 @@ def _sharded(urls: list[str], spec: str, layout: str, split: str | None):
     kind = kinds.pop()
     if layout not in ("auto", kind):
         raise InputError(f"--images {spec}: names {kind} shards, not the {layout} layout")
-    source = open_webdataset(urls, spec) if kind == "webdataset" else open_parquet(urls, spec)
+    if allowed and kind != "parquet":
+        raise InputError("--allow-paths-under: only Parquet rows name image files to contain; WebDataset shards "
+                         "hold their images; drop it")
+    source = open_webdataset(urls, spec) if kind == "webdataset" else open_parquet(urls, spec, allowed)
     source.description = {"layout": kind, "split": split, **source.description}
     return source
 
 
 # ---------------------------------------------------------------------------------- folders
-def _is_ade20k(images: Path) -> bool:
-    return ((images / "ADEChallengeData2016").is_dir() or images.name == "ADEChallengeData2016"
-            or (images.name in ("training", "validation") and images.parent.name == "images"))
-
-
 def _auto_folder(root: Path) -> ImageSource:
     """Class folders when ``root`` passes the rule, else every image below without labels."""
     refuse_split_folders(root, subfolders(root))
@@ -124,7 +123,7 @@ def detect_layout(images: Path, split_given: bool = False) -> str:
     imagenet (class folders) or folder; an unsplit root with split folders is refused."""
     if images.is_file():
         return "list"
-    if _is_ade20k(images):
+    if looks_like_ade20k(images):
         return "ade20k"
     if not split_given:
         refuse_split_folders(images, subfolders(images))
@@ -149,7 +148,7 @@ def _auto_layout(root: Path, labels_file, masks) -> str:
         return "list"
     if labels_file is not None:
         return "imagenet"
-    return "ade20k" if _is_ade20k(root) else "auto"
+    return "ade20k" if looks_like_ade20k(root) else "auto"
 
 
 def _flat(root: Path, layout: str, split: str | None, labels_file, masks,
@@ -170,6 +169,10 @@ def _flat(root: Path, layout: str, split: str | None, labels_file, masks,
         source = read_list_file(Path(labels_file), root=base, found_from="labels-file")
         source.layout = "imagenet"
         return source
+    hint = segmentation_layout_hint(base)
+    if hint is not None:
+        raise InputError(f"{base}: {hint} (the {'class-folder' if layout != 'folder' else layout} layout would "
+                         f"read label maps as images)")
     if layout == "imagenet":
         return list_class_folders(base)
     return list_folder(base) if layout == "folder" else _auto_folder(base)
@@ -190,31 +193,46 @@ def _check_options(layout: str, labels_file, masks) -> None:
         raise InputError("pass --labels-file or --masks, not both")
 
 
+def _home(images: str | Path) -> str:
+    """``--images`` with ``~`` expanded in each path (each ``::`` piece of a shard list; not inside
+    ``pipe:`` commands, which the shell runs)."""
+    return "::".join(p if p.startswith("pipe:") else os.path.expanduser(p) for p in str(images).split("::"))
+
+
 def resolve_inputs(images: str | Path | Sequence[str | Path], *, layout: str = "auto", split: str | None = None,
                    labels_file: str | Path | None = None, limit: int | None = None,
-                   masks: str | Path | None = None, reduce_zero_label: bool | None = None):
+                   masks: str | Path | None = None, reduce_zero_label: bool | None = None,
+                   allow_paths_under: Sequence[str | Path] = ()):
     """Turn ``--images`` into a source: an :class:`ImageSource` (flat layouts) or a sharded source.
 
     ``images`` is a folder, a list file, image files (a list), or shards (see the module
     docstring and docs/inputs.md for every layout). ``masks`` is the folder of label maps of the
     ``pairs`` layout; ``reduce_zero_label`` (None: the layout's rule) applies mmseg's rule to its
-    masks (ADE20K always has it). The description records the inputs and how labels were found.
+    masks (ADE20K always has it). ``allow_paths_under``: folders a Parquet row's image path may
+    lead into besides the Parquet file's own (:mod:`.containment`). ``~`` is expanded in every path
+    given. The description records the inputs and how labels were found.
     """
     _check_options(layout, labels_file, masks)
     if isinstance(images, (list, tuple)):
         if not images:
             raise InputError("no images given (--images)")
-        images = [str(i) for i in images] if len(images) > 1 else str(images[0])
+        images = [_home(i) for i in images] if len(images) > 1 else _home(images[0])
     else:
-        images = str(images)
+        images = _home(images)
+    labels_file = None if labels_file is None else os.path.expanduser(labels_file)
+    masks = None if masks is None else os.path.expanduser(masks)
+    allowed = allowed_roots(allow_paths_under)
     may_be_shards = masks is None and labels_file is None and layout in ("auto", *SHARDED_LAYOUTS)
     urls = _shard_urls(images, split) if may_be_shards else None
     if urls is not None:
         spec = images if isinstance(images, str) else " ".join(images)
-        return _sharded(urls, spec, layout, split).limited(limit)
+        return _sharded(urls, spec, layout, split, allowed).limited(limit)
     if layout in SHARDED_LAYOUTS:
         raise InputError(f"--images {images}: the {layout} layout needs shards (a .tar / .parquet path, a brace "
                          f"pattern, a pipe: command or a folder of shard files)")
+    if allowed:
+        raise InputError("--allow-paths-under: only Parquet rows name image files to contain; folders and list "
+                         "files name the files you chose (see docs/inputs.md); drop it")
     if isinstance(images, list):
         _no_split_for_files(images, split)
         return files_source(images).limited(limit)

@@ -13,11 +13,45 @@ import os
 from pathlib import Path
 
 from ..errors import InputError
-from .files import ImageSource, is_image_name, list_folder
+from .files import MASK_FOLDER_NAMES, ImageSource, is_image_name, list_folder
 from .labels import CLASSES_FILE, IGNORE_INDEX, label_info, no_labels, read_class_names
-from .walk import Listing, walk_files
+from .walk import Listing, subfolders, walk_files
 
 ADE20K_SPLITS = ("training", "validation")
+#: Folder names (lower case) that mean "the images" of a segmentation dataset (beside one of
+#: ``MASK_FOLDER_NAMES``, "the label maps").
+IMAGE_FOLDER_NAMES = ("images", "image", "imgs", "img", "rgb", "jpegimages", "photos")
+
+
+def looks_like_ade20k(root: Path) -> bool:
+    """An ADE20K tree: ``ADEChallengeData2016`` (or a folder holding it), its ``images`` folder, or a
+    split below it, or a folder with ``images/<split>`` beside ``annotations``."""
+    return ((root / "ADEChallengeData2016").is_dir() or root.name == "ADEChallengeData2016"
+            or (root.name in ADE20K_SPLITS and root.parent.name == "images")
+            or ((root / "annotations").is_dir() and any((root / "images" / s).is_dir() for s in ADE20K_SPLITS)))
+
+
+def _holds_an_image(folder: Path) -> bool:
+    """Whether any image file lies below ``folder`` (stops at the first; label maps are images,
+    YOLO-style ``labels/*.txt`` are not)."""
+    return any(is_image_name(name) for _, _, files in os.walk(folder) for name in files)
+
+
+def segmentation_layout_hint(root: Path) -> str | None:
+    """When ``root`` holds a segmentation dataset's label maps beside its images (so its sub-folders
+    are not classes, and a folder listing would take the label maps for images): what it looks like
+    and the options that read it; else None. ADE20K's ``images`` folder or a split of it holds no
+    label maps and passes."""
+    if (root / "ADEChallengeData2016").is_dir() or root.name == "ADEChallengeData2016" or (
+            (root / "annotations").is_dir() and any((root / "images" / s).is_dir() for s in ADE20K_SPLITS)):
+        return "is an ADE20K tree (images with annotations); read it with --layout ade20k --split training"
+    names = {name.lower(): name for name in subfolders(root)}
+    images = next((names[n] for n in IMAGE_FOLDER_NAMES if n in names), None)
+    masks = next((names[n] for n in MASK_FOLDER_NAMES if n in names), None)
+    if images and masks and _holds_an_image(root / masks):
+        return (f"holds images ({images}/) and label maps ({masks}/), not classes; read it with --layout pairs "
+                f"--images {root / images} --masks {root / masks}")
+    return None
 
 
 def _stem_key(path: str, root: str) -> str:
@@ -64,6 +98,7 @@ def pair_masks(source: ImageSource, images_root: str, masks_root: str) -> dict:
         used.add(key)
         if error is not None and row not in source.errors:
             source.errors[row] = error
+    source.fail_bad_names()
     unpaired = sorted(p for key, paths in masks.items() if key not in used for p in paths)
     paired = sum(m is not None for m in source.masks)
     return {"masks": masks_root, "paired": paired, "ignore_index": IGNORE_INDEX,

@@ -14,7 +14,10 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
+from PIL import Image
+
 from ..errors import InputError
+from ..preprocessing import DEFAULT_MAX_PIXELS
 from .base import Record, Shard
 
 #: Name endings of shard files, and the layout each one means.
@@ -22,6 +25,29 @@ SHARD_SUFFIXES = {".tar": "webdataset", ".tar.gz": "webdataset", ".tgz": "webdat
                   ".tar.xz": "webdataset", ".parquet": "parquet"}
 #: The pip extra that installs the libraries sharded inputs need.
 EXTRA = "sail-vision[shards]"
+#: Bytes per pixel of the largest image encoding read whole: 8-bit RGBA, stored uncompressed.
+BYTES_PER_PIXEL = 4
+#: The failure kind of an image (tar member or Parquet bytes) larger than :func:`max_image_bytes`.
+TOO_LARGE = "too-large"
+
+
+def max_image_bytes() -> int:
+    """The most bytes one encoded image of a shard may have: ``BYTES_PER_PIXEL`` x Pillow's
+    decompression-bomb guard ``Image.MAX_IMAGE_PIXELS`` (89,478,485 pixels unless changed; its default
+    when someone set it to None) = 357,913,940 bytes by default. An image with more pixels than the
+    guard is refused when decoded (``--max-pixels``, same default), and an encoded image is at most
+    its uncompressed 8-bit RGBA pixels plus a little, so a larger member cannot be a usable image;
+    it is never read into memory."""
+    return BYTES_PER_PIXEL * (Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS)
+
+
+def too_large(size: int, what: str = "image") -> tuple[str, str] | None:
+    """``("too-large", why)`` when an encoded image of ``size`` bytes exceeds :func:`max_image_bytes`."""
+    limit = max_image_bytes()
+    if size <= limit:
+        return None
+    return TOO_LARGE, (f"the {what} is {size:,} bytes, more than the {limit:,} an image within the "
+                       f"decompression-bomb limit can take ({BYTES_PER_PIXEL} x Image.MAX_IMAGE_PIXELS); not read")
 
 
 def require(module: str, what: str):

@@ -12,11 +12,15 @@ read here with :mod:`tarfile`, member by member, so every problem is pinned to a
   the ``json`` member; an unreadable label is ``bad-label``, a missing one in a labelled source
   ``no-label``; a label outside the classes (or negative, or >= 10^7) is ``bad-label``;
 - class names come from a ``classes.txt`` beside the shards (line i = label i) when there is one;
+- only image and label members are read, one at a time, each only when within its limit (an image
+  :func:`.shards.max_image_bytes`, a label ``MAX_LABEL_BYTES``), else the sample is ``too-large``;
+  every other member (``txt``, ``npy``, ...) is skipped unread, so no member's size matters;
 - a tar that ends early (inside a sample, or without tar's end-of-archive marker) gives a
   ``truncated`` record for the sample it ends in; data after the end marker gives a ``corrupt``
   record; a shard that cannot be opened or is not a tar at all is an :class:`InputError`.
 
-Memory stays bounded by one sample (plus the set of keys of the current shard, to report repeats).
+Memory stays bounded by one sample's image and label members (plus the set of keys of the current
+shard, to report repeats).
 """
 
 from __future__ import annotations
@@ -36,10 +40,14 @@ from typing import Iterator
 from ..errors import InputError
 from .base import Record, Shard
 from .labels import CLASSES_FILE, label_info, label_problem, no_labels, parse_label_text, read_class_names
-from .shards import ShardedSource, check_local_shards, local_path, make_shards, require
+from .shards import TOO_LARGE, ShardedSource, check_local_shards, local_path, make_shards, require, too_large
 
 #: Member extensions holding the image, in order of preference.
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
+#: Member extensions holding the label; every other member is skipped without being read.
+LABEL_MEMBERS = ("cls", "json")
+#: The most bytes a label member may have (a label, or a sample's metadata, is far smaller).
+MAX_LABEL_BYTES = 16 * 1024 * 1024
 #: Meta files webdataset skips.
 _META = re.compile(r"__[^/]*__($|/)")
 #: Errors that mean "the stream ended early or is damaged".
@@ -169,7 +177,6 @@ def _grouped(shard: Shard, tar: tarfile.TarFile, stream: _Tracked):
             prefix, suffix = _split_name(info.name)
             if prefix is None:
                 continue
-            data = tar.extractfile(info).read()
             if prefix != key:
                 if key is not None:
                     yield key, members, problem
@@ -177,7 +184,8 @@ def _grouped(shard: Shard, tar: tarfile.TarFile, stream: _Tracked):
             suffix = suffix.lower()
             if suffix in members:
                 problem = ("corrupt", f"two members named {prefix}.{suffix}")
-            members[suffix] = data
+            members[suffix], too_big = _member(tar, info, suffix)
+            problem = problem or too_big
     except _STREAM_ERRORS as exc:
         yield (key or "<start>"), None, ("truncated", f"the shard ends early in or after this sample "
                                                       f"({stream.why(exc)}); later samples of the shard are lost")
@@ -187,6 +195,21 @@ def _grouped(shard: Shard, tar: tarfile.TarFile, stream: _Tracked):
         yield (key, members, problem) if end is None or end[0] == "corrupt" else (key, None, end)
     if end is not None and end[0] == "corrupt":
         yield "<end>", None, end
+
+
+def _member(tar: tarfile.TarFile, info: tarfile.TarInfo, suffix: str) -> tuple[bytes | None, tuple | None]:
+    """(bytes, None) for a member this source uses (an image or a label) within its size limit;
+    (None, None) for any other member, skipped without being read; (None, ("too-large", why)) for
+    a used member over its limit, also not read."""
+    if suffix in IMAGE_MEMBERS:
+        problem = too_large(info.size, f"{suffix} member")
+    elif suffix in LABEL_MEMBERS:
+        problem = None if info.size <= MAX_LABEL_BYTES else (TOO_LARGE, (
+            f"the {suffix} member is {info.size:,} bytes, more than the {MAX_LABEL_BYTES:,} a label member may "
+            f"have; not read"))
+    else:
+        return None, None
+    return (None, problem) if problem else (tar.extractfile(info).read(), None)
 
 
 def _end_problem(tar: tarfile.TarFile, stream: _Tracked) -> tuple[str, str] | None:
@@ -205,11 +228,11 @@ def _end_problem(tar: tarfile.TarFile, stream: _Tracked) -> tuple[str, str] | No
 # ---------------------------------------------------------------------------------- labels
 def _label_of(members: dict) -> tuple[int | None, str | None]:
     """(label, None), (None, None) when there is none, or (None, why) when it cannot be read."""
-    if "cls" in members:
+    if members.get("cls") is not None:
         text = members["cls"].decode("ascii", "replace")
         value = parse_label_text(text)
         return (value, None) if value is not None else (None, f"cls member {text.strip()[:40]!r} is not an integer")
-    if "json" in members:
+    if members.get("json") is not None:
         try:
             meta = json.loads(members["json"])
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -225,6 +248,8 @@ def _label_of(members: dict) -> tuple[int | None, str | None]:
 def _has_label(members: dict | None) -> bool:
     if not members:
         return False
+    if "cls" in members and members["cls"] is None:  # too large to read, but a label member
+        return True
     label, why = _label_of(members)
     return label is not None or why is not None
 
@@ -260,7 +285,7 @@ class WebDatasetSource(ShardedSource):
         if label is not None and (problem := label_problem(label, None if self.classes is None else
                                                                    len(self.classes))):
             return Record(key=key, error=("bad-label", problem))
-        image = next((members[e] for e in IMAGE_MEMBERS if e in members), None)
+        image = next((members[e] for e in IMAGE_MEMBERS if members.get(e) is not None), None)
         if image is None:
             return Record(key=key, label=label, error=("no-image", f"no {'/'.join(IMAGE_MEMBERS)} member "
                                                                    f"(members: {', '.join(sorted(members))})"))

@@ -197,3 +197,15 @@ def test_packing_quick():
     assert modes["packed"]["forwards"] < modes["grouped"]["forwards"] < modes["single"]["forwards"]
     summary = data["summary"][0]
     assert summary["packed_vs_single_max_abs_diff"] <= 1e-5 and summary["distinct_grids"] > 1
+
+
+def test_shard_memory_quick():
+    proc = _run("bench_shard_memory.py", "--quick")
+    assert "peak RSS with / without the member" in proc.stdout
+    data = _load("bench_shard_memory")
+    assert [(r["member"], r["read_as"]) for r in data["rows"]] == [("none", "tar.gz"), ("member", "tar.gz"),
+                                                                   ("none", "pipe"), ("member", "pipe")]
+    for row in data["rows"]:
+        assert (row["images"], row["ok"], row["failed"]) == (6, 6, 0) and _positive(row["peak_rss_bytes"])
+    assert data["rows"][1]["member_bytes"] == 8 * 1024 * 1024
+    assert set(data["rss_ratio_member_vs_none"]) == {"tar.gz", "pipe"}

@@ -103,3 +103,61 @@ def test_bad_records_in_a_shard_are_recorded(tiny_checkpoint, tmp_path):
     assert kinds["broken"] in ("truncated", "corrupt", "unreadable")
     features = open_feature_dir(result.out)
     assert features.labels.tolist()[0] == 0 and features.valid.tolist() == [True, False, False, False]
+
+
+def _tar_with_names(path, names, data):
+    import io
+    import tarfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name in names:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("char", ["\n", "\r", "\x85", "\u2028", "\x0b"], ids=repr)
+def test_a_shard_key_with_a_line_break_is_one_failed_row_and_the_rows_stay_aligned(tiny_checkpoint, tmp_path, char):
+    save_rgb(tmp_path / "a.png", 16, 16, seed=1)
+    names = ["k0.png", f"k1{char}x.png", f"k2{char}{char}.png", "k3.png", "k4.png", "k5.png", "k6.png"]
+    shard = _tar_with_names(tmp_path / "s" / "s.tar", names, (tmp_path / "a.png").read_bytes())
+    result = extract(tiny_checkpoint, shard, tmp_path / "out", **OPTIONS)
+    assert (result.num_items, result.num_valid, result.num_failed) == (7, 5, 2)
+    lines = (result.out / "paths.txt").read_bytes().decode("utf-8")
+    assert len(lines.splitlines()) == 7 and lines.count("\n") == 7
+    features = open_feature_dir(result.out)
+    paths = features.paths_of(valid_only=False)
+    assert len(paths) == 7 and features.valid.tolist() == [True, False, False, True, True, True, True]
+    assert paths[3:] == ["s#k3", "s#k4", "s#k5", "s#k6"] and features.paths == ["s#k0", *paths[3:]]
+    assert {r["kind"] for r in result.failures} == {"bad-name"}
+    assert [r["path"] for r in result.failures] == paths[1:3] == ["s#k1" + repr(char)[1:-1] + "x",
+                                                                   "s#k2" + 2 * repr(char)[1:-1]]
+
+
+def test_parquet_rows_record_what_they_read_and_refuse_paths_outside(tiny_checkpoint, tmp_path):
+    save_rgb(tmp_path / "data" / "pics" / "in.png", 16, 16, seed=1)
+    save_rgb(tmp_path / "secret.png", 16, 16, seed=2)
+    path = write_parquet(tmp_path / "data" / "d.parquet",
+                         [(None, "pics/in.png"), (None, "../secret.png"), (None, "/proc/self/environ"),
+                          ((tmp_path / "secret.png").read_bytes(), None)], [0, 1, 0, 1], ["a", "b"])
+    result = extract(tiny_checkpoint, path, tmp_path / "out", **OPTIONS)
+    features = open_feature_dir(result.out)
+    assert features.paths_of(valid_only=False) == [str(tmp_path / "data" / "pics" / "in.png"), "d#1", "d#2", "d#3"]
+    assert [(r["path"], r["kind"]) for r in result.failures] == [("d#1", "outside-dataset"),
+                                                                 ("d#2", "outside-dataset")]
+    assert result.labels.startswith("labels: 4 of 4 rows labelled from parquet-column, 2 classes")
+    allowed = extract(tiny_checkpoint, path, tmp_path / "allowed", **OPTIONS, allow_paths_under=[str(tmp_path)])
+    assert open_feature_dir(allowed.out).paths_of(valid_only=False)[1] == str(tmp_path / "secret.png")
+    assert [(r["path"], r["kind"]) for r in allowed.failures] == [("d#2", "outside-dataset")]
+
+
+def test_shard_runs_report_their_labelled_rows(tiny_checkpoint, tmp_path):
+    save_rgb(tmp_path / "a.png", 16, 16, seed=1)
+    good = (tmp_path / "a.png").read_bytes()
+    write_tar(tmp_path / "s" / "train-000000.tar", [{"__key__": f"k{i}", "png": good, "cls": i % 2} for i in range(3)]
+              + [{"__key__": "k3", "png": good, "cls": 5}])
+    (tmp_path / "s" / "classes.txt").write_text("a\nb\n")
+    result = extract(tiny_checkpoint, tmp_path / "s", tmp_path / "out", **OPTIONS)
+    assert result.labels.startswith("labels: 3 of 4 rows labelled from shard-cls, 2 classes named from ")

@@ -53,3 +53,17 @@ def test_labels_summary_lines():
     assert labels_summary(no_labels("folder layout: 'x' holds images itself", 3)) == \
         "labels: none (folder layout: 'x' holds images itself)"
     assert labels_summary(None).startswith("labels: none")
+
+
+def test_limit_counts_the_rows_it_keeps(class_folder, tmp_path):
+    """The labels record of a --limit run counts the rows the manifest will hold."""
+    from sail_vision.sources import labels_summary, resolve_inputs
+
+    full = resolve_inputs(class_folder)
+    assert full.description["labels"]["rows"] == 7
+    kept = resolve_inputs(class_folder, limit=4).description["labels"]
+    assert (kept["labelled"], kept["rows"]) == (4, 4)
+    assert labels_summary(kept).startswith("labels: 4 of 4 rows labelled from class-folders")
+    (tmp_path / "list.txt").write_text("a.png\nb.png\nc.png\n")
+    listed = resolve_inputs(tmp_path / "list.txt", limit=2).description["labels"]
+    assert (listed["labelled"], listed["rows"]) == (0, 2)
