@@ -53,10 +53,13 @@ def test_extraction_under_an_existing_process_group_still_selects_the_gpu(monkey
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_world_size", lambda: 2)
     monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_backend", lambda: "nccl")  # the caller's group (mmengine's, say)
+    monkeypatch.setattr(dist, "new_group", lambda **kwargs: ("gloo group", kwargs["backend"]))
     monkeypatch.setenv("LOCAL_RANK", "1")
     context, device = DistContext.setup(torch.device("cuda"))
     assert (context.rank, context.world_size, context.owns_group) == (1, 2, False)
     assert device == torch.device("cuda", 1) and current == [1]
+    assert context.object_group == ("gloo group", "gloo") and context.owns_object_group
 
 
 @pytest.mark.parametrize("capability, expected", [((8, 0), "bfloat16"), ((9, 0), "bfloat16"), ((7, 5), "float16"),

@@ -300,7 +300,8 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
         outcome = dist.broadcast(outcome)
         if isinstance(outcome, tuple):
             raise ExtractionError(f"rank 0 could not start: {outcome[1]}")
-        manifest = read_manifest(out)
+        with dist.together("before its first part"):
+            manifest = read_manifest(out)
         if outcome == "complete":
             if o.consolidate and dist.is_main and not (manifest.get("parts") or {}).get("consolidated", True):
                 with held_briefly():  # a join that was interrupted, or asked for now
@@ -308,20 +309,21 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
             dist.barrier()
             manifest = read_manifest(out)
             return result_from_manifest(out, manifest, already_complete=True, world_size=dist.world_size)
-        parts = parts_from_manifest(manifest)
-        flat = all(p.shard is None for p in parts)
-        paths = read_lines(out / PATHS_FILE, manifest["num_items"]) if flat else None
-        labels = np.load(out / LABELS_FILE) if flat and manifest.get("labels") else None
-        masks = ([m or None for m in read_lines(out / MASK_PATHS_FILE, manifest["num_items"])]
-                 if flat and manifest.get("masks") else None)
-        job = _PartJob(out, manifest["settings"], {k: v for k, v in manifest.items() if k != "parts"}, preprocess,
-                       _SourceLoader(source_args), paths, labels,
-                       manifest.get("classes"), find_duplicates(paths) if flat else {}, checkpoint, layers,
-                       bool(o.norm), add_cls, compute_dtype, device, cfg.hidden_size, int(o.batch_size), packed,
-                       o.max_batch_tokens, o.packed_attention, workers, o.strict, o.progress and dist.is_main,
-                       o.commit_interval, labels_expected=bool(manifest.get("labels")), masks=masks,
-                       listing_errors=listing_errors(out) if flat else {})
-        todo = [] if o.finalize else [p for p in tasks.parts_for(parts) if not is_committed(out, p)]
+        with dist.together("before its first part"):  # one rank failing here stops every rank now
+            parts = parts_from_manifest(manifest)
+            flat = all(p.shard is None for p in parts)
+            paths = read_lines(out / PATHS_FILE, manifest["num_items"]) if flat else None
+            labels = np.load(out / LABELS_FILE) if flat and manifest.get("labels") else None
+            masks = ([m or None for m in read_lines(out / MASK_PATHS_FILE, manifest["num_items"])]
+                     if flat and manifest.get("masks") else None)
+            job = _PartJob(out, manifest["settings"], {k: v for k, v in manifest.items() if k != "parts"}, preprocess,
+                           _SourceLoader(source_args), paths, labels,
+                           manifest.get("classes"), find_duplicates(paths) if flat else {}, checkpoint, layers,
+                           bool(o.norm), add_cls, compute_dtype, device, cfg.hidden_size, int(o.batch_size), packed,
+                           o.max_batch_tokens, o.packed_attention, workers, o.strict, o.progress and dist.is_main,
+                           o.commit_interval, labels_expected=bool(manifest.get("labels")), masks=masks,
+                           listing_errors=listing_errors(out) if flat else {})
+            todo = [] if o.finalize else [p for p in tasks.parts_for(parts) if not is_committed(out, p)]
         failure, processed = None, 0
         try:
             if o.engine == "ray" and todo:
