@@ -219,7 +219,7 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
     ckpt = SailCheckpoint(checkpoint)
     cfg = ckpt.config
     layers = resolve_layer_indices(layers, cfg.num_hidden_layers)
-    preprocess = Preprocess.create(cfg.vision_patch_size, o.resolution, o.max_tokens, o.max_pixels)
+    preprocess = Preprocess.create(cfg.vision_patch_size, o.resolution, o.max_tokens, o.max_pixels, o.jpeg_draft)
     out = Path(out).expanduser().absolute()
     if isinstance(images, (list, tuple)) and len(images) == 1:
         images = images[0]
