@@ -71,3 +71,13 @@ def test_render_refuses_quick_or_missing_json(tmp_path):
     for path in (quick, tmp_path / "missing.json"):
         run = subprocess.run([sys.executable, str(RENDER), str(path)], capture_output=True, text=True, timeout=60)
         assert run.returncode == 2 and run.stderr.startswith("render_gpu_table: error: "), run.stderr
+
+
+def test_bench_probes_gpu_quick():
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_probes_gpu.py"), "--quick", "--device", "cpu"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    data = json.loads((ROOT / "benchmarks" / "results" / "bench_probes_gpu-quick.json").read_text())
+    knn, seg = data["rows"]
+    assert knn["probe"] == "knn" and knn["queries_s"] > 0 and knn["bank_rows"] == 5000
+    assert seg["probe"] == "segmentation" and seg["train_images_epochs_s"] > 0
