@@ -11,6 +11,7 @@ packing) and which attention kernel runs the block-diagonal attention
 from __future__ import annotations
 
 import inspect
+import threading
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -83,10 +84,17 @@ class PackedLayout:
         return self._cache[key]
 
     def flex_block_mask(self, device):
-        """FlexAttention's BlockMask for this layout padded to :meth:`flex_length` (see :func:`flex_block_mask`)."""
+        """FlexAttention's BlockMask for this layout padded to :func:`flex_length` (see :func:`flex_block_mask`).
+
+        The tiles are built once per layout; the segment ids its mask function reads are loaded on every
+        call, because that buffer is shared by all layouts of one padded length (in this thread): call
+        this right before each attention call, as ``attention._packed_attention`` does.
+        """
         key = ("flex", str(device))
         if key not in self._cache:
             self._cache[key] = flex_block_mask(self.lengths, device)
+        else:
+            _load_segment_ids(self.lengths, device)
         return self._cache[key]
 
 
@@ -98,28 +106,42 @@ def flex_length(total: int) -> int:
     """The padded length a packed sequence of ``total`` tokens runs FlexAttention at.
 
     Lengths are bucketed so that the compiled kernel (compiled for static shapes) is reused across packs:
-    a multiple of :data:`FLEX_BLOCK`, rounded up to eight steps per doubling (at most 12.5 % padding; the
-    padding tokens attend only each other, in tiles of their own, so they cost almost nothing).
+    a multiple of :data:`FLEX_BLOCK`, rounded up to four steps per doubling. Packs of one token budget
+    then meet about five buckets, within torch.compile's recompile limit (8), past which it would fall
+    back to eager FlexAttention and its T x T scores. Padding is at most 25 % of the tokens; the padding
+    tokens attend only each other, in tiles of their own, and no linear layer sees them.
     """
-    step = max(FLEX_BLOCK, (1 << max(int(total).bit_length() - 1, 0)) // 8)
+    step = max(FLEX_BLOCK, (1 << max(int(total).bit_length() - 1, 0)) // 4)
     return -(-int(total) // step) * step
 
 
-#: (device, padded length) -> (segment-id buffer, mask function): one function object per bucket, so the
-#: compiled kernel sees the same mask_mod every pack (a new closure per pack would recompile it).
-_FLEX_MASK_MODS: dict = {}
+#: Per thread, (device, padded length) -> (segment-id buffer, mask function): one function object per
+#: bucket, so the compiled kernel sees the same mask_mod every pack (a new closure per pack would
+#: recompile it); per thread, so two threads encoding at once never share a buffer.
+_FLEX_MASK_MODS = threading.local()
 
 
 def _flex_mask_mod(device, length: int):
+    mods = _FLEX_MASK_MODS.__dict__.setdefault("by_bucket", {})
     key = (str(device), length)
-    if key not in _FLEX_MASK_MODS:
+    if key not in mods:
         ids = torch.zeros(length, dtype=torch.int32, device=device)
 
         def same_image(b, h, q, kv):
             return ids[q] == ids[kv]
 
-        _FLEX_MASK_MODS[key] = (ids, same_image)
-    return _FLEX_MASK_MODS[key]
+        mods[key] = (ids, same_image)
+    return mods[key]
+
+
+def _load_segment_ids(lengths: Sequence[int], device):
+    """Fill the bucket's shared segment-id buffer with these images' ids (padding: one more segment);
+    returns the bucket's mask function."""
+    padded = flex_length(sum(lengths))
+    ids, mask_mod = _flex_mask_mod(device, padded)
+    seg = np.repeat(np.arange(len(lengths) + 1, dtype=np.int32), list(lengths) + [padded - int(sum(lengths))])
+    ids.copy_(torch.from_numpy(seg))
+    return mask_mod
 
 
 def flex_tiles(lengths: Sequence[int], block: int = FLEX_BLOCK):
@@ -158,10 +180,7 @@ def flex_block_mask(lengths: Sequence[int], device):
 
     partial, full = flex_tiles(lengths)
     padded = partial.shape[0] * FLEX_BLOCK
-    ids, mask_mod = _flex_mask_mod(device, padded)
-    seg = np.repeat(np.arange(len(lengths) + 1, dtype=np.int32),
-                    list(lengths) + [padded - int(sum(lengths))])
-    ids.copy_(torch.from_numpy(seg))
+    mask_mod = _load_segment_ids(lengths, device)
 
     def as_kv_blocks(tiles):
         count = torch.from_numpy(tiles.sum(1).astype(np.int32))

@@ -114,11 +114,12 @@ def test_varlen_refused_on_pre_ampere_and_without_a_kernel(monkeypatch):
 
 def test_flex_lengths_are_bucketed():
     assert flex_length(1) == 128 and flex_length(128) == 128 and flex_length(129) == 256
-    assert flex_length(4098) == 4608 and flex_length(16392) == 18432
+    assert flex_length(4098) == 5120 and flex_length(16392) == 20480
     for total in range(1, 40000, 37):
         padded = flex_length(total)
-        assert padded % 128 == 0 and total <= padded <= max(128, math.ceil(total * 1.125 / 128) * 128)
-    assert len({flex_length(t) for t in range(8193, 16385)}) == 8  # eight compiled kernels per doubling
+        assert padded % 128 == 0 and total <= padded <= max(128, math.ceil(total * 1.25 / 128) * 128)
+    assert len({flex_length(t) for t in range(8193, 16385)}) == 4  # four compiled kernels per doubling
+    assert len({flex_length(t) for t in range(16392 // 2, 16393)}) <= 5  # packs of the default budget
 
 
 @pytest.mark.parametrize("lengths", [[5, 300, 1, 130], [128, 128], [1], [700, 900, 33, 4098]])
@@ -166,3 +167,19 @@ def test_flex_with_padding_equals_split():
     split, _ = _packed_attention(_GroupedModule(), q, k, v, PackedLayout(lengths, "split"), scaling=0.2)
     flex, _ = _packed_attention(_GroupedModule(), q, k, v, PackedLayout(lengths, "flex"), scaling=0.2)
     torch.testing.assert_close(flex, split, rtol=1e-5, atol=1e-5)
+
+
+def test_flex_masks_of_one_bucket_never_see_each_others_images():
+    """Two layouts of one padded length share the mask function's id buffer: each mask, fetched right
+    before use, must still mask its own images."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    gen = torch.Generator().manual_seed(2)
+    first, second = PackedLayout([100, 20, 60], "flex"), PackedLayout([30, 150], "flex")
+    assert flex_length(first.total) == flex_length(second.total) == 256
+    for layout in (first, second, first):
+        total = layout.total
+        q = torch.randn(1, 8, total, 16, generator=gen)
+        k, v = (torch.randn(1, 2, total, 16, generator=gen) for _ in range(2))
+        split, _ = _packed_attention(_GroupedModule(), q, k, v, PackedLayout(layout.lengths, "split"), scaling=0.3)
+        flex, _ = _packed_attention(_GroupedModule(), q, k, v, layout, scaling=0.3)
+        torch.testing.assert_close(flex, split, rtol=1e-5, atol=1e-5)

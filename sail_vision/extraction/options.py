@@ -159,9 +159,7 @@ def normalise_pools(pools: str | Iterable[str]) -> list[str]:
 
 
 def resolve_compute_dtype(dtype, device) -> str:
-    """The compute dtype's name: ``auto`` -> the device's best (see ``devices.auto_dtype``)."""
-    from ..devices import auto_dtype, resolve_dtype
+    """The compute dtype's name (``devices.resolve_compute_dtype``: ``auto`` -> the device's best)."""
+    from .. import devices
 
-    if dtype is None or dtype == "auto":
-        return auto_dtype(device)
-    return str(resolve_dtype(dtype)).removeprefix("torch.")
+    return str(devices.resolve_compute_dtype(dtype, device)).removeprefix("torch.")
