@@ -66,7 +66,8 @@ def segmentation_row(args, device, folder: Path) -> dict:
     for split in ("training", "validation"):
         (data / "annotations" / split / "classes.txt").write_text("red\ngreen\nblue\nyellow\n")
         code = cli(["extract", "--checkpoint", str(ckpt), "--layout", "pairs", "--images", str(data / "images" / split),
-                    "--masks", str(data / "annotations" / split), "--reduce-zero-label", "--pool", "patch", "--layers", "-1",
+                    "--masks", str(data / "annotations" / split), "--reduce-zero-label", "--pool", "patch",
+                    "--layers", "-1",
                     "--resolution", str(args.seg_size), "--device", str(device), "--workers", "2", "--no-progress",
                     "--out", str(folder / f"feat-{split}")])
         if code != 0:
@@ -75,7 +76,8 @@ def segmentation_row(args, device, folder: Path) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     code = cli(["probe", "--task", "segmentation", "--train", str(folder / "feat-training"),
-                "--val", str(folder / "feat-validation"), "--features", f"layer-{args.seg_layers}_patch", "--lrs", "0.001,0.01", "--wds", "0.0001",
+                "--val", str(folder / "feat-validation"), "--features", f"layer-{args.seg_layers}_patch",
+                "--lrs", "0.001,0.01", "--wds", "0.0001",
                 "--epochs", str(args.epochs), "--batch-size", "8", "--device", str(device), "--quiet",
                 "--out", str(folder / "probe")])
     seconds = time.perf_counter() - start

@@ -70,11 +70,11 @@ def render(gpu: dict, probes: dict | None = None) -> str:
                                                          ("queries/s", "queries_s"),
                                                          ("train images x epochs/s", "train_images_epochs_s"),
                                                          ("seconds", "seconds"), ("peak GB", "peak_gpu_gb")])]
-    measured = goals(gpu)
-    lines += ["", f"- all {max((r['layer'] for r in gpu.get('encoder') or []), default='?')} blocks at 448 px, "
-                  f"fraction of dense bf16 peak: {_verdict(measured['of_peak_448_all_layers'], GOALS['of_peak_448_all_layers'])}",
-              f"- extract vs the bare encoder (lowest row): {_verdict(measured['extract_vs_encoder'], GOALS['extract_vs_encoder'])}",
-              f"- GPU busy during extract (lowest row): {_verdict(measured['gpu_busy'], GOALS['gpu_busy'])}"]
+    verdicts = {name: _verdict(value, GOALS[name]) for name, value in goals(gpu).items()}
+    blocks = max((r["layer"] for r in gpu.get("encoder") or []), default="?")
+    lines += ["", f"- all {blocks} blocks at 448 px, fraction of dense bf16 peak: {verdicts['of_peak_448_all_layers']}",
+              f"- extract vs the bare encoder (lowest row): {verdicts['extract_vs_encoder']}",
+              f"- GPU busy during extract (lowest row): {verdicts['gpu_busy']}"]
     return "\n".join(lines) + "\n"
 
 

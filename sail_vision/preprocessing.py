@@ -298,13 +298,22 @@ def decode_sized(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                                                f"path, encoded bytes, a PIL image or a uint8 HxWx3 array")
     with _own_bomb_check():
         opened = _open_checked(image, max_pixels, name)
-        with opened:
+        kept = False
+        try:
             size = opened.size
             if draft_size is not None and opened.format == "JPEG":
                 opened.draft(None, tuple(draft_size(size)))
             _load_first_frame(opened, name)
             rgb = to_rgb(opened, name)
-            return (rgb if rgb is not opened else opened.copy()), size
+            if rgb is not opened:
+                return rgb, size
+            # Decoded, and Pillow already closed its file (single-frame formats): the image is returned as
+            # it is, without a copy of its pixels. Else (a frame of a multi-frame file) a copy, then close.
+            kept = opened.fp is None and getattr(opened, "_fp", None) is None
+            return (opened if kept else opened.copy()), size
+        finally:
+            if not kept:
+                opened.close()
 
 
 # ---------------------------------------------------------------------------------- masks

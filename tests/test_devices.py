@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sail_vision.devices import auto_dtype, cuda_index, resolve_compute_dtype, resolve_device, resolve_dtype, select_cuda_device
+from sail_vision.devices import (auto_dtype, cuda_index, resolve_compute_dtype, resolve_device, resolve_dtype,
+                                 select_cuda_device)
 from sail_vision.errors import InputError
 
 

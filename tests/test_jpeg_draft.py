@@ -40,7 +40,8 @@ def test_draft_decodes_reduced_but_keeps_the_exact_geometry():
 
 def test_draft_changes_nothing_where_it_cannot_apply():
     small = _photo(500, 375)  # 224 px: half of 500 x 375 is below 299 x 224, so no scaling
-    assert torch.equal(Preprocess.create(32, 224).pixels(small), Preprocess.create(32, 224, jpeg_draft=True).pixels(small))
+    draft = Preprocess.create(32, 224, jpeg_draft=True)
+    assert torch.equal(Preprocess.create(32, 224).pixels(small), draft.pixels(small))
     png = io.BytesIO()
     Image.open(io.BytesIO(_photo(1024, 768))).save(png, "PNG")
     assert torch.equal(Preprocess.create(32, 224).pixels(png.getvalue()),
@@ -75,3 +76,22 @@ def test_extract_records_draft_and_refuses_to_resume_with_another_choice(tiny_ch
     assert json.loads((out / "manifest.json").read_text())["preprocessing"]["jpeg_draft"] is True
     with pytest.raises(ExtractionError, match="cannot resume with different settings.*jpeg_draft"):
         extract(tiny_checkpoint, images, out, resolution=32, resume=True, workers=0, progress=False)
+
+
+def test_decoding_many_files_leaves_no_file_open(tmp_path):
+    """The decoder returns single-frame images without copying them; every file is closed either way."""
+    import os
+
+    paths = []
+    for i in range(40):
+        paths.append(tmp_path / f"{i}.jpg")
+        paths[-1].write_bytes(_photo(64, 48, seed=i))
+    gif = tmp_path / "anim.gif"
+    frames = [Image.new("RGB", (16, 16), colour) for colour in ("red", "blue")]
+    frames[0].save(gif, save_all=True, append_images=frames[1:])
+    before = len(os.listdir("/proc/self/fd"))
+    pre = Preprocess.create(8, 32)
+    images = [pre.pixels(str(p)) for p in paths] + [pre.pixels(str(gif)) for _ in range(5)]
+    assert len(os.listdir("/proc/self/fd")) == before and len(images) == 45
+    rgb, size = decode_sized(str(paths[0]))
+    assert size == (64, 48) and np.asarray(rgb).shape == (48, 64, 3)  # usable after its file was closed

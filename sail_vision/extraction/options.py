@@ -34,7 +34,8 @@ class ExtractOptions:
     False). Inputs: ``layout`` ("auto"), ``split`` (None), ``labels_file`` (None), ``masks`` (None:
     the label-map folder of the pairs layout), ``reduce_zero_label`` (None: the layout's rule),
     ``limit`` (None: all). Preprocessing: ``resolution`` (None = native; ``S`` or ``"HxW"``), ``max_tokens`` (4096),
-    ``max_pixels`` (89478485; None = no limit), ``jpeg_draft`` (False: exact decoding). Compute: ``dtype`` ("auto"), ``device`` (None =
+    ``max_pixels`` (89478485; None = no limit), ``jpeg_draft`` (False: exact decoding).
+    Compute: ``dtype`` ("auto"), ``device`` (None =
     auto), ``batch_size`` (16), ``batching`` ("packed"), ``max_batch_tokens`` (None = batch_size x
     the longest image), ``packed_attention`` ("auto"), ``workers`` (None = min(4, CPUs)). Output:
     ``save_dtype`` ("float16"), ``resume`` / ``overwrite`` (False), ``commit_interval`` (2.0 s),

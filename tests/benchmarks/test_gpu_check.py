@@ -74,8 +74,9 @@ def test_render_refuses_quick_or_missing_json(tmp_path):
 
 
 def test_bench_probes_gpu_quick():
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_probes_gpu.py"), "--quick", "--device", "cpu"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+    script = ROOT / "benchmarks" / "bench_probes_gpu.py"
+    run = subprocess.run([sys.executable, str(script), "--quick", "--device", "cpu"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     data = json.loads((ROOT / "benchmarks" / "results" / "bench_probes_gpu-quick.json").read_text())
     knn, seg = data["rows"]
