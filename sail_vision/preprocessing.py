@@ -302,7 +302,9 @@ def decode_sized(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS,
         try:
             size = opened.size
             if draft_size is not None and opened.format == "JPEG":
-                opened.draft(None, tuple(draft_size(size)))
+                target = tuple(draft_size(size))
+                if min(size[0] // target[0], size[1] // target[1]) >= 2:  # else no DCT scale applies: exact path
+                    opened.draft(None, target)
             _load_first_frame(opened, name)
             rgb = to_rgb(opened, name)
             if rgb is not opened:
