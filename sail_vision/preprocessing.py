@@ -283,9 +283,10 @@ def decode_sized(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     """:func:`decode_image` plus the image's full (width, height).
 
     ``draft_size`` (opt-in, JPEG files only): a function of the full size giving the size the image
-    will be resized to; the JPEG decoder then scales by 1/2, 1/4 or 1/8 in the DCT (Pillow's
-    ``Image.draft``) while staying at least that size, so the returned image may be smaller than the
-    full size (faster decoding, slightly different pixels after the resize).
+    will be resized to; when both sides are at least twice that size, the JPEG decoder scales by 1/2,
+    1/4 or 1/8 in the DCT (Pillow's ``Image.draft``) while staying at least that size, so the returned
+    image may be smaller than the full size (faster decoding, slightly different pixels after the
+    resize); otherwise nothing changes.
     """
     name = name or _describe(image)
     if isinstance(image, Image.Image):
