@@ -17,7 +17,7 @@ def test_rank_1_failing_before_its_first_part_ends_rank_0_with_its_message(tiny_
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                str(Path(__file__).with_name("rank_fault.py")), "--checkpoint", str(tiny_checkpoint),
                "--images", str(images), "--out", str(tmp_path / "out"), "--batch-size", "1", "--part-size", "1",
-               "--workers", "0", "--no-progress"]
+               "--workers", "0", "--no-progress", "--device", "cpu"]  # gloo: runs on a one-GPU machine too
     started = time.monotonic()
     run = subprocess.run(command, capture_output=True, text=True, timeout=150)
     assert run.returncode != 0 and time.monotonic() - started < 150
