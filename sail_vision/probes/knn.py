@@ -26,7 +26,7 @@ from .streaming import stream_chunks
 
 #: Queries compared with the bank at once (the similarity block is QUERY_CHUNK_ROWS x chunk_rows).
 QUERY_CHUNK_ROWS = 2048
-#: Normalised queries held on the device while the bank streams past them once (float32 bytes).
+#: Normalised queries (float32) and their running top-k held on the device while the bank streams past.
 HELD_QUERY_BYTES = 2 << 30
 #: A k-NN bank up to this size is copied into head.safetensors; larger ones are reloaded from their folder.
 MAX_SAVED_BANK_BYTES = 2 << 30
@@ -61,9 +61,9 @@ def nearest_neighbours(bank: ProbeData, bank_rows: np.ndarray, queries: ProbeDat
                        held_query_bytes: int = HELD_QUERY_BYTES) -> tuple[torch.Tensor, torch.Tensor]:
     """(similarities, bank labels) of the ``k`` nearest bank rows of every query row, best first (on the CPU).
 
-    The bank is read once: the (normalised) queries are held on the device, up to ``held_query_bytes``
-    at a time, and each bank chunk is compared with all of them as it arrives. More queries than that
-    take one more pass over the bank per ``held_query_bytes`` of queries.
+    The bank is read once: the (normalised) queries and their running top-k are held on the device, up
+    to ``held_query_bytes`` at a time, and each bank chunk is compared with all of them as it arrives.
+    More queries than that take one more pass over the bank per ``held_query_bytes`` of queries.
     """
     names = list(feature_input.parts)
     device = torch.device(device)
@@ -71,7 +71,8 @@ def nearest_neighbours(bank: ProbeData, bank_rows: np.ndarray, queries: ProbeDat
     bank_labels = torch.from_numpy(bank.labels).to(device)
     query_rows = np.arange(queries.num_rows) if query_rows is None else np.asarray(query_rows)
     block = min(chunk_rows, QUERY_CHUNK_ROWS)  # queries compared with a bank chunk at once
-    per_pass = max(1, held_query_bytes // (4 * block * max(1, bank.dim(feature_input)))) * block
+    per_query = 4 * bank.dim(feature_input) + 12 * k  # its float32 features and its running top-k
+    per_pass = max(1, held_query_bytes // (per_query * block)) * block
     sims_out, labels_out = [], []
     for start in range(0, query_rows.size, per_pass):
         held = [torch.nn.functional.normalize(feature_input.concat(chunk.features), dim=1)

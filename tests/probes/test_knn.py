@@ -94,7 +94,7 @@ def _reference_neighbours(bank_x, bank_labels, query_x, k, chunk_rows):
     return torch.cat(sims_out), torch.cat(labels_out)
 
 
-@pytest.mark.parametrize("held_query_bytes", [None, 2 * 2048 * 16 * 4])
+@pytest.mark.parametrize("held_query_bytes", [None, 2 * 2048 * (16 * 4 + 20 * 12)])
 def test_each_bank_row_is_read_once_per_evaluation(held_query_bytes):
     """50,000 bank rows and 5,000 queries (3 query chunks): the bank is read once, not once per query chunk;
     with room for only 2 of the 3 query chunks on the device, twice (two passes)."""
@@ -136,3 +136,24 @@ def test_knn_on_cuda_equals_knn_on_cpu(cuda_device):
                                                   device=cuda_device)
         torch.testing.assert_close(gpu_sims, cpu_sims, rtol=1e-5, atol=1e-5)
         assert torch.equal(gpu_labels, cpu_labels)
+
+
+def test_queries_held_at_once_are_bounded_with_their_top_k(monkeypatch):
+    """Low-dimensional features with a large k: the running top-k counts in the memory held per pass."""
+    import sail_vision.probes.knn as knn
+
+    rng = np.random.default_rng(1)
+    bank = load_arrays(rng.normal(size=(3000, 4)).astype(np.float32), rng.integers(0, 3, 3000), name="pixels")
+    queries = load_arrays(rng.normal(size=(5000, 4)).astype(np.float32), rng.integers(0, 3, 5000), name="pixels")
+    passes = []
+    real = knn.stream_chunks
+
+    def counting(data, *args, **kwargs):
+        if data is queries:
+            passes.append(1)
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(knn, "stream_chunks", counting)
+    held = 2048 * (4 * 4 + 12 * 1000)  # room for one block of 2,048 queries with k = 1000
+    sims, _ = nearest_neighbours(bank, np.arange(3000), queries, None, PIXELS, 1000, held_query_bytes=held)
+    assert len(passes) == 3 and sims.shape == (5000, 1000)  # 2,048 + 2,048 + 904 queries
