@@ -16,6 +16,11 @@ rounds; it is inside the profiled run's wall time, so ``gpu_busy`` errs low, if 
     python benchmarks/bench_gpu.py --quick           # tiny shapes, any device (checks the script)
     python benchmarks/bench_gpu.py --peak-tflops 989 # state the GPU's dense bf16 peak yourself
 
+It also times images of mixed grids (native resolution) packed into one sequence (block-diagonal
+attention with the kernel ``auto`` picks on this GPU) against grouped batches of one grid each.
+``benchmarks/gpu_check.sh`` runs it with the CUDA tests and ``bench_probes_gpu.py``;
+``benchmarks/render_gpu_table.py`` turns the JSON into BENCHMARKS.md's table.
+
 Dense bf16 peaks known by name (TFLOP/s, no sparsity): H100/H200 SXM 989, H100 PCIe 756, A100 312,
 L40S 362, A10 125. FLOPs per image are analytic (every linear layer and both attention products).
 """
@@ -28,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -100,6 +106,49 @@ def encoder_rows(cfg, device, dtype, resolutions, batch: int, rounds: int, peak:
                          "images_s": ips, "tflop_s": tflops, "of_peak": tflops / peak if peak else None,
                          "peak_gpu_gb": (torch.cuda.max_memory_allocated(device) / 1e9
                                          if device.type == "cuda" else None)})
+    del encoder
+    return rows
+
+
+def mixed_grids(resolution: int, patch: int, count: int, seed: int = 0) -> list[tuple[int, int]]:
+    """``count`` patch grids of about (resolution / patch)^2 patches in ImageNet-like aspect ratios (3:4 to
+    4:3 and a few 16:9), as native-resolution extraction meets them."""
+    rng = np.random.default_rng(seed)
+    side = resolution / patch
+    ratios = rng.choice([0.75, 0.8, 1.0, 1.25, 4 / 3, 16 / 9, 9 / 16], size=count)
+    return [(max(1, round(side / np.sqrt(r))), max(1, round(side * np.sqrt(r)))) for r in ratios]
+
+
+def packed_rows(cfg, device, dtype, resolutions, batch: int, rounds: int, peak: float | None) -> list[dict]:
+    """Images of mixed grids (native resolution): ``packed`` (block-diagonal attention, the kernel
+    ``auto`` picks) against ``grouped`` (one batch per grid), all blocks and the middle one."""
+    encoder = random_encoder(cfg, device, dtype)
+    p = cfg.vision_patch_size
+    rows = []
+    for res in resolutions:
+        grids = mixed_grids(res, p, batch)
+        items = [torch.randn(nh, nw, 3, p, p, device=device) for nh, nw in grids]
+        tokens = sum(nh * nw + 2 for nh, nw in grids)
+        flops = sum(flops_per_image(cfg, nh * nw + 2, 1) for nh, nw in grids)  # per block
+        for layer in (cfg.num_hidden_layers, cfg.num_hidden_layers // 2):
+            for batching in ("packed", "grouped"):
+                def forward():
+                    encoder.encode_patches(items, [layer], batching=batching, max_batch_tokens=tokens)
+
+                forward()
+                synchronize(device)
+                times = []
+                for _ in range(rounds):
+                    start = time.perf_counter()
+                    forward()
+                    synchronize(device)
+                    times.append(time.perf_counter() - start)
+                seconds = median(times)
+                tflops = flops * layer / seconds / 1e12
+                rows.append({"resolution": res, "layer": layer, "batching": batching, "images": len(items),
+                             "kernel": encoder.packed_kernel() if batching == "packed" else "sdpa per grid",
+                             "images_s": len(items) / seconds, "tflop_s": tflops,
+                             "of_peak": tflops / peak if peak else None})
     del encoder
     return rows
 
@@ -206,13 +255,16 @@ def run(args) -> dict:
     enc = encoder_rows(cfg, device, dtype, args.resolutions, args.batch, args.rounds, peak)
     print_table(enc, ["resolution", "layer", "batch", "dtype", "images_s", "tflop_s", "of_peak", "peak_gpu_gb"],
                 title=f"SAIL encoder, {'tiny' if args.quick else 'SAIL-7B'} shapes, random weights, on {device}")
+    packed = packed_rows(cfg, device, dtype, args.resolutions, args.batch, args.rounds, peak)
+    print_table(packed, ["resolution", "layer", "batching", "kernel", "images", "images_s", "tflop_s", "of_peak"],
+                title="mixed grids (native resolution): packed vs grouped")
     ext = extraction_rows(args, device, Path(args.cache_dir))
     print_table(ext, ["resolution", "images", "workers", "extract_images_s", "encoder_images_s", "extract_vs_encoder",
                       "paired_ratio", "gpu_busy", "gpu_busy_with_copies", "profiled_extract_s"],
                 title=f"extract vs the bare encoder ({args.extract_layers} blocks; median of {args.extract_rounds} "
                       f"alternating rounds; gpu_busy: union of kernel times / wall of one separate profiled run)")
     return {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "peak_tflops": peak, "encoder": enc, "extract": ext}
+            "peak_tflops": peak, "encoder": enc, "packed": packed, "extract": ext}
 
 
 def main(argv=None) -> None:

@@ -65,9 +65,15 @@ def _packed_attention(module, query, key, value, layout, *, scaling=None, **kwar
         return _sdpa(module, query, key, value, layout.bool_mask(query.device), scaling=scaling, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
     if kernel == "flex":
-        out = _flex_attention(query.is_cuda)(query, key, value, block_mask=layout.flex_block_mask(query.device), scale=scaling,
-                             enable_gqa=groups > 1)
-        return out.transpose(1, 2).contiguous(), None
+        from .packing import flex_length
+
+        total = query.shape[2]
+        pad = flex_length(total) - total  # bucketed lengths: the compiled kernel is reused across packs
+        if pad:
+            query, key, value = (torch.nn.functional.pad(t, (0, 0, 0, pad)) for t in (query, key, value))
+        out = _flex_attention(query.is_cuda)(query, key, value, block_mask=layout.flex_block_mask(query.device),
+                                             scale=scaling, enable_gqa=groups > 1)
+        return out[:, :, :total].transpose(1, 2).contiguous(), None
     if kernel == "varlen":
         from .packing import varlen_kernel
 
@@ -83,14 +89,15 @@ _compiled_flex = None
 
 
 def _flex_attention(compiled: bool):
-    """FlexAttention; compiled (a fused kernel, built once per process) on CUDA, eager elsewhere."""
+    """FlexAttention; compiled (a fused kernel per padded length bucket, static shapes) on CUDA, eager
+    elsewhere."""
     global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention
 
     if not compiled:
         return flex_attention
     if _compiled_flex is None:
-        _compiled_flex = torch.compile(flex_attention, dynamic=True)
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
     return _compiled_flex
 
 

@@ -38,12 +38,20 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def auto_dtype(device: torch.device) -> str:
-    """``--dtype auto``: bfloat16 on GPUs that compute it natively (Ampere and later), float16 on older
-    GPUs (where no fused kernel takes bfloat16), float32 on the CPU."""
+    """``--dtype auto``: bfloat16 on GPUs that compute it natively (Ampere and later, compute capability
+    8.0+), float16 on older GPUs (where no fused kernel takes bfloat16), float32 on the CPU. Reads the
+    device's properties only: no CUDA context is created and the current device is not changed."""
     if device.type != "cuda":
         return "float32"
-    with torch.cuda.device(device):
-        return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16"
+    major, _ = torch.cuda.get_device_capability(device)
+    return "bfloat16" if major >= 8 else "float16"
+
+
+def resolve_compute_dtype(dtype: str | torch.dtype | None, device: str | torch.device | None) -> torch.dtype:
+    """A compute dtype for ``device``: ``'auto'`` (or None) -> :func:`auto_dtype`, else :func:`resolve_dtype`."""
+    if dtype is None or (isinstance(dtype, str) and dtype.lower() == "auto"):
+        return resolve_dtype(auto_dtype(resolve_device(device)))
+    return resolve_dtype(dtype)
 
 
 def cuda_index(requested: int | None, *, distributed: bool, local_rank: int, device_count: int) -> int:

@@ -16,7 +16,7 @@ from torch import nn
 
 from .checkpoint import VISION_TOKENS, VisionTokenIds, expected_tensor_shapes, open_checkpoint
 from .config import SailConfig
-from .devices import resolve_device, resolve_dtype
+from .devices import resolve_compute_dtype, resolve_device
 from .errors import InputError, LayerIndexError
 from .interfaces import FeatureInterfacesMixin
 from .layer_indices import resolve_layer_indices
@@ -69,7 +69,7 @@ class SailEncoder(FeatureInterfacesMixin, nn.Module):
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, dtype: str | torch.dtype = torch.float32,
+    def from_pretrained(cls, path: str | Path, *, dtype: str | torch.dtype = "auto",
                         device: str | torch.device = "cpu", max_layer: int | None = None,
                         attn_implementation: str = "sdpa", packed_attention: str = "auto") -> "SailEncoder":
         """Load a SAIL checkpoint (Hugging Face format): a local folder or a hub id ``ORG/NAME[@REVISION]``
@@ -80,14 +80,16 @@ class SailEncoder(FeatureInterfacesMixin, nn.Module):
         (except the six vision-token rows) are never read. Every tensor read is shape-checked
         and every module parameter must be filled: nothing loads leniently. ``packed_attention``
         picks the kernel for images of different sizes packed into one sequence
-        (``packing.PACKED_ATTENTION``; ``auto`` suits the device).
+        (``packing.PACKED_ATTENTION``; ``auto`` suits the device). ``dtype="auto"`` (the default) is
+        float32 on the CPU, bfloat16 on Ampere and later GPUs, float16 on older ones
+        (``devices.auto_dtype``); the resolved dtype is ``encoder.dtype``.
         """
         ckpt = open_checkpoint(path, max_layer=max_layer)
         cfg = ckpt.config
         num_blocks = cfg.num_hidden_layers
         if max_layer is not None:
             num_blocks = resolve_layer_indices([max_layer], cfg.num_hidden_layers)[0]
-        dtype = resolve_dtype(dtype)
+        dtype = resolve_compute_dtype(dtype, device)
         shapes = expected_tensor_shapes(cfg, num_blocks)
         embed_name = "model.embed_tokens.weight"
         rows = [getattr(ckpt.token_ids, role) for role in _TOKEN_ROLES]

@@ -105,9 +105,9 @@ class SailEncoding:
         return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], nh, nw)
 
     def mean_patch(self, index: int = -1) -> torch.Tensor:
-        """(B, D) mean of each image's patch states (float32 accumulation)."""
-        dtype = self.layer(index).dtype
-        return torch.stack([self.image_states(index, b)[1:1 + nh * nw].float().mean(0).to(dtype)
+        """(B, D) float32 mean of each image's patch states, accumulated and kept in float32 whatever the
+        activation dtype (a caller casts once, e.g. to the save dtype: no intermediate rounding)."""
+        return torch.stack([self.image_states(index, b)[1:1 + nh * nw].float().mean(0)
                             for b, (nh, nw) in enumerate(self.grids)])
 
     def end_token(self, index: int = -1) -> torch.Tensor:
@@ -121,7 +121,8 @@ class SailEncoding:
         return torch.stack([self.image_states(index, b)[2 + nh * nw] for b, (nh, nw) in enumerate(self.grids)])
 
     def pooled(self, index: int, pool: str) -> torch.Tensor:
-        """One of POOLS by name: 'patch' (B, nh*nw, D), 'mean', 'cls' or 'end' (B, D)."""
+        """One of POOLS by name: 'patch' (B, nh*nw, D), 'mean', 'cls' or 'end' (B, D). Token states keep
+        the activation dtype; the reduction 'mean' is float32."""
         getters = {"patch": self.patch_tokens, "mean": self.mean_patch, "cls": self.cls_token,
                    "end": self.end_token}
         if pool not in getters:

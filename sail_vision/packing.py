@@ -10,6 +10,8 @@ packing) and which attention kernel runs the block-diagonal attention
 
 from __future__ import annotations
 
+import inspect
+import threading
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -82,18 +84,113 @@ class PackedLayout:
         return self._cache[key]
 
     def flex_block_mask(self, device):
+        """FlexAttention's BlockMask for this layout padded to :func:`flex_length` (see :func:`flex_block_mask`).
+
+        The tiles are built once per layout; the segment ids its mask function reads are loaded on every
+        call, because that buffer is shared by all layouts of one padded length (in this thread): call
+        this right before each attention call, as ``attention._packed_attention`` does.
+        """
         key = ("flex", str(device))
         if key not in self._cache:
-            from torch.nn.attention.flex_attention import create_block_mask
-
-            ids = self.segment_ids(device)
-
-            def same_image(b, h, q, kv):
-                return ids[q] == ids[kv]
-
-            self._cache[key] = create_block_mask(same_image, None, None, self.total, self.total,
-                                                 device=str(device))
+            self._cache[key] = flex_block_mask(self.lengths, device)
+        else:
+            _load_segment_ids(self.lengths, device)
         return self._cache[key]
+
+
+#: FlexAttention's block size: masks are described per 128 x 128 tile, never per token pair.
+FLEX_BLOCK = 128
+
+
+def flex_length(total: int) -> int:
+    """The padded length a packed sequence of ``total`` tokens runs FlexAttention at.
+
+    Lengths are bucketed so that the compiled kernel (compiled for static shapes) is reused across packs:
+    a multiple of :data:`FLEX_BLOCK`, rounded up to four steps per doubling. Packs of one token budget
+    then meet about five buckets, within torch.compile's recompile limit (8), past which it would fall
+    back to eager FlexAttention and its T x T scores. Padding is at most 25 % of the tokens; the padding
+    tokens attend only each other, in tiles of their own, and no linear layer sees them.
+    """
+    step = max(FLEX_BLOCK, (1 << max(int(total).bit_length() - 1, 0)) // 4)
+    return -(-int(total) // step) * step
+
+
+#: Per thread, (device, padded length) -> (segment-id buffer, mask function): one function object per
+#: bucket, so the compiled kernel sees the same mask_mod every pack (a new closure per pack would
+#: recompile it); per thread, so two threads encoding at once never share a buffer.
+_FLEX_MASK_MODS = threading.local()
+
+
+def _flex_mask_mod(device, length: int):
+    mods = _FLEX_MASK_MODS.__dict__.setdefault("by_bucket", {})
+    key = (str(device), length)
+    if key not in mods:
+        ids = torch.zeros(length, dtype=torch.int32, device=device)
+
+        def same_image(b, h, q, kv):
+            return ids[q] == ids[kv]
+
+        mods[key] = (ids, same_image)
+    return mods[key]
+
+
+def _load_segment_ids(lengths: Sequence[int], device):
+    """Fill the bucket's shared segment-id buffer with these images' ids (padding: one more segment);
+    returns the bucket's mask function."""
+    padded = flex_length(sum(lengths))
+    ids, mask_mod = _flex_mask_mod(device, padded)
+    seg = np.repeat(np.arange(len(lengths) + 1, dtype=np.int32), list(lengths) + [padded - int(sum(lengths))])
+    ids.copy_(torch.from_numpy(seg))
+    return mask_mod
+
+
+def flex_tiles(lengths: Sequence[int], block: int = FLEX_BLOCK):
+    """The block-diagonal structure of a packed layout per ``block`` x ``block`` tile, from the sequence
+    boundaries alone (never a T x T array): (partial, full) bool arrays of (q tiles, kv tiles).
+
+    A tile is *full* when its queries and keys all lie in one image, *partial* when it crosses an
+    image boundary but some query may attend some key there; other tiles are skipped. The sequence is
+    padded to :func:`flex_length`; the padding is one more segment that attends only itself.
+    """
+    total = int(sum(lengths))
+    padded = flex_length(total)
+    bounds = np.concatenate([[0], np.cumsum(lengths), [padded] if padded > total else []]).astype(np.int64)
+    seg_start, seg_end = bounds[:-1], bounds[1:]
+    tiles = padded // block
+    tile_first = np.arange(tiles) * block
+    first_seg = np.searchsorted(bounds, tile_first, side="right") - 1  # the segment of each tile's first token
+    last_seg = np.searchsorted(bounds, tile_first + block - 1, side="right") - 1
+    lo = seg_start[first_seg] // block  # kv tiles a q tile may see: its segments' tiles
+    hi = (seg_end[last_seg] - 1) // block
+    cols = np.arange(tiles)
+    touched = (cols[None, :] >= lo[:, None]) & (cols[None, :] <= hi[:, None])
+    uniform = first_seg == last_seg
+    full = touched & uniform[:, None] & uniform[None, :] & (first_seg[:, None] == first_seg[None, :])
+    return touched & ~full, full
+
+
+def flex_block_mask(lengths: Sequence[int], device):
+    """A FlexAttention BlockMask for images of ``lengths`` laid end to end, built from their boundaries.
+
+    The tile structure comes from :func:`flex_tiles` (O(tiles^2) small integers); only partial tiles
+    evaluate the mask function, which compares per-token segment ids held in a buffer reused per
+    padded length.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    partial, full = flex_tiles(lengths)
+    padded = partial.shape[0] * FLEX_BLOCK
+    mask_mod = _load_segment_ids(lengths, device)
+
+    def as_kv_blocks(tiles):
+        count = torch.from_numpy(tiles.sum(1).astype(np.int32))
+        order = torch.from_numpy(np.argsort(~tiles, axis=1, kind="stable").astype(np.int32))
+        return count[None, None].to(device), order[None, None].contiguous().to(device)
+
+    kv_num, kv_idx = as_kv_blocks(partial)
+    full_num, full_idx = as_kv_blocks(full)
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod,
+                                    seq_lengths=(padded, padded))
 
 
 def plan_packs(token_counts: Sequence[int], max_batch_tokens: int) -> list[list[int]]:
@@ -143,14 +240,48 @@ def plan_packs(token_counts: Sequence[int], max_batch_tokens: int) -> list[list[
     return [part.tolist() for part in np.split(by_pack, bounds)]
 
 
-def varlen_kernel():
-    """The variable-length flash attention function available here, or None."""
+def _has_parameter(function, name: str) -> bool:
     try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
+        return name in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def varlen_kernel():
+    """The variable-length flash attention available here, as ``run(q, k, v, cu_q, cu_k, max_q, max_k, *,
+    scale=None, enable_gqa=False)`` on (T, heads, head_dim) tensors, or None.
+
+    torch's ``varlen_attn`` is preferred; older torch releases have it without ``scale=`` and
+    ``enable_gqa=`` (its signature is inspected): the scale is then folded into the queries and the
+    key/value heads repeated. Else the flash-attn package's ``flash_attn_varlen_func`` (grouped heads
+    natively).
+    """
+    try:
+        from torch.nn.attention import varlen
+        varlen_attn = varlen.varlen_attn
+    except (ImportError, AttributeError):
         varlen_attn = None
     if varlen_attn is not None:
-        return varlen_attn
+        takes_scale, takes_gqa = _has_parameter(varlen_attn, "scale"), _has_parameter(varlen_attn, "enable_gqa")
+        if takes_scale and takes_gqa:
+            return varlen_attn
+
+        def adapted(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, enable_gqa=False):
+            kwargs = {}
+            if scale is not None:
+                if takes_scale:
+                    kwargs["scale"] = scale
+                else:  # the kernel divides by sqrt(head_dim): fold the rest of the scale into q
+                    q = q * (scale * q.shape[-1] ** 0.5)
+            if enable_gqa and q.shape[1] != k.shape[1]:
+                if takes_gqa:
+                    kwargs["enable_gqa"] = True
+                else:  # query head h reads key/value head h // groups
+                    groups = q.shape[1] // k.shape[1]
+                    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, **kwargs)
+
+        return adapted
     try:  # the flash-attn package, when installed
         from flash_attn import flash_attn_varlen_func
     except ImportError:
@@ -162,17 +293,38 @@ def varlen_kernel():
     return run
 
 
+def cuda_capability(device: torch.device) -> tuple[int, int]:
+    """(major, minor) compute capability of a CUDA device (8.0 = Ampere A100, 9.0 = Hopper)."""
+    return tuple(torch.cuda.get_device_capability(device))
+
+
+#: Flash kernels (torch's varlen, flash-attn 2) need Ampere (sm80) or later.
+FLASH_MIN_CAPABILITY = (8, 0)
+
+
 def resolve_packed_attention(name: str, device: torch.device | str, dtype: torch.dtype) -> str:
-    """The kernel ``name`` means on this device and dtype (``auto`` resolved); impossible choices fail."""
+    """The kernel ``name`` means on this device and dtype (``auto`` resolved); impossible choices fail.
+
+    ``varlen`` runs on CUDA GPUs of compute capability 8.0 or later in float16/bfloat16 with a
+    variable-length kernel installed; ``auto`` takes it there and ``split`` (sdpa per image, which runs
+    everywhere) elsewhere.
+    """
     if name not in PACKED_ATTENTION:
         raise InputError(f"packed attention {name!r}: choose from {', '.join(PACKED_ATTENTION)}")
     device = torch.device(device)
     half = dtype in (torch.float16, torch.bfloat16)
-    varlen_ok = device.type == "cuda" and half and varlen_kernel() is not None
+    if name not in ("auto", "varlen"):
+        return name
+    problem = None
+    if device.type != "cuda" or not half:
+        problem = "needs a CUDA device and float16 or bfloat16"
+    elif cuda_capability(device) < FLASH_MIN_CAPABILITY:
+        major, minor = cuda_capability(device)
+        problem = f"needs a GPU of compute capability 8.0 or later (this one is {major}.{minor})"
+    elif varlen_kernel() is None:
+        problem = "needs a variable-length flash kernel (torch.nn.attention.varlen or flash-attn)"
     if name == "auto":
-        return "varlen" if varlen_ok else "split"
-    if name == "varlen" and not varlen_ok:
-        raise InputError("packed attention 'varlen' needs a CUDA device, float16 or bfloat16, and a "
-                         "variable-length flash kernel (torch.nn.attention.varlen or flash-attn); "
-                         "use 'split' or 'auto'")
+        return "split" if problem else "varlen"
+    if problem:
+        raise InputError(f"packed attention 'varlen' {problem}; use 'split' or 'auto'")
     return name

@@ -20,7 +20,7 @@ import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 import numpy as np
 import torch
@@ -274,20 +274,49 @@ def decode_image(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     too-large, truncated, corrupt, unsupported-mode) instead of returning doubtful pixels;
     ``name`` is what error messages call the image.
     """
+    return decode_sized(image, max_pixels, name)[0]
+
+
+def decode_sized(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | None = None, *,
+                 draft_size: Callable[[tuple[int, int]], tuple[int, int]] | None = None
+                 ) -> tuple[Image.Image, tuple[int, int]]:
+    """:func:`decode_image` plus the image's full (width, height).
+
+    ``draft_size`` (opt-in, JPEG files only): a function of the full size giving the size the image
+    will be resized to; when both sides are at least twice that size, the JPEG decoder scales by 1/2,
+    1/4 or 1/8 in the DCT (Pillow's ``Image.draft``) while staying at least that size, so the returned
+    image may be smaller than the full size (faster decoding, slightly different pixels after the
+    resize); otherwise nothing changes.
+    """
     name = name or _describe(image)
     if isinstance(image, Image.Image):
-        return to_rgb(image, name)
+        return to_rgb(image, name), image.size
     if isinstance(image, np.ndarray):
-        return to_rgb(_array_to_image(image, name), name)
+        rgb = to_rgb(_array_to_image(image, name), name)
+        return rgb, rgb.size
     if not isinstance(image, (str, Path, bytes, bytearray, memoryview)):
         raise BadImageError(name, "not-image", f"unsupported image input of type {type(image).__name__}; pass a "
                                                f"path, encoded bytes, a PIL image or a uint8 HxWx3 array")
     with _own_bomb_check():
         opened = _open_checked(image, max_pixels, name)
-        with opened:
+        kept = False
+        try:
+            size = opened.size
+            if draft_size is not None and opened.format == "JPEG":
+                target = tuple(draft_size(size))
+                if min(size[0] // target[0], size[1] // target[1]) >= 2:  # else no DCT scale applies: exact path
+                    opened.draft(None, target)
             _load_first_frame(opened, name)
             rgb = to_rgb(opened, name)
-            return rgb if rgb is not opened else opened.copy()
+            if rgb is not opened:
+                return rgb, size
+            # Decoded, and Pillow already closed its file (single-frame formats): the image is returned as
+            # it is, without a copy of its pixels. Else (a frame of a multi-frame file) a copy, then close.
+            kept = opened.fp is None and getattr(opened, "_fp", None) is None
+            return (opened if kept else opened.copy()), size
+        finally:
+            if not kept:
+                opened.close()
 
 
 # ---------------------------------------------------------------------------------- masks
@@ -466,13 +495,16 @@ def _apply_geometry(image: Image.Image, geometry, resample) -> Image.Image:
 
 
 def resize_image(image: Image.Image, patch_size: int, resolution=None,
-                 max_tokens: int = DEFAULT_MAX_TOKENS) -> Image.Image:
+                 max_tokens: int = DEFAULT_MAX_TOKENS, source_size: tuple[int, int] | None = None) -> Image.Image:
     """Resize an RGB image for SAIL.
 
     ``resolution`` None: upstream's native rule; an int S: shorter side to S (bilinear) then a
     center crop of S x S, S a multiple of p; (H, W): plain bilinear resize to H x W.
+    ``source_size``: the (width, height) the geometry is computed from when ``image`` is a reduced
+    (JPEG draft) decode of a larger file; default ``image.size``.
     """
-    return _apply_geometry(image, resize_geometry(image.size, patch_size, resolution, max_tokens), Image.BILINEAR)
+    geometry = resize_geometry(source_size or image.size, patch_size, resolution, max_tokens)
+    return _apply_geometry(image, geometry, Image.BILINEAR)
 
 
 def resize_mask(labels: np.ndarray, patch_size: int, resolution=None, max_tokens: int = DEFAULT_MAX_TOKENS,
@@ -580,16 +612,19 @@ class Preprocess:
     resolution: int | tuple[int, int] | None = None
     max_tokens: int = DEFAULT_MAX_TOKENS
     max_pixels: int | None = DEFAULT_MAX_PIXELS
+    #: Opt-in JPEG draft decoding (DCT scaling before the bilinear resize, see :func:`decode_sized`):
+    #: faster, not bit-identical to the exact path. Augmented views always decode exactly.
+    jpeg_draft: bool = False
 
     @classmethod
     def create(cls, patch_size: int, resolution=None, max_tokens: int = DEFAULT_MAX_TOKENS,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "Preprocess":
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, jpeg_draft: bool = False) -> "Preprocess":
         """Validate the options once (bad sizes raise InputError before any work starts)."""
         if max_tokens <= 0:
             raise InputError(f"--max-tokens must be positive, got {max_tokens}")
         if max_pixels is not None and max_pixels <= 0:
             raise InputError(f"--max-pixels must be positive, got {max_pixels}")
-        pre = cls(patch_size, parse_resolution(resolution), max_tokens, max_pixels)
+        pre = cls(patch_size, parse_resolution(resolution), max_tokens, max_pixels, bool(jpeg_draft))
         if pre.resolution is not None:
             resize_image(Image.new("RGB", (patch_size, patch_size)), patch_size, pre.resolution, max_tokens)
         return pre
@@ -621,13 +656,23 @@ class Preprocess:
 
     def rgb_image(self, image: ImageInput, name: str | None = None) -> Image.Image:
         """The decoded, resized 8-bit RGB image the patches are cut from."""
-        return resize_image(self._decoded(image, name), self.patch_size, self.resolution, self.max_tokens)
+        rgb, size = self._decoded_sized(image, name, self.jpeg_draft)
+        return resize_image(rgb, self.patch_size, self.resolution, self.max_tokens, source_size=size)
 
     def _decoded(self, image: ImageInput, name: str | None) -> Image.Image:
+        return self._decoded_sized(image, name, False)[0]
+
+    def _decoded_sized(self, image: ImageInput, name: str | None, draft: bool) -> tuple[Image.Image, tuple[int, int]]:
+        """(decoded image, its full size); with ``draft`` a JPEG may come back reduced (never below the
+        size it is resized to)."""
         name = name or _describe(image)
-        rgb = decode_image(image, self.max_pixels, name)
-        self.grid_for_size(rgb.size, name)  # elongated images fail the same way as when planning
-        return rgb
+        target = None
+        if draft:
+            def target(size):
+                return resize_geometry(size, self.patch_size, self.resolution, self.max_tokens)[0]
+        rgb, size = decode_sized(image, self.max_pixels, name, draft_size=target)
+        self.grid_for_size(size, name)  # elongated images fail the same way as when planning
+        return rgb, size
 
     def pixels(self, image: ImageInput, name: str | None = None) -> torch.Tensor:
         """(H, W, 3) uint8 pixels of the resized image; :meth:`to_patches` turns them into patches."""
@@ -648,11 +693,11 @@ class Preprocess:
                         num_classes: int | None = None) -> tuple[torch.Tensor, np.ndarray | None]:
         """(:meth:`pixels`, :meth:`mask`) of one image and its label map (None when ``mask`` is None),
         the image decoded once and both resized by the same geometry."""
-        rgb = self._decoded(image, name)
-        pixels = image_pixels(resize_image(rgb, self.patch_size, self.resolution, self.max_tokens))
+        rgb, size = self._decoded_sized(image, name, self.jpeg_draft)
+        pixels = image_pixels(resize_image(rgb, self.patch_size, self.resolution, self.max_tokens, source_size=size))
         if mask is None:
             return pixels, None
-        return pixels, self.mask(mask, rgb.size, reduce_zero_label=reduce_zero_label, num_classes=num_classes,
+        return pixels, self.mask(mask, size, reduce_zero_label=reduce_zero_label, num_classes=num_classes,
                                  name=mask_name)
 
     def view_pixels_and_mask(self, image: ImageInput, mask, rng: np.random.Generator, name: str | None = None, *,
@@ -689,9 +734,12 @@ class Preprocess:
     def describe(self) -> dict:
         """JSON description of every rule that decides the pixels (resize, limits, decoding)."""
         res = self.resolution
-        return {"resolution": "native" if res is None else (list(res) if isinstance(res, tuple) else res),
-                "max_tokens": self.max_tokens, "patch_size": self.patch_size, "max_pixels": self.max_pixels,
-                "decoding": decoding_rules()}
+        described = {"resolution": "native" if res is None else (list(res) if isinstance(res, tuple) else res),
+                     "max_tokens": self.max_tokens, "patch_size": self.patch_size, "max_pixels": self.max_pixels,
+                     "decoding": decoding_rules()}
+        if self.jpeg_draft:  # recorded (and compared on resume) only when on: exact runs describe as before
+            described["jpeg_draft"] = True
+        return described
 
 
 def image_to_patches(image: ImageInput, patch_size: int, max_tokens: int = DEFAULT_MAX_TOKENS,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 
 import pytest
 import torch
 
-from sail_vision.devices import auto_dtype, cuda_index, resolve_device, resolve_dtype, select_cuda_device
+from sail_vision.devices import (auto_dtype, cuda_index, resolve_compute_dtype, resolve_device, resolve_dtype,
+                                 select_cuda_device)
 from sail_vision.errors import InputError
 
 
@@ -54,19 +54,30 @@ def test_extraction_under_an_existing_process_group_still_selects_the_gpu(monkey
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_world_size", lambda: 2)
     monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_backend", lambda: "nccl")  # the caller's group (mmengine's, say)
+    monkeypatch.setattr(dist, "new_group", lambda **kwargs: ("gloo group", kwargs["backend"]))
     monkeypatch.setenv("LOCAL_RANK", "1")
     context, device = DistContext.setup(torch.device("cuda"))
     assert (context.rank, context.world_size, context.owns_group) == (1, 2, False)
     assert device == torch.device("cuda", 1) and current == [1]
+    assert context.object_group == ("gloo group", "gloo") and context.owns_object_group
 
 
-@pytest.mark.parametrize("native_bf16, expected", [(True, "bfloat16"), (False, "float16")])
-def test_auto_dtype_is_float16_where_bfloat16_is_not_native(monkeypatch, native_bf16, expected):
-    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True:
-                        native_bf16 or including_emulation)
+@pytest.mark.parametrize("capability, expected", [((8, 0), "bfloat16"), ((9, 0), "bfloat16"), ((7, 5), "float16"),
+                                                  ((6, 0), "float16")])
+def test_auto_dtype_is_float16_where_bfloat16_is_not_native(monkeypatch, capability, expected):
+    def no_context(*args, **kwargs):
+        raise AssertionError("auto_dtype must not switch devices or create a CUDA context")
+
+    monkeypatch.setattr(torch.cuda, "device", no_context)
+    monkeypatch.setattr(torch.cuda, "set_device", no_context)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert auto_dtype(torch.device("cuda", 0)) == expected
-    assert auto_dtype(torch.device("cpu")) == "float32"
+    assert resolve_compute_dtype("auto", "cuda:0") == resolve_dtype(expected)
+    assert resolve_compute_dtype(None, "cuda") == resolve_dtype(expected)
+    assert resolve_compute_dtype("fp16", "cuda") == torch.float16  # an explicit dtype wins
+    assert auto_dtype(torch.device("cpu")) == "float32" and resolve_compute_dtype("auto", "cpu") == torch.float32
 
 
 def test_dtype_and_device_names():

@@ -92,6 +92,11 @@ def register(subparsers) -> None:
     g.add_argument("--max-pixels", type=_non_negative_int, default=89_478_485,
                    help="decompression-bomb limit: images with more pixels are skipped as failures; 0 = no "
                         "limit (default: 89478485, PIL's)")
+    g.add_argument("--jpeg-draft", action="store_true",
+                   help="decode JPEGs with DCT scaling (1/2, 1/4 or 1/8, never below the resized size) before the "
+                        "bilinear resize: faster decoding, features slightly different from the exact path "
+                        "(see docs/benchmarks.md); recorded in the manifest and checked on --resume; not used for "
+                        "--views (default: off, exact decoding)")
     g.add_argument("--views", type=_non_negative_int, default=0, metavar="K",
                    help="K augmented training views of every image with its mask, as mmseg's ADE20K training "
                         "pipeline draws them (random resize 0.5-2x of 2048x512, a --resolution crop with "
@@ -103,7 +108,8 @@ def register(subparsers) -> None:
                         "resume or rank gives the same bytes (default: 0)")
     g = p.add_argument_group("compute")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="compute dtype (default: auto = bfloat16 on CUDA, float32 on CPU)")
+                   help="compute dtype (default: auto = bfloat16 on Ampere+ GPUs, float16 on older GPUs, float32 "
+                        "on CPU)")
     g.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: auto; under torchrun each "
                                                      "rank uses cuda:LOCAL_RANK)")
     g.add_argument("--batch-size", type=_positive_int, default=16,
@@ -194,7 +200,8 @@ def run(args) -> int:
         num_tasks=args.num_tasks, task_index=args.task_index, finalize=args.finalize,
         consolidate=not args.no_consolidate, engine=args.engine, ray_address=args.ray_address,
         ray_actors=args.ray_actors, ray_cpus_per_actor=args.ray_cpus_per_actor, views=args.views,
-        views_seed=args.views_seed, allow_paths_under=tuple(args.allow_paths_under or ()))
+        views_seed=args.views_seed, allow_paths_under=tuple(args.allow_paths_under or ()),
+        jpeg_draft=args.jpeg_draft)
     result = extract(args.checkpoint, args.images, args.out, options)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 reports (and sets the exit status) for the whole run

@@ -32,8 +32,9 @@ def register(subparsers) -> None:
                    help="with --checkpoint: 'native', S (shorter side + center crop) or HxW (default: native)")
     p.add_argument("--max-tokens", type=int, default=1024,
                    help="with --checkpoint: patch cap at native resolution (default: 1024)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="with --checkpoint: compute dtype (default: float32)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="with --checkpoint: compute dtype; auto = bfloat16 on Ampere+ GPUs, float16 on older GPUs, "
+                        "float32 on the CPU (default: auto)")
     p.add_argument("--device", default="cpu", help="with --checkpoint: cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--limit", type=int, default=8,
                    help="with --features: picture the first N successfully extracted images (default: 8)")

@@ -35,7 +35,8 @@ class ExtractOptions:
     False). Inputs: ``layout`` ("auto"), ``split`` (None), ``labels_file`` (None), ``masks`` (None:
     the label-map folder of the pairs layout), ``reduce_zero_label`` (None: the layout's rule),
     ``limit`` (None: all). Preprocessing: ``resolution`` (None = native; ``S`` or ``"HxW"``), ``max_tokens`` (4096),
-    ``max_pixels`` (89478485; None = no limit). Compute: ``dtype`` ("auto"), ``device`` (None =
+    ``max_pixels`` (89478485; None = no limit), ``jpeg_draft`` (False: exact decoding).
+    Compute: ``dtype`` ("auto"), ``device`` (None =
     auto), ``batch_size`` (16), ``batching`` ("packed"), ``max_batch_tokens`` (None = batch_size x
     the longest image), ``packed_attention`` ("auto"), ``workers`` (None = min(4, CPUs)). Output:
     ``save_dtype`` ("float16"), ``resume`` / ``overwrite`` (False), ``commit_interval`` (2.0 s),
@@ -63,6 +64,7 @@ class ExtractOptions:
     limit: int | None = None
     strict: bool = False
     max_pixels: int | None = DEFAULT_MAX_PIXELS
+    jpeg_draft: bool = False
     layout: str = "auto"
     split: str | None = None
     labels_file: str | Path | None = None
@@ -166,9 +168,7 @@ def normalise_pools(pools: str | Iterable[str]) -> list[str]:
 
 
 def resolve_compute_dtype(dtype, device) -> str:
-    """The compute dtype's name: ``auto`` -> the device's best (see ``devices.auto_dtype``)."""
-    from ..devices import auto_dtype, resolve_dtype
+    """The compute dtype's name (``devices.resolve_compute_dtype``: ``auto`` -> the device's best)."""
+    from .. import devices
 
-    if dtype is None or dtype == "auto":
-        return auto_dtype(device)
-    return str(resolve_dtype(dtype)).removeprefix("torch.")
+    return str(devices.resolve_compute_dtype(dtype, device)).removeprefix("torch.")

@@ -98,7 +98,7 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
     if ckpt.repo_id is not None:  # then the shards of these layers, at the commit just resolved
         ckpt = open_checkpoint(ckpt.spec, max_layer=max(layers), progress=o.progress)
         checkpoint = ckpt.spec
-    preprocess = Preprocess.create(cfg.vision_patch_size, o.resolution, o.max_tokens, o.max_pixels)
+    preprocess = Preprocess.create(cfg.vision_patch_size, o.resolution, o.max_tokens, o.max_pixels, o.jpeg_draft)
     out = Path(out).expanduser().absolute()
     created, failed = not out.exists(), False  # a failed start removes an --out it created and left empty
     if isinstance(images, (list, tuple)) and len(images) == 1:
@@ -185,7 +185,8 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
         outcome = dist.broadcast(outcome)
         if isinstance(outcome, tuple):
             raise ExtractionError(f"rank 0 could not start: {outcome[1]}")
-        manifest = read_manifest(out)
+        with dist.together("before its first part"):
+            manifest = read_manifest(out)
         if outcome == "complete":
             joined = (manifest.get("parts") or {}).get("consolidated", True)
             if dist.is_main and (o.consolidate or joined):
@@ -194,25 +195,27 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
             dist.barrier()
             manifest = read_manifest(out)
             return result_from_manifest(out, manifest, already_complete=True, world_size=dist.world_size)
-        parts = parts_from_manifest(manifest)
-        flat = all(p.shard is None for p in parts)
-        paths = read_lines(out / PATHS_FILE, manifest["num_items"]) if flat else None
-        labels = np.load(out / LABELS_FILE) if flat and manifest.get("labels") else None
-        masks = ([m or None for m in read_lines(out / MASK_PATHS_FILE, manifest["num_items"])]
-                 if flat and manifest.get("masks") else None)
-        job = PartJob(
-            out=out, settings=manifest["settings"], manifest_base={k: v for k, v in manifest.items() if k != "parts"},
-            preprocess=preprocess, source=SourceLoader(source_args), paths=paths, labels=labels,
-            classes=manifest.get("classes"), labels_expected=bool(manifest.get("labels")), masks=masks,
-            duplicates=find_duplicates(paths) if flat else {}, listing_errors=listing_errors(out) if flat else {},
-            checkpoint=checkpoint, layers=layers, norm=bool(o.norm), add_cls=add_cls, compute_dtype=compute_dtype,
-            device=device, hidden=cfg.hidden_size, packed_attention=o.packed_attention,
-            batch_size=int(o.batch_size), packed=packed, max_batch_tokens=o.max_batch_tokens, workers=workers,
-            strict=o.strict, progress=o.progress and dist.is_main, commit_interval=o.commit_interval)
-        todo = [] if o.finalize else [p for p in tasks.parts_for(parts) if not is_committed(out, p)]
-        if dist.is_main and todo:  # the parts still to extract and the join must fit: fail now, not at the end
-            check_free_space(out, space_to_finish(out, manifest, consolidate=o.consolidate),
-                             what="the remaining parts and their join")
+        with dist.together("before its first part"):  # one rank failing here stops every rank now
+            parts = parts_from_manifest(manifest)
+            flat = all(p.shard is None for p in parts)
+            paths = read_lines(out / PATHS_FILE, manifest["num_items"]) if flat else None
+            labels = np.load(out / LABELS_FILE) if flat and manifest.get("labels") else None
+            masks = ([m or None for m in read_lines(out / MASK_PATHS_FILE, manifest["num_items"])]
+                     if flat and manifest.get("masks") else None)
+            job = PartJob(
+                out=out, settings=manifest["settings"],
+                manifest_base={k: v for k, v in manifest.items() if k != "parts"},
+                preprocess=preprocess, source=SourceLoader(source_args), paths=paths, labels=labels,
+                classes=manifest.get("classes"), labels_expected=bool(manifest.get("labels")), masks=masks,
+                duplicates=find_duplicates(paths) if flat else {}, listing_errors=listing_errors(out) if flat else {},
+                checkpoint=checkpoint, layers=layers, norm=bool(o.norm), add_cls=add_cls, compute_dtype=compute_dtype,
+                device=device, hidden=cfg.hidden_size, packed_attention=o.packed_attention,
+                batch_size=int(o.batch_size), packed=packed, max_batch_tokens=o.max_batch_tokens, workers=workers,
+                strict=o.strict, progress=o.progress and dist.is_main, commit_interval=o.commit_interval)
+            todo = [] if o.finalize else [p for p in tasks.parts_for(parts) if not is_committed(out, p)]
+            if dist.is_main and todo:  # the parts still to extract and the join must fit: fail now, not at the end
+                check_free_space(out, space_to_finish(out, manifest, consolidate=o.consolidate),
+                                 what="the remaining parts and their join")
         failure, processed = None, 0
         try:
             if o.engine == "ray" and todo:

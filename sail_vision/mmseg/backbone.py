@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import load_sail_config
-from ..devices import resolve_device, resolve_dtype
+from ..devices import cuda_index, resolve_compute_dtype, resolve_device, resolve_dtype
 from ..encoder import SailEncoder
 from ..errors import CheckpointError, InputError
 from ..layer_indices import resolve_layer_indices
@@ -43,12 +44,15 @@ class SAILBackbone(BaseModule):
             Default ``False``.
         frozen: keep SAIL fixed (no gradients, always eval mode, not in the segmentor's
             parameters / state_dict / DDP). ``False`` fine-tunes it. Default ``True``.
-        dtype: compute dtype of SAIL, a string as configs write it ('float32', 'bfloat16',
-            'float16'). Outputs are always float32. Default ``'float32'``.
+        dtype: compute dtype of SAIL, a string as configs write it ('auto', 'float32', 'bfloat16',
+            'float16'); 'auto' is bfloat16 on Ampere and later GPUs, float16 on older ones, float32
+            on the CPU (``compute_dtype`` holds the resolved one). Outputs are always float32.
+            Default ``'auto'``.
         attn_implementation: 'sdpa' or 'eager'. Default ``'sdpa'``.
-        device: where SAIL's weights are read to: 'auto' (the current CUDA device when CUDA is
-            available, which under DDP is each rank's own GPU; else the CPU), 'cpu', 'cuda' (the
-            current CUDA device) or 'cuda:N'. Default ``'auto'``.
+        device: where SAIL's weights are read to: 'auto' (CUDA when available, else the CPU), 'cpu',
+            'cuda' or 'cuda:N'. 'auto' and 'cuda' mean the rank's own GPU, resolved when the backbone is
+            built (after the launcher's ``init_dist``): ``cuda:LOCAL_RANK`` under torchrun, else the
+            current CUDA device. Checking a config touches no GPU. Default ``'auto'``.
         batching: how a *list* of images of different sizes runs (``BACKBONE_BATCHING``):
             ``'packed'`` lays them end to end in sequences of at most ``max_batch_tokens`` tokens
             with block-diagonal attention (``SailEncoder.encode_patches(batching='packed')``),
@@ -83,7 +87,7 @@ class SAILBackbone(BaseModule):
     """
 
     def __init__(self, checkpoint: str, out_indices: int | Sequence[int] = (-1,), norm: bool = False,
-                 frozen: bool = True, dtype: str = "float32", attn_implementation: str = "sdpa",
+                 frozen: bool = True, dtype: str = "auto", attn_implementation: str = "sdpa",
                  device: str = "auto", batching: str = "packed",
                  max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, init_cfg=None):
         settings = self._resolve_arguments(checkpoint, out_indices, dtype, device, batching, max_batch_tokens,
@@ -94,8 +98,9 @@ class SAILBackbone(BaseModule):
         self.max_batch_tokens = settings["max_batch_tokens"]
         self.norm = bool(norm)
         self.frozen = bool(frozen)
-        self.compute_dtype = settings["dtype"]
-        encoder = SailEncoder.from_pretrained(checkpoint, dtype=self.compute_dtype, device=settings["device"],
+        device = _rank_device(settings["device"])
+        self.compute_dtype = resolve_compute_dtype(settings["dtype"], device)
+        encoder = SailEncoder.from_pretrained(checkpoint, dtype=self.compute_dtype, device=device,
                                               max_layer=max(self.out_indices),
                                               attn_implementation=attn_implementation)
         if self.frozen:
@@ -113,8 +118,9 @@ class SAILBackbone(BaseModule):
 
         Raises a one-line :class:`~sail_vision.errors.SailVisionError` for an unknown argument,
         a missing checkpoint folder, an out-of-range index, a bad dtype, device, batching or token
-        budget; returns the resolved ``out_indices``, ``dtype``, ``device``, ``batching`` and
-        ``max_batch_tokens``. The tools call it before mmengine's
+        budget; returns the resolved ``out_indices``, ``dtype`` (``'auto'`` stays ``'auto'``),
+        ``device`` (``cuda`` without an index: which GPU is the rank's is known only after the launcher
+        set it), ``batching`` and ``max_batch_tokens``. No CUDA context is created. The tools call it before mmengine's
         Runner starts, so a bad ``--cfg-options`` value is reported before anything is logged.
         """
         kwargs = {k: v for k, v in dict(cfg).items() if k != "type"}
@@ -156,7 +162,8 @@ class SAILBackbone(BaseModule):
             config = load_sail_config(local)
         num_layers = config.num_hidden_layers
         return {"out_indices": tuple(resolve_layer_indices(out_indices, num_layers)),
-                "dtype": resolve_dtype(dtype), "device": _resolve_device(device), "batching": batching,
+                "dtype": "auto" if dtype in (None, "auto") else resolve_dtype(dtype),
+                "device": _resolve_device(device), "batching": batching,
                 "max_batch_tokens": max_batch_tokens}
 
     @property
@@ -229,10 +236,12 @@ class SAILBackbone(BaseModule):
         return images
 
     def _encoder_on(self, device: torch.device) -> SailEncoder:
-        """The encoder, moved to ``device`` first if the input lives elsewhere."""
+        """The encoder, checked to live where the input does (a mismatch is an error, not a 7B copy)."""
         encoder = self.encoder
         if device != encoder.device:
-            encoder.to(device)
+            raise InputError(f"SAILBackbone got input on {device} but SAIL's weights are on {encoder.device}; "
+                             f"move the model with .to('{device}') (or build it with device='{device}') "
+                             f"rather than moving the weights on every call")
         return encoder
 
     def _grad(self) -> bool:
@@ -257,14 +266,23 @@ class SAILBackbone(BaseModule):
 
 
 def _resolve_device(device) -> torch.device:
-    """'auto' -> the current CUDA device if CUDA is available, else cpu; 'cuda' -> the current CUDA device."""
+    """'auto' -> cuda if CUDA is available, else cpu; checked, but a 'cuda' without an index stays so
+    (see :func:`_rank_device`): nothing here creates a CUDA context."""
     if device is None or device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        resolved = resolve_device(device)
+        return resolve_device(device)
     except InputError:
         raise InputError(f"SAILBackbone device={device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N' "
                          f"(CUDA available: {torch.cuda.is_available()})") from None
-    if resolved.type == "cuda" and resolved.index is None:
-        resolved = torch.device("cuda", torch.cuda.current_device())
-    return resolved
+
+
+def _rank_device(device: torch.device) -> torch.device:
+    """'cuda' -> this process's GPU: ``cuda:LOCAL_RANK`` under a launcher (``devices.cuda_index``), else the
+    current CUDA device. Called when the backbone is built, i.e. after mmengine's ``init_dist``."""
+    if device.type != "cuda" or device.index is not None:
+        return device
+    if "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", cuda_index(None, distributed=True, local_rank=int(os.environ["LOCAL_RANK"]),
+                                               device_count=torch.cuda.device_count()))
+    return torch.device("cuda", torch.cuda.current_device())

@@ -1,10 +1,11 @@
 """Cosine k-NN with temperature-weighted votes (the DINOv2 protocol), computed in chunks on ``--device``.
 
-Queries and the training bank are L2-normalised; for each chunk of queries the bank is scanned
-chunk by chunk keeping a running top-kmax of cosine similarities, so neither the full similarity
-matrix nor the whole bank has to be in memory at once. The products, normalisation and top-k run
-on the chosen device; a bank that fits in one chunk is moved there once. Each neighbour votes for
-its class with weight ``exp(similarity / T)``.
+Queries and the training bank are L2-normalised. The queries are held on the chosen device and the
+bank streams past them once, chunk by chunk, keeping a running top-kmax of cosine similarities per
+query, so each bank row is read and uploaded once per evaluation (ImageNet-1k's 1.28 M rows once,
+not once per query chunk) and neither the full similarity matrix nor the whole bank is in memory at
+once. Each neighbour votes for its class with weight ``exp(similarity / T)``. ``k`` larger than the
+bank is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from .streaming import stream_chunks
 
 #: Queries compared with the bank at once (the similarity block is QUERY_CHUNK_ROWS x chunk_rows).
 QUERY_CHUNK_ROWS = 2048
+#: Normalised queries (float32) and their running top-k held on the device while the bank streams past.
+HELD_QUERY_BYTES = 2 << 30
 #: A k-NN bank up to this size is copied into head.safetensors; larger ones are reloaded from their folder.
 MAX_SAVED_BANK_BYTES = 2 << 30
 
@@ -44,36 +47,52 @@ def check_ks(ks: Sequence, temperature: float) -> list[int]:
     return [int(float(k)) for k in ks]
 
 
+def check_bank(ks: Sequence[int], bank_rows: np.ndarray) -> None:
+    """Refuses a neighbour count larger than the bank (the vote would silently use fewer neighbours)."""
+    too_many = [k for k in ks if k > bank_rows.size]
+    if too_many:
+        raise ProbeDataError(f"--ks {max(too_many)}: more neighbours than the k-NN bank has rows ({bank_rows.size}); "
+                             f"use --ks of at most {bank_rows.size} or more training rows")
+
+
 def nearest_neighbours(bank: ProbeData, bank_rows: np.ndarray, queries: ProbeData, query_rows: np.ndarray | None,
                        feature_input: FeatureInput, k: int, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                       device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """(similarities, bank labels) of the ``k`` nearest bank rows of every query row, best first (on the CPU)."""
+                       device: str | torch.device = "cpu",
+                       held_query_bytes: int = HELD_QUERY_BYTES) -> tuple[torch.Tensor, torch.Tensor]:
+    """(similarities, bank labels) of the ``k`` nearest bank rows of every query row, best first (on the CPU).
+
+    The bank is read once: the (normalised) queries and their running top-k are held on the device, up
+    to ``held_query_bytes`` at a time, and each bank chunk is compared with all of them as it arrives.
+    More queries than that take one more pass over the bank per ``held_query_bytes`` of queries.
+    """
     names = list(feature_input.parts)
     device = torch.device(device)
-    k = min(k, bank_rows.size)
+    check_bank([k], bank_rows)
     bank_labels = torch.from_numpy(bank.labels).to(device)
-
-    def bank_blocks():
-        for chunk in stream_chunks(bank, names, bank_rows, device=device, chunk_rows=chunk_rows, labels=False):
-            yield (torch.from_numpy(chunk.rows).to(device),
-                   torch.nn.functional.normalize(feature_input.concat(chunk.features), dim=1))
-
-    resident = list(bank_blocks()) if bank_rows.size <= chunk_rows else None  # small bank: moved once
+    query_rows = np.arange(queries.num_rows) if query_rows is None else np.asarray(query_rows)
+    block = min(chunk_rows, QUERY_CHUNK_ROWS)  # queries compared with a bank chunk at once
+    per_query = 4 * bank.dim(feature_input) + 12 * k  # its float32 features and its running top-k
+    per_pass = max(1, held_query_bytes // (per_query * block)) * block
     sims_out, labels_out = [], []
-    for chunk in stream_chunks(queries, names, query_rows, device=device, chunk_rows=min(chunk_rows, QUERY_CHUNK_ROWS),
-                               labels=False):
-        query = torch.nn.functional.normalize(feature_input.concat(chunk.features), dim=1)
-        best_sims = torch.full((query.shape[0], 0), -2.0, device=device)
-        best_rows = torch.zeros((query.shape[0], 0), dtype=torch.long, device=device)
-        for rows, keys in (resident if resident is not None else bank_blocks()):
-            sims = query @ keys.t()
-            top = sims.topk(min(k, sims.shape[1]), dim=1)
-            best_sims = torch.cat([best_sims, top.values], dim=1)
-            best_rows = torch.cat([best_rows, rows[top.indices]], dim=1)
-            keep = best_sims.topk(min(k, best_sims.shape[1]), dim=1)
-            best_sims, best_rows = keep.values, best_rows.gather(1, keep.indices)
-        sims_out.append(best_sims.cpu())
-        labels_out.append(bank_labels[best_rows].cpu())
+    for start in range(0, query_rows.size, per_pass):
+        held = [torch.nn.functional.normalize(feature_input.concat(chunk.features), dim=1)
+                for chunk in stream_chunks(queries, names, query_rows[start:start + per_pass], device=device,
+                                           chunk_rows=block, labels=False)]
+        best = [(torch.full((q.shape[0], 0), -2.0, device=device),
+                 torch.zeros((q.shape[0], 0), dtype=torch.long, device=device)) for q in held]
+        for chunk in stream_chunks(bank, names, bank_rows, device=device, chunk_rows=chunk_rows, labels=False):
+            rows = torch.from_numpy(chunk.rows).to(device)
+            keys = torch.nn.functional.normalize(feature_input.concat(chunk.features), dim=1)
+            for i, query in enumerate(held):
+                sims = query @ keys.t()
+                top = sims.topk(min(k, sims.shape[1]), dim=1)
+                best_sims = torch.cat([best[i][0], top.values], dim=1)
+                best_rows = torch.cat([best[i][1], rows[top.indices]], dim=1)
+                keep = best_sims.topk(min(k, best_sims.shape[1]), dim=1)
+                best[i] = keep.values, best_rows.gather(1, keep.indices)
+        for best_sims, best_rows in best:
+            sims_out.append(best_sims.cpu())
+            labels_out.append(bank_labels[best_rows].cpu())
     if not sims_out:
         return torch.zeros((0, k)), torch.zeros((0, k), dtype=torch.long)
     return torch.cat(sims_out), torch.cat(labels_out)
@@ -94,6 +113,7 @@ def evaluate_knn(bank: ProbeData, bank_rows: np.ndarray, queries: ProbeData, que
                  device: str | torch.device = "cpu") -> dict[int, dict[str, float]]:
     """{k: {"top1": ..., "top5": ...}} in percent for the query rows against the bank rows."""
     ks = check_ks(ks, temperature)
+    check_bank(ks, bank_rows)
     sims, labels = nearest_neighbours(bank, bank_rows, queries, query_rows, feature_input, max(ks), chunk_rows,
                                       device)
     truth = torch.from_numpy(queries.labels if query_rows is None else queries.labels[query_rows])

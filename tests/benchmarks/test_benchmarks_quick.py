@@ -96,6 +96,8 @@ def test_gpu_benchmark_quick_runs_on_any_device():
     _run("bench_gpu.py", "--quick", "--device", "cpu")
     data = _load("bench_gpu")
     assert len(data["encoder"]) == 4 and len(data["extract"]) == 2  # 2 resolutions x (last, middle) layers
+    assert len(data["packed"]) == 8  # ... x (packed, grouped) on mixed grids
+    assert {r["kernel"] for r in data["packed"]} == {"split", "sdpa per grid"}  # CPU: auto is split
     for row in data["encoder"]:
         assert _positive(row["images_s"]) and _positive(row["tflop_s"]), row
     for row in data["extract"]:

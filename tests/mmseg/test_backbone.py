@@ -228,3 +228,54 @@ def test_cuda_bfloat16_autocast_leaves_a_float32_backbone_in_float32(tiny_checkp
     with torch.autocast("cuda", dtype=torch.float16):
         got = backbone(pixels.cuda())
     torch.testing.assert_close(got[0], expected[0], atol=0, rtol=0)
+
+
+# --------------------------------------------------------------------------- device discipline (issue 21)
+def _no_cuda_context(monkeypatch, device_count=2):
+    """CUDA 'available' with ``device_count`` GPUs, and any call that would create a context raises."""
+    def context(*args, **kwargs):
+        raise AssertionError("a CUDA context was created")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: device_count)
+    for name in ("current_device", "set_device", "init", "_lazy_init", "get_device_capability",
+                 "is_bf16_supported", "device"):
+        monkeypatch.setattr(torch.cuda, name, context)
+
+
+def test_checking_a_config_creates_no_cuda_context(tiny_checkpoint, monkeypatch):
+    _no_cuda_context(monkeypatch)
+    settings = SAILBackbone.check_config(dict(type="SAILBackbone", checkpoint=str(tiny_checkpoint)))
+    assert settings["device"] == torch.device("cuda") and settings["dtype"] == "auto"
+    assert SAILBackbone.check_config(dict(checkpoint=str(tiny_checkpoint), device="cuda:1"))["device"] == \
+        torch.device("cuda", 1)
+
+
+def test_the_rank_device_is_resolved_when_built_from_local_rank(monkeypatch):
+    from sail_vision.mmseg import backbone as module
+
+    _no_cuda_context(monkeypatch)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert module._rank_device(torch.device("cuda")) == torch.device("cuda", 1)
+    assert module._rank_device(torch.device("cpu")) == torch.device("cpu")
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert module._rank_device(torch.device("cuda")) == torch.device("cuda", 3)
+
+
+def test_default_dtype_is_auto(tiny_checkpoint, monkeypatch):
+    import sail_vision.devices as devices
+
+    assert SAILBackbone(str(tiny_checkpoint), device="cpu").compute_dtype == torch.float32
+    monkeypatch.setattr(devices, "auto_dtype", lambda device: "float16")  # what a pre-Ampere GPU resolves
+    backbone = SAILBackbone(str(tiny_checkpoint), device="cpu")
+    assert backbone.compute_dtype == torch.float16 and backbone.encoder.dtype == torch.float16
+
+
+def test_input_on_another_device_is_an_error_not_a_weight_copy(tiny_checkpoint):
+    backbone = SAILBackbone(str(tiny_checkpoint), device="cpu")
+    with pytest.raises(InputError, match="input on meta but SAIL's weights are on cpu"):
+        backbone(torch.zeros(1, 3, 16, 16, device="meta"))
+    with pytest.raises(InputError, match="input on meta but SAIL's weights are on cpu"):
+        backbone([torch.zeros(3, 16, 16, device="meta")])
+    assert backbone.encoder.device == torch.device("cpu")

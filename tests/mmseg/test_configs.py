@@ -42,7 +42,7 @@ def test_config_composes_and_its_name_says_what_it_is(path):
     assert cfg.model.decode_head.num_classes == cfg.num_classes  # set from the dataset file
     assert (name["neck"] == "mln") == (cfg.model.get("neck", {}).get("type") == "MultiLevelNeck")
     if name["backbone"] == "sail-7b":
-        assert cfg.model.backbone.dtype == "bfloat16" and cfg.model.backbone.frozen
+        assert cfg.model.backbone.dtype == "auto" and cfg.model.backbone.frozen
         assert cfg.model.test_cfg.mode == "slide" and name["dataset"] == "ade20k" and cfg.num_classes == 150
         assert all(v % 32 == 0 for v in (*cfg.model.test_cfg.crop_size, *cfg.model.test_cfg.stride))
     else:

@@ -14,7 +14,7 @@ model = dict(
         out_indices=(-1,),                 # hidden-state indices; -1 = last layer (default (-1,))
         norm=False,                        # final RMSNorm on intermediate layers too (default False)
         frozen=True,                       # default True
-        dtype='bfloat16',                  # SAIL's compute dtype; maps come out float32 (default 'float32')
+        dtype='auto',                      # SAIL's compute dtype (bf16 on Ampere+, fp16 before, fp32 on CPU)
         attn_implementation='sdpa',        # 'sdpa' or 'eager' (default 'sdpa')
         device='auto'),                    # where SAIL is read to: each rank's current GPU, else CPU (default 'auto')
     decode_head=dict(
