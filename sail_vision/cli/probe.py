@@ -17,6 +17,7 @@ def register(subparsers) -> None:
     from ..probes.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_ROWS, DEFAULT_CS, DEFAULT_EPOCHS,
                                    DEFAULT_HOLDOUT_FRACTION, DEFAULT_KS, DEFAULT_MAX_ITER,
                                    DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_WEIGHT_DECAYS)
+    from ..probes.methods import methods_help, registered_methods
     from ..probes.seg_defaults import (DEFAULT_SEG_BATCH_SIZE, DEFAULT_SEG_EPOCHS, DEFAULT_SEG_LRS,
                                        DEFAULT_SEG_WEIGHT_DECAYS)
 
@@ -65,10 +66,8 @@ def register(subparsers) -> None:
     data.add_argument("--concat-token", default="end", choices=("end", "cls"),
                       help="token pooled for --concat-last (default: %(default)s)")
     method = parser.add_argument_group("method")
-    method.add_argument("--method", default="linear", choices=("linear", "logreg", "knn"),
-                        help="linear: one-pass grid of softmax heads; logreg: scikit-learn LogisticRegression "
-                             "over --Cs; knn: cosine k-NN with temperature-weighted votes over --ks "
-                             "(default: %(default)s)")
+    method.add_argument("--method", default="linear", choices=tuple(registered_methods()),
+                        help=f"{methods_help()} (default: %(default)s)")
     method.add_argument("--holdout-fraction", type=float, default=DEFAULT_HOLDOUT_FRACTION,
                         help="share of the training rows held out (seeded, stratified) to choose hyper-parameters; "
                              "unused when the grid has one point (default: %(default)s)")
@@ -288,7 +287,10 @@ _CLASSIFICATION_ONLY = (("--predict", "predict", None), ("--train-features", "tr
 def _segmentation(args) -> int:
     from ..errors import InputError
     from ..probes.inputs import parse_feature_inputs
-    from ..probes.segmentation import SegmentationConfig, SegmentationData, mmseg_cfg_options, run_segmentation_probe
+    from ..probes.seg_data import SegmentationData
+    from ..probes.seg_export import mmseg_cfg_options
+    from ..probes.seg_heads import SegmentationConfig
+    from ..probes.segmentation import run_segmentation_probe
 
     for option, key, unset in _CLASSIFICATION_ONLY:
         if getattr(args, key) != unset:

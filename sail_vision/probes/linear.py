@@ -23,7 +23,7 @@ from .defaults import (DEFAULT_BATCH_SIZE, DEFAULT_BLOCK_ROWS, DEFAULT_CHUNK_ROW
                        DEFAULT_WEIGHT_DECAYS)
 from .errors import ProbeDataError
 from .inputs import FeatureInput, stored_parts
-from .methods import ClassificationMethod, record
+from .methods import ClassificationMethod, record, register_method
 from .metrics import TopkCounter
 from .standardize import Standardizer
 from .streaming import stream_chunks
@@ -277,10 +277,12 @@ class LinearHead:
                    device=device)
 
 
+@register_method
 class LinearMethod(ClassificationMethod):
     """The one-pass grid of linear heads (DINOv2-style), selection on held-out training rows."""
 
     name: ClassVar[str] = "linear"
+    summary: ClassVar[str] = "one-pass grid of softmax heads over --lrs x --weight-decays"
     hyperparameters: ClassVar[tuple[str, ...]] = ("lr", "weight_decay")
 
     def __init__(self, config: LinearConfig | None = None):

@@ -97,19 +97,47 @@ class ClassificationMethod:
         return {"top1": top1, "top5": top5}, predictions
 
 
+#: Modules whose classes register probe methods with :func:`register_method`; imported on the first look-up
+#: (as timm imports its model modules), so the registry is complete whoever asks first.
+METHOD_MODULES = ("linear", "logreg", "knn")
+_REGISTRY: dict[str, type] = {}
+
+
+def register_method(cls: type) -> type:
+    """Class decorator: make ``cls`` (a ProbeMethod; its ``summary`` class attribute, one line, is its
+    ``--method`` help) choosable by name."""
+    name = cls.name
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise ValueError(f"probe method {name!r} is registered twice ({_REGISTRY[name].__qualname__}, {cls.__qualname__})")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def registered_methods() -> dict[str, type]:
+    """{name: ProbeMethod class} of every registered method: the built-in ones in ``METHOD_MODULES`` order,
+    then any other in registration order (whatever order the modules happened to be imported in)."""
+    import importlib
+
+    modules = [f"{__package__}.{module}" for module in METHOD_MODULES]
+    for module in modules:
+        importlib.import_module(module)
+    rank = {cls: (modules.index(cls.__module__) if cls.__module__ in modules else len(modules), i)
+            for i, cls in enumerate(_REGISTRY.values())}
+    return {cls.name: cls for cls in sorted(_REGISTRY.values(), key=rank.__getitem__)}
+
+
 def method_class(name: str) -> type:
     """The ProbeMethod class called ``name``."""
-    from .knn import KnnMethod
-    from .linear import LinearMethod
-    from .logreg import LogregMethod
-
-    classes = {cls.name: cls for cls in (LinearMethod, LogregMethod, KnnMethod)}
+    classes = registered_methods()
     if name not in classes:
         raise ProbeDataError(f"--method {name!r}: choose one of {', '.join(classes)}")
     return classes[name]
 
 
-METHOD_NAMES = ("linear", "logreg", "knn")
+def methods_help() -> str:
+    """Every registered method's name and summary, for ``--method``'s help."""
+    return "; ".join(f"{name}: {getattr(cls, 'summary', cls.__doc__ or '').strip()}"
+                     for name, cls in registered_methods().items())
 
 
 def load_head(meta: Mapping, tensors: Mapping[str, np.ndarray], *, device: str = "cpu",

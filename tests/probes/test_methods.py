@@ -32,3 +32,22 @@ def test_records_and_selection():
     records = [dict(rec, name="first"), dict(rec, name="second"), dict(rec, name="better5", holdout_top5=95.0)]
     assert best_record(records, ("top1", "top5"))["name"] == "better5"
     assert best_record(records[:2], ("top1", "top5"))["name"] == "first"  # ties: the first in grid order
+
+
+def test_a_registered_method_is_a_cli_choice_with_its_help(monkeypatch):
+    from sail_vision.cli import build_parser
+    from sail_vision.probes import methods
+
+    monkeypatch.setattr(methods, "_REGISTRY", dict(methods.registered_methods()))
+
+    @methods.register_method
+    class Fake(LinearMethod):
+        name = "fake-probe"
+        summary = "a method only this test knows"
+
+    assert method_class("fake-probe") is Fake
+    probe = next(a for a in build_parser()._subparsers._group_actions[0].choices["probe"]._actions
+                 if "--method" in a.option_strings)
+    assert "fake-probe" in probe.choices and "a method only this test knows" in probe.help
+    with pytest.raises(ValueError, match="registered twice"):
+        methods.register_method(type("Other", (LinearMethod,), {"name": "fake-probe", "summary": "x"}))

@@ -14,9 +14,12 @@ import pytest
 import torch
 
 from sail_vision.probes import FeatureInput, ProbeDataError
-from sail_vision.probes.segmentation import (IGNORE_INDEX, SegmentationConfig, SegmentationData, SegHeadStack,
-                                             head_histograms, intersect_and_union, run_segmentation_probe,
-                                             segmentation_metrics, size_batches, train_seg_grid)
+from sail_vision.probes.seg_data import SegmentationData, size_batches
+from sail_vision.probes.seg_defaults import IGNORE_INDEX
+from sail_vision.probes.seg_heads import SegHeadStack, SegmentationConfig
+from sail_vision.probes.seg_metrics import head_histograms, intersect_and_union, segmentation_metrics
+from sail_vision.probes.seg_train import train_seg_grid
+from sail_vision.probes.segmentation import run_segmentation_probe
 
 PATCH = 4
 

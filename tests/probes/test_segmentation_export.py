@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from sail_vision.probes import FeatureInput
-from sail_vision.probes.segmentation import (SegmentationConfig, SegmentationData, export_mmseg_checkpoint,
-                                             run_segmentation_probe)
+from sail_vision.probes.seg_data import SegmentationData
+from sail_vision.probes.seg_export import export_mmseg_checkpoint
+from sail_vision.probes.seg_heads import SegmentationConfig
+from sail_vision.probes.segmentation import run_segmentation_probe
 
 from .test_segmentation import QUICK, make_store
 
@@ -84,7 +86,7 @@ def test_exported_checkpoint_fits_the_tiny_configs_encoder_decoder(probe_heads, 
 
 
 def test_export_without_standardiser_is_identity_bn(tmp_path):
-    from sail_vision.probes.segmentation import SegmentationHead
+    from sail_vision.probes.seg_heads import SegmentationHead
 
     head = SegmentationHead(FeatureInput(("a",)), np.eye(3, 4, dtype=np.float32), np.zeros(3, np.float32), None, [4])
     path = export_mmseg_checkpoint(head, tmp_path / "h.pth")

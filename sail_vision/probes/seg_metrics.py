@@ -1,0 +1,84 @@
+"""mmseg's IoUMetric numbers for segmentation probes: per-head histograms (intersection, prediction, label)
+summed over a set, mIoU / mAcc / aAcc and per-class IoU / accuracy from them, the per-class table and the
+confusion matrix."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .seg_defaults import IGNORE_INDEX
+
+METRICS = ("mIoU", "mAcc", "aAcc")
+
+
+def head_histograms(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
+                    ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """(H, 3, C) int64 histograms (intersection, prediction, label) of H predictions ``pred`` (H, N)
+    against ``label`` (N,), pixels labelled ``ignore_index`` left out; values outside 0..C-1 are not
+    counted in a histogram (as ``torch.histc`` in mmseg's ``IoUMetric.intersect_and_union``)."""
+    pred = pred.reshape(pred.shape[0], -1).long()
+    label = label.reshape(-1).long()
+    keep = label != ignore_index
+    pred, label = pred[:, keep], label[keep]
+    heads = pred.shape[0]
+    size = heads * num_classes
+
+    def count(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        inside = (values >= 0) & (values < num_classes)
+        flat = (values + offsets)[inside]
+        return torch.bincount(flat, minlength=size)[:size].view(heads, num_classes)
+
+    offsets = torch.arange(heads, device=pred.device).view(heads, 1) * num_classes
+    hit = pred == label
+    inter = count(torch.where(hit, pred, torch.full_like(pred, -1)), offsets)
+    predicted = count(pred, offsets)
+    labelled = count(label.view(1, -1).expand(heads, -1), offsets)
+    return torch.stack([inter, predicted, labelled], dim=1)
+
+
+def intersect_and_union(pred, label, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """(4, C) int64: area_intersect, area_union, area_pred_label, area_label of one prediction."""
+    hist = head_histograms(torch.as_tensor(np.asarray(pred)).view(1, -1), torch.as_tensor(np.asarray(label)),
+                           num_classes, ignore_index)[0].numpy()
+    inter, predicted, labelled = hist
+    return np.stack([inter, predicted + labelled - inter, predicted, labelled])
+
+
+def segmentation_metrics(hist: np.ndarray) -> dict[str, Any]:
+    """mmseg's IoUMetric numbers from summed (3, C) histograms (intersection, prediction, label):
+    ``aAcc``, ``mIoU``, ``mAcc`` in percent (not rounded) and per-class ``IoU`` / ``Acc`` (fractions,
+    NaN where undefined)."""
+    inter, predicted, labelled = (np.asarray(h, dtype=np.float64) for h in hist)
+    union = predicted + labelled - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = inter / union
+        acc = inter / labelled
+        all_acc = inter.sum() / labelled.sum()
+
+    def percent(values):
+        if np.all(np.isnan(values)):
+            return float("nan")
+        return float(np.nanmean(values) * 100)
+
+    return {"aAcc": float(all_acc * 100), "mIoU": percent(iou), "mAcc": percent(acc), "IoU": iou, "Acc": acc}
+
+
+def finite_or_none(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def per_class_table(metrics: Mapping, classes: Sequence[str], pixels: np.ndarray) -> tuple[str, str]:
+    """(printed table, CSV) of per-class IoU and accuracy in percent ('nan' where mmseg gives NaN)."""
+    width = max([len(c) for c in classes] + [5])
+    lines = [f"{'class':<{width}}  {'IoU':>7}  {'Acc':>7}  {'pixels':>10}"]
+    rows = ["class,IoU,Acc,pixels"]
+    for name, iou, acc, count in zip(classes, metrics["IoU"], metrics["Acc"], pixels):
+        lines.append(f"{name:<{width}}  {iou * 100:>7.2f}  {acc * 100:>7.2f}  {int(count):>10}")
+        rows.append(f"{name},{iou * 100:.4f},{acc * 100:.4f},{int(count)}")
+    return "\n".join(lines), "\n".join(rows) + "\n"
+
+
