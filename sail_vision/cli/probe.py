@@ -4,6 +4,7 @@ linear segmentation probes (``--task segmentation``) on cached patch features wi
 from __future__ import annotations
 
 import argparse
+import shlex
 
 
 def _floats(text: str) -> list[float]:
@@ -326,6 +327,12 @@ def _segmentation(args) -> int:
     print(f"segmentation probe on {s['feature']}: val mIoU {pct(s['mIoU'])}  mAcc {pct(s['mAcc'])}  "
           f"aAcc {pct(s['aAcc'])}  ({s['chosen']}); results in {result.out}; mmseg checkpoint "
           f"{result.out / s['files']['mmseg_checkpoint']}")
-    print(f"run it with the backbone: python tools/test.py CONFIG {result.out / s['files']['mmseg_checkpoint']} "
-          f"--cfg-options {' '.join(mmseg_cfg_options(s['mmseg']))} model.backbone.checkpoint=CHECKPOINT")
+    options = mmseg_cfg_options(s["mmseg"])
+    unknown = "" if s.get("checkpoint") else " model.backbone.checkpoint=CHECKPOINT"
+    print(f"run it with the backbone: python tools/test.py CONFIG "
+          f"{shlex.quote(str(result.out / s['files']['mmseg_checkpoint']))} --cfg-options "
+          f"{' '.join(shlex.quote(o) for o in options)}{unknown}")
+    if unknown:
+        print(f"(the manifest of {args.train} records no checkpoint path: put the one its features came from "
+              f"in place of CHECKPOINT)")
     return 0

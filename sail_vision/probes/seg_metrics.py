@@ -67,6 +67,31 @@ def segmentation_metrics(hist: np.ndarray) -> dict[str, Any]:
     return {"aAcc": float(all_acc * 100), "mIoU": percent(iou), "mAcc": percent(acc), "IoU": iou, "Acc": acc}
 
 
+def confusion_counts(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
+                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """(C, C) int64 pixel counts, row = true class, column = predicted class, of ``pred`` against ``label``
+    (any equal shapes); pixels labelled ``ignore_index`` and predictions outside 0..C-1 are left out, so the
+    diagonal is mmseg's area_intersect, row sums its area_label and column sums its area_pred_label."""
+    pred = pred.reshape(-1).long()
+    label = label.reshape(-1).long()
+    keep = (label != ignore_index) & (pred >= 0) & (pred < num_classes)
+    flat = label[keep] * num_classes + pred[keep]
+    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def confusion_csv(matrix: np.ndarray, classes: Sequence[str]) -> str:
+    """The confusion matrix as CSV (quoted as the csv module does): a header ``true\\predicted`` then the
+    predicted classes' names, then a row per true class: its name and its pixel counts."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["true\\predicted", *classes])
+    writer.writerows([name, *(int(v) for v in row)] for name, row in zip(classes, np.asarray(matrix)))
+    return buffer.getvalue()
+
+
 def finite_or_none(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 

@@ -13,7 +13,7 @@ from .inputs import FeatureInput, stored_parts
 from .linear import LinearConfig, cosine_factor
 from .seg_data import SegmentationData, batches, patch_statistics, size_batches
 from .seg_heads import BatchNormHeads, SegHeadStack, SegmentationConfig
-from .seg_metrics import head_histograms
+from .seg_metrics import confusion_counts, head_histograms
 from .standardize import Standardizer
 
 
@@ -95,16 +95,22 @@ class SegEvaluation:
 
     hists: dict[str, np.ndarray]
     shown: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)
+    #: (C, C) confusion counts of the first input's first head (with ``confusion=True``).
+    confusion: np.ndarray | None = None
 
 
 def evaluate_seg_stacks(stacks: Mapping[str, SegHeadStack], inputs: Sequence[FeatureInput], data: SegmentationData,
-                        rows: np.ndarray, config: SegmentationConfig, *, keep: int = 0) -> SegEvaluation:
+                        rows: np.ndarray, config: SegmentationConfig, *, keep: int = 0,
+                        confusion: bool = False) -> SegEvaluation:
     """Histograms of every head of every input over ``rows`` (read once, in order, batched by size)."""
     parts = stored_parts(inputs)
     plan = size_batches(rows, data.grids(), config.batch_size, None)
     hists = {fi.name: torch.zeros(stacks[fi.name].heads, 3, data.num_classes, dtype=torch.int64,
                                   device=stacks[fi.name].device) for fi in inputs}
     shown = []
+    counts = None
+    if confusion:
+        counts = torch.zeros(data.num_classes, data.num_classes, dtype=torch.int64, device=stacks[inputs[0].name].device)
     with torch.no_grad():
         for batch in batches(data, plan, parts, config.device):
             size = tuple(batch.masks.shape[1:])
@@ -113,9 +119,12 @@ def evaluate_seg_stacks(stacks: Mapping[str, SegHeadStack], inputs: Sequence[Fea
                 pred = stack.predictions(stack.prepare(fi.concat(batch.features)), batch.shape, size,
                                          config.max_logits)
                 hists[fi.name] += head_histograms(pred.reshape(stack.heads, -1), batch.masks, data.num_classes)
+                if fi is inputs[0] and counts is not None:
+                    counts += confusion_counts(pred[0], batch.masks, data.num_classes)
                 if fi is inputs[0] and len(shown) < keep:
                     for i, row in enumerate(batch.rows[:keep - len(shown)]):
                         shown.append((int(row), pred[0, i].cpu().numpy().astype(np.uint8),
                                       batch.masks[i].cpu().numpy().astype(np.uint8)))
-    return SegEvaluation({k: v.cpu().numpy() for k, v in hists.items()}, shown)
+    return SegEvaluation({k: v.cpu().numpy() for k, v in hists.items()}, shown,
+                         None if counts is None else counts.cpu().numpy())
 

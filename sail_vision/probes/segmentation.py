@@ -48,18 +48,21 @@ from .methods import record
 from .results import (GRID_FILE, HEAD_JSON_FILE, HEAD_TENSORS_FILE, PLOT_FILE, SUMMARY_FILE, claim_output,
                       format_table, save_head, write_json, write_json_lines, write_text)
 from .seg_data import SegmentationData, check_train_val
-from .seg_export import export_mmseg_checkpoint, mmseg_head_settings, plot_predictions, train_norm
+from .seg_export import (export_mmseg_checkpoint, mmseg_head_settings, plot_confusion, plot_predictions,
+                         train_checkpoint, train_norm)
 from .seg_heads import SegHeadStack, SegmentationConfig, SegmentationHead
-from .seg_metrics import METRICS, finite_or_none, per_class_table, segmentation_metrics
+from .seg_metrics import METRICS, confusion_csv, finite_or_none, per_class_table, segmentation_metrics
 from .seg_train import evaluate_seg_stacks, train_seg_grid
 
 METHOD = "segmentation-linear"
 PER_CLASS_FILE = "per_class.csv"
 PREDICTIONS_PLOT_FILE = "predictions.png"
 MMSEG_CHECKPOINT_FILE = "mmseg_head.pth"
+CONFUSION_FILE = "confusion.csv"
+CONFUSION_PLOT_FILE = "confusion.png"
 #: Every file a segmentation probe run writes (and the only ones ``--overwrite`` removes).
 SEG_RUN_FILES = (GRID_FILE, SUMMARY_FILE, HEAD_TENSORS_FILE, HEAD_JSON_FILE, PLOT_FILE, PER_CLASS_FILE,
-                 PREDICTIONS_PLOT_FILE, MMSEG_CHECKPOINT_FILE)
+                 PREDICTIONS_PLOT_FILE, MMSEG_CHECKPOINT_FILE, CONFUSION_FILE, CONFUSION_PLOT_FILE)
 
 
 # ---------------------------------------------------------------------------------- the run
@@ -141,16 +144,16 @@ def _run(train, val, inputs, out, config, grid_size, holdout_fraction, seed, ref
     head = SegmentationHead.from_tensors(feature_input, tensors, train.dims(feature_input.parts))
     classes = train.classes or [str(i) for i in range(train.num_classes)]
     measured = {m: None for m in METRICS}
-    per_class, per_class_csv, shown, val_metrics = "", "", [], None
+    per_class, per_class_csv, shown, val_metrics, confusion = "", "", [], None, None
     if val is not None:
         stack = SegHeadStack.from_head(head, config)
         evaluation = evaluate_seg_stacks({feature_input.name: stack}, [feature_input], val,
-                                         np.arange(val.num_images), config, keep=config.show_images)
+                                         np.arange(val.num_images), config, keep=config.show_images, confusion=True)
         hist = evaluation.hists[feature_input.name][0]
         val_metrics = segmentation_metrics(hist)
         measured = {m: finite_or_none(val_metrics[m]) for m in METRICS}
         per_class, per_class_csv = per_class_table(val_metrics, classes, hist[2])
-        shown = evaluation.shown
+        shown, confusion = evaluation.shown, evaluation.confusion
     hyper = {"lr": chosen["lr"], "weight_decay": chosen["weight_decay"]}
     settings = {"optimizer": config.optimizer, "epochs": config.epochs, "batch_size": config.batch_size,
                 "device": str(config.device), "bn": config.bn, "standardized": head.standardizer is not None}
@@ -164,7 +167,8 @@ def _run(train, val, inputs, out, config, grid_size, holdout_fraction, seed, ref
                "num_val": None if val is None else val.num_images, "num_classes": train.num_classes,
                "classes": classes, "grid_size": grid_size, "train": train.source,
                "val": None if val is None else val.source, **settings,
-               "mmseg": mmseg_head_settings(head, norm=train_norm(train))}
+               "checkpoint": train_checkpoint(train),
+               "mmseg": mmseg_head_settings(head, norm=train_norm(train), checkpoint=train_checkpoint(train))}
     if val_metrics is not None:
         summary["per_class"] = {name: {"IoU": finite_or_none(iou * 100), "Acc": finite_or_none(acc * 100)}
                                 for name, iou, acc in zip(classes, val_metrics["IoU"], val_metrics["Acc"])}
@@ -181,14 +185,19 @@ def _run(train, val, inputs, out, config, grid_size, holdout_fraction, seed, ref
                 "refit_on_all_train": refit_all, "provenance": train.provenance(), **settings}
         save_head(out, meta, head.tensors())
         export_mmseg_checkpoint(head, out / MMSEG_CHECKPOINT_FILE, classes=classes, palette=train.palette,
-                                norm=train_norm(train), extra_meta={"grid_point": chosen["name"], "seed": seed, "val_mIoU": measured["mIoU"]})
+                                norm=train_norm(train), checkpoint=train_checkpoint(train), extra_meta={"grid_point": chosen["name"], "seed": seed, "val_mIoU": measured["mIoU"]})
         plot_grid(records, out / PLOT_FILE, method=METHOD, hyperparameters=("lr", "weight_decay"),
                   chosen=chosen["name"], metric="mIoU")
         files = {"grid": GRID_FILE, "head": HEAD_JSON_FILE, "mmseg_checkpoint": MMSEG_CHECKPOINT_FILE,
-                 "plot": PLOT_FILE, "per_class": None, "predictions_plot": None}
+                 "plot": PLOT_FILE, "per_class": None, "predictions_plot": None, "confusion": None,
+                 "confusion_plot": None}
         if per_class_csv:
             write_text(out / PER_CLASS_FILE, per_class_csv)
             files["per_class"] = PER_CLASS_FILE
+        if confusion is not None:
+            write_text(out / CONFUSION_FILE, confusion_csv(confusion, classes))
+            plot_confusion(confusion, classes, out / CONFUSION_PLOT_FILE)
+            files.update(confusion=CONFUSION_FILE, confusion_plot=CONFUSION_PLOT_FILE)
         if shown:
             plot_predictions(shown, train.palette, out / PREDICTIONS_PLOT_FILE, classes)
             files["predictions_plot"] = PREDICTIONS_PLOT_FILE

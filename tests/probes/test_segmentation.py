@@ -207,17 +207,52 @@ def test_run_learns_and_writes_every_output(probe_run):
     assert (out / "per_class.csv").read_text().startswith("class,IoU,Acc,pixels\nsky,")
 
 
-def test_val_metrics_equal_recomputing_them_from_the_head(probe_run):
-    result, _, val_store = probe_run
-    head = result.head
-    total = np.zeros((3, 3), np.int64)
+def recomputed_areas(head, val_store) -> np.ndarray:
+    """(4, C) mmseg areas (intersect, union, pred, label) of ``head``'s predictions, one val image at a time."""
+    total = np.zeros((4, 3), np.int64)
     for i in range(val_store.num_valid):
         maps = np.concatenate([val_store.features[p][i].astype(np.float32) for p in head.feature_input.parts], -1)
-        logits = head.logits(maps)
         mask = val_store.masks[i]
-        up = torch.nn.functional.interpolate(logits, size=mask.shape, mode="bilinear", align_corners=False)
-        total += intersect_and_union(up.argmax(1)[0].numpy(), mask, 3)[[0, 2, 3]]
+        up = torch.nn.functional.interpolate(head.logits(maps), size=mask.shape, mode="bilinear", align_corners=False)
+        total += intersect_and_union(up.argmax(1)[0].numpy(), mask, 3)
+    return total
+
+
+def test_val_metrics_equal_recomputing_them_from_the_head(probe_run):
+    result, _, val_store = probe_run
+    total = recomputed_areas(result.head, val_store)[[0, 2, 3]]
     assert result.summary["mIoU"] == pytest.approx(segmentation_metrics(total)["mIoU"], abs=1e-9)
+
+
+def test_confusion_matrix_is_mmseg_areas_of_the_chosen_head(probe_run):
+    import csv
+
+    result, out, val_store = probe_run
+    total = recomputed_areas(result.head, val_store)
+    rows = list(csv.reader((out / "confusion.csv").read_text().splitlines()))
+    assert rows[0] == ["true\\predicted", "sky", "tree", "road"] and [r[0] for r in rows[1:]] == ["sky", "tree", "road"]
+    matrix = np.asarray([[int(v) for v in r[1:]] for r in rows[1:]])
+    np.testing.assert_array_equal(np.diag(matrix), total[0])  # area_intersect
+    np.testing.assert_array_equal(matrix.sum(1), total[3])  # area_label
+    np.testing.assert_array_equal(matrix.sum(0), total[2])  # area_pred_label
+    assert matrix.sum() > np.diag(matrix).sum()  # some boundary pixels are confused
+    assert (out / "confusion.png").is_file() and result.summary["files"]["confusion"] == "confusion.csv"
+
+
+def test_predictions_legend_lists_the_classes_present():
+    from sail_vision.probes.seg_export import classes_present
+
+    pred = np.array([[0, 30], [255, 30]], np.uint8)
+    gt = np.array([[41, 255], [255, 255]], np.uint8)
+    assert classes_present([(0, pred, gt)], 50) == [0, 30, 41]  # not the first 20; ignored pixels left out
+
+
+def test_confusion_counts_leave_out_ignored_pixels_and_unknown_predictions():
+    from sail_vision.probes.seg_metrics import confusion_counts
+
+    pred = torch.tensor([0, 1, 1, 2, 5, 0])
+    label = torch.tensor([0, 1, 0, IGNORE_INDEX, 1, 2])
+    np.testing.assert_array_equal(confusion_counts(pred, label, 3).numpy(), [[1, 1, 0], [0, 1, 0], [1, 0, 0]])
 
 
 def test_features_are_read_in_batches_not_held(probe_run):
