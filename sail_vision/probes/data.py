@@ -85,11 +85,11 @@ class ProbeData:
 
     def dim(self, feature_input: FeatureInput) -> int:
         self.require(feature_input)
-        return int(sum(self.features[p].shape[1] for p in feature_input.parts))
+        return int(sum(self.features[p].shape[-1] for p in feature_input.parts))
 
     def part_dims(self, feature_input: FeatureInput) -> list[int]:
         self.require(feature_input)
-        return [int(self.features[p].shape[1]) for p in feature_input.parts]
+        return [int(self.features[p].shape[-1]) for p in feature_input.parts]
 
     def stored_dtype(self, name: str) -> np.dtype:
         return self.features[name].dtype
@@ -123,7 +123,7 @@ class ProbeData:
 
         stored = self.features[name].dtype
         dtype = stored if stored.kind == "f" else np.dtype(np.float32)
-        out = torch.empty((len(rows), self.features[name].shape[1]),
+        out = torch.empty((len(rows), *self.features[name].shape[1:]),
                           dtype=torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=True)
         self.read_into(name, rows, out.numpy())
         return out
@@ -289,31 +289,49 @@ def num_classes_of(train: ProbeData) -> int:
 
 # ------------------------------------------------------------------------------------------- loading
 def load_feature_dir(path: str | Path, names: Sequence[str] | None = None, *, labels=None,
-                     label_pattern: str | None = None, classes: Sequence[str] | None = None) -> ProbeData:
+                     label_pattern: str | None = None, classes: Sequence[str] | None = None,
+                     tokens: bool = False) -> ProbeData:
     """Open an extraction output (``sail-vision extract --out``) for probing.
 
     ``names``: the stored features needed (default: every pooled feature). ``labels`` (array or
     ``.npy`` path) replaces the stored labels; ``label_pattern`` derives them (and their class names)
     from file names; ``classes`` names labels that have no names (given ``labels``, or a folder whose
-    manifest has none). Only valid rows (images that were processed) are used.
+    manifest has none). Only valid rows (images that were processed) are used. ``tokens``: read patch
+    features (fixed-resolution ``grid`` layout) as (rows, nh*nw, D) token arrays, for the attentive probe,
+    instead of pooled features (then the default ``names`` is every such patch feature).
     """
     from ..feature_store import open_feature_dir
 
     folder = open_feature_dir(path)
     entries = folder.manifest["features"]
-    pooled = [n for n in folder.names if entries[n].get("layout", "pooled") == "pooled"]
-    wanted = list(names) if names is not None else pooled
-    unusable = {n: f"holds patch tokens ({entries[n].get('layout')} layout); probes need one vector per image "
-                   f"such as layer-K_mean or layer-K_end" for n in folder.names if n not in pooled}
+    layouts = {n: entries[n].get("layout", "pooled") for n in folder.names}
+    usable = [n for n, layout in layouts.items() if layout == ("grid" if tokens else "pooled")]
+    wanted = list(names) if names is not None else usable
+    if tokens:
+        unusable = {n: ("is pooled (one vector per image); --method attentive reads patch tokens such as "
+                        "layer-K_patch" if layout == "pooled" else
+                        f"holds native-resolution patch tokens ({layout} layout: a different count per image); "
+                        f"the attentive probe needs fixed-resolution ones (extract with --resolution)")
+                    for n, layout in layouts.items() if n not in usable}
+    else:
+        unusable = {n: f"holds patch tokens ({layouts[n]} layout); probes need one vector per image "
+                       f"such as layer-K_mean or layer-K_end (or --method attentive)" for n in folder.names
+                    if n not in usable}
     features, files = {}, {}
     for name in wanted:
         array = folder.feature(name, valid_only=False)  # stays memory-mapped; raises for unknown names
-        if name in unusable or array.ndim != 2:
+        if name in unusable or array.ndim != (4 if tokens else 2):
             raise ProbeDataError(f"{folder.path}: feature {name!r} {unusable.get(name, 'is not (rows, D)')}")
+        if tokens:
+            if not isinstance(array, np.ndarray):
+                raise ProbeDataError(f"{folder.path}: feature {name!r} is stored in parts; run `sail-vision "
+                                     f"consolidate {folder.path}` to join them before an attentive probe")
+            array = array.reshape(array.shape[0], -1, array.shape[-1])  # (rows, nh*nw, D), a view of the map
         features[name] = array
         files[name] = str(folder.path / entries[name].get("file", f"{name}.npy"))
     if not features:
-        raise ProbeDataError(f"{folder.path}: no pooled features to probe (found {', '.join(folder.names)})")
+        raise ProbeDataError(f"{folder.path}: no {'patch' if tokens else 'pooled'} features to probe (found "
+                             f"{', '.join(folder.names)})")
     valid = np.asarray(folder.valid, dtype=bool)
     row_index = None if valid.all() else np.flatnonzero(valid)
     num_rows = int(valid.sum())
@@ -382,8 +400,9 @@ def load_arrays(features: str | Path | np.ndarray | Mapping[str, str | Path | np
         else:
             array = np.asarray(value)
             source.append(f"<array {key}>")
-        if array.ndim != 2:
-            raise ProbeDataError(f"{files.get(key, key)}: features must be an (N, D) array, got shape {array.shape}")
+        if array.ndim not in (2, 3):
+            raise ProbeDataError(f"{files.get(key, key)}: features must be an (N, D) array (or (N, P, D) patch "
+                                 f"tokens for --method attentive), got shape {array.shape}")
         if array.dtype.kind not in "fiu":
             raise ProbeDataError(f"{files.get(key, key)}: features must be numbers, got dtype {array.dtype}")
         arrays[key] = array
@@ -424,7 +443,7 @@ def check_finite(data: ProbeData, names: Sequence[str], chunk_rows: int = DEFAUL
             if not finite.all():
                 bad_values += int(finite.size - finite.sum())
                 if first_row is None:
-                    first_row = start + int(np.flatnonzero(~finite.all(axis=1))[0])
+                    first_row = start + int(np.flatnonzero(~finite.reshape(len(block), -1).all(axis=1))[0])
         if bad_values:
             raise ProbeDataError(
                 f"{data.feature_files.get(name, data.source)}: feature {name!r} holds {bad_values} NaN/Inf "

@@ -14,7 +14,7 @@ Records are plain dicts: ``name`` (encodes the hyper-parameters), ``method``, ``
 
 from __future__ import annotations
 
-from typing import ClassVar, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -85,11 +85,23 @@ class ClassificationMethod:
 
     metrics: ClassVar[tuple[str, ...]] = ("top1", "top5")
     chunk_rows: int = DEFAULT_CHUNK_ROWS
+    #: Whether the method reads (rows, P, D) patch tokens (the attentive probe) instead of (rows, D) vectors.
+    tokens: ClassVar[bool] = False
 
     def validate(self, train: ProbeData, val: ProbeData | None, inputs: Sequence[FeatureInput]
                  ) -> tuple[int, ProbeData | None]:
         from .data import validate_train_val
+        from .inputs import stored_parts
 
+        for data in (train, val):
+            for part in stored_parts(inputs) if data is not None else ():
+                data.require(FeatureInput((part,)))
+                shape = data.features[part].shape
+                if len(shape) != (3 if self.tokens else 2):
+                    wanted = "(rows, P, D) patch tokens" if self.tokens else "one (D,) vector per row"
+                    other = " (--method attentive reads patch tokens)" if not self.tokens else ""
+                    raise ProbeDataError(f"{data.source}: feature {part!r} has shape {tuple(shape)}, but --method "
+                                         f"{self.name} needs {wanted}{other}")
         return validate_train_val(train, val, inputs, self.chunk_rows)
 
     def evaluate(self, probe, val: ProbeData) -> tuple[dict[str, float], np.ndarray]:
@@ -97,9 +109,30 @@ class ClassificationMethod:
         return {"top1": top1, "top5": top5}, predictions
 
 
+class GridMethod(ClassificationMethod):
+    """A classification method whose settings are one config (``self.config``) with an lr x weight-decay
+    ``grid``, ``chunk_rows``, ``optimizer``, ``epochs``, ``batch_size`` and ``device`` (linear, attentive)."""
+
+    config: Any
+
+    @property
+    def chunk_rows(self) -> int:
+        return self.config.chunk_rows
+
+    def check(self) -> None:
+        self.config.check()
+
+    def grid_size(self, inputs: Sequence[FeatureInput]) -> int:
+        return len(inputs) * len(self.config.grid)
+
+    def settings(self) -> dict:
+        c = self.config
+        return {"optimizer": c.optimizer, "epochs": c.epochs, "batch_size": c.batch_size, "device": str(c.device)}
+
+
 #: Modules whose classes register probe methods with :func:`register_method`; imported on the first look-up
 #: (as timm imports its model modules), so the registry is complete whoever asks first.
-METHOD_MODULES = ("linear", "logreg", "knn")
+METHOD_MODULES = ("linear", "logreg", "knn", "attentive")
 _REGISTRY: dict[str, type] = {}
 
 

@@ -34,8 +34,10 @@ HEAD_JSON_FILE = "head.json"
 PREDICTIONS_FILE = "val_predictions.npy"
 PLOT_FILE = "accuracy.png"
 LAYERS_PLOT_FILE = "layers.png"
+FEW_SHOT_PLOT_FILE = "few_shot.png"
 #: Every file a probe run writes (and the only ones ``--overwrite`` removes).
-RUN_FILES = (GRID_FILE, SUMMARY_FILE, HEAD_TENSORS_FILE, HEAD_JSON_FILE, PREDICTIONS_FILE, PLOT_FILE, LAYERS_PLOT_FILE)
+RUN_FILES = (GRID_FILE, SUMMARY_FILE, HEAD_TENSORS_FILE, HEAD_JSON_FILE, PREDICTIONS_FILE, PLOT_FILE, LAYERS_PLOT_FILE,
+             FEW_SHOT_PLOT_FILE)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -157,10 +159,11 @@ def save_head(out: Path, meta: dict, tensors: Mapping[str, np.ndarray]) -> None:
 
     meta = json.loads(json.dumps({"format": HEAD_FORMAT, "version": HEAD_VERSION, **meta}))  # as head.json reads back
     if tensors:
+        stored = {k: np.ascontiguousarray(v) for k, v in tensors.items()}  # 0-d arrays are stored as (1,)
         meta["tensors"] = HEAD_TENSORS_FILE
-        meta["tensor_shapes"] = {k: list(np.shape(v)) for k, v in tensors.items()}
+        meta["tensor_shapes"] = {k: list(v.shape) for k, v in stored.items()}
         tmp = out / f".{HEAD_TENSORS_FILE}.tmp"
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
+        save_file(stored, str(tmp),
                   metadata={"format": HEAD_FORMAT, "method": meta["method"], "feature": meta["feature"],
                             "head_json_sha256": head_json_digest(meta)})
         tmp.replace(out / HEAD_TENSORS_FILE)
