@@ -20,6 +20,7 @@ def register(subparsers) -> None:
                                    DEFAULT_HOLDOUT_FRACTION, DEFAULT_KS, DEFAULT_MAX_ITER,
                                    DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_WEIGHT_DECAYS)
     from ..probes.methods import methods_help, registered_methods
+    from ..probes.protocols import PROTOCOLS
     from ..probes.seg_defaults import (DEFAULT_SEG_BATCH_SIZE, DEFAULT_SEG_EPOCHS, DEFAULT_SEG_LRS,
                                        DEFAULT_SEG_WEIGHT_DECAYS)
 
@@ -75,6 +76,10 @@ def register(subparsers) -> None:
                              "unused when the grid has one point (default: %(default)s)")
     method.add_argument("--seed", type=int, default=0,
                         help="seed of the held-out split and of shuffling, 0 .. 2**32-1 (default: %(default)s)")
+    method.add_argument("--protocol", choices=tuple(PROTOCOLS), default=None,
+                        help="pin every hyper-parameter (and the feature inputs) as a reference protocol sets them; "
+                             "an option contradicting it is an error; values and their sources go into "
+                             "summary.json (see docs/probes.md) (default: none)")
     method.add_argument("--shots", type=int, nargs="+", metavar="K",
                         help="also train the chosen grid point on K training rows per class (several K allowed), "
                              "--seeds times each, and record few_shot (mean top-1 and its 95 %% Student-t interval "
@@ -149,7 +154,8 @@ def register(subparsers) -> None:
                         help="with --predict: classes (and probabilities) listed per row in predictions.csv "
                              "(default: %(default)s)")
     output.add_argument("--quiet", action="store_true", help="no progress bars or table")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, parser_defaults={a.dest: a.default for a in parser._actions},
+                        option_names={a.dest: a.option_strings[0] for a in parser._actions if a.option_strings})
 
 
 def _load(folder, features_file, labels_file, label_pattern, classes, names, role, tokens=False):
@@ -204,8 +210,9 @@ def run(args) -> int:
     from ..probes.data import read_classes_file, renamed_single
     from ..probes.inputs import stored_parts
 
+    protocol = _protocol(args)
     if args.task == "segmentation":
-        return _segmentation(args)
+        return _segmentation(args, protocol)
     if args.bn != "fixed":
         from ..errors import InputError
 
@@ -224,7 +231,7 @@ def run(args) -> int:
     tokens = args.method == "attentive"
     train = _load(args.train, args.train_features, args.train_labels, args.label_pattern, classes, None, "train",
                   tokens=tokens)
-    inputs = _inputs(args, list(train.features))
+    inputs = _protocol_inputs(protocol, list(train.features)) if protocol else _inputs(args, list(train.features))
     needed = stored_parts(inputs)
     train = train.subset_features(needed)  # validation reads only what is probed
     val = _load(args.val, args.val_features, args.val_labels, args.label_pattern, classes,
@@ -243,7 +250,8 @@ def run(args) -> int:
                        max_iter=args.max_iter, ks=args.ks, temperature=args.temperature, standardize=args.standardize,
                        device=device, chunk_rows=args.chunk_rows, holdout_fraction=args.holdout_fraction,
                        seed=args.seed, refit=args.refit, overwrite=args.overwrite, progress=not args.quiet,
-                       verbose=not args.quiet, shots=args.shots or (), shot_seeds=args.seeds)
+                       verbose=not args.quiet, shots=args.shots or (), shot_seeds=args.seeds,
+                       protocol=protocol.record() if protocol else None)
     s = result.summary
     line = (f"{s['method']} probe on {s['feature']}: val top1 {s['top1']:.2f}  top5 {s['top5']:.2f}  "
             f"({s['chosen']}); results in {result.out}")
@@ -319,7 +327,31 @@ _CLASSIFICATION_ONLY = (("--predict", "predict", None), ("--train-features", "tr
                         ("--concat-last", "concat_last", None), ("--shots", "shots", None))
 
 
-def _segmentation(args) -> int:
+def _protocol(args):
+    """Apply ``--protocol`` to ``args`` (a contradicting option is an error); returns it or None."""
+    from ..errors import InputError
+    from ..probes.protocols import apply_protocol, get_protocol
+
+    if not args.protocol:
+        return None
+    protocol = get_protocol(args.protocol)
+    if args.task == "classification" and protocol.task == "segmentation" and args.task == \
+            args.parser_defaults.get("task"):
+        args.task = "segmentation"  # the protocol names the task
+    apply_protocol(protocol, args, args.parser_defaults, args.option_names)
+    if args.features or args.all_layers or args.concat_last:
+        raise InputError(f"--features / --all-layers / --concat-last contradict --protocol {protocol.name}, which "
+                         f"probes {protocol.features}")
+    return protocol
+
+
+def _protocol_inputs(protocol, available):
+    from ..probes.protocols import protocol_inputs
+
+    return protocol_inputs(protocol, available)
+
+
+def _segmentation(args, protocol=None) -> int:
     from ..errors import InputError
     from ..probes.inputs import parse_feature_inputs
     from ..probes.seg_data import SegmentationData
@@ -339,20 +371,22 @@ def _segmentation(args) -> int:
         raise InputError("--task segmentation needs --train DIR and --val DIR (feature folders with masks)")
     if not args.out:
         raise InputError("--out DIR is required (where the results go)")
-    if not args.features:
+    if not args.features and not protocol:
         raise InputError("--task segmentation needs --features NAME [NAME ...]: patch features such as "
                          "layer-32_patch, or layer-29_patch+layer-30_patch+... to concatenate layers")
     _fill_defaults(args, "segmentation")
     device = _device(args.device)
     train = SegmentationData.from_folder(args.train)
     val = SegmentationData.from_folder(args.val)
-    inputs = parse_feature_inputs(args.features, train.names or None)
+    inputs = (_protocol_inputs(protocol, train.names) if protocol else
+              parse_feature_inputs(args.features, train.names or None))
     config = SegmentationConfig(lrs=args.lrs, weight_decays=args.weight_decays, optimizer=args.optimizer,
                                 epochs=args.epochs, batch_size=args.batch_size, device=device,
                                 standardize=args.standardize is not False, bn=args.bn)
     result = run_segmentation_probe(train, val, inputs, args.out, config, holdout_fraction=args.holdout_fraction,
                                     seed=args.seed, refit=args.refit, overwrite=args.overwrite,
-                                    progress=not args.quiet, verbose=not args.quiet)
+                                    progress=not args.quiet, verbose=not args.quiet,
+                                    protocol=protocol.record() if protocol else None)
     s = result.summary
 
     def pct(value):

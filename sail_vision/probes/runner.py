@@ -77,7 +77,8 @@ def build_method(method: str, *, linear=None, attentive=None, cs: Sequence[float
 def run_probe(train: ProbeData, val: ProbeData | None, inputs: Sequence[FeatureInput], out: str | Path | None, *,
               method: str | ProbeMethod = "linear", holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
               seed: int = 0, refit: bool = True, overwrite: bool = False, progress: bool = True,
-              verbose: bool = True, shots: Sequence[int] = (), shot_seeds: int = 5, **settings) -> ProbeResult:
+              verbose: bool = True, shots: Sequence[int] = (), shot_seeds: int = 5, protocol: dict | None = None,
+              **settings) -> ProbeResult:
     """Probe ``inputs`` of ``train``; choose hyper-parameters on a seeded held-out ``holdout_fraction`` of
     train (skipped when the grid has a single point), refit the chosen point on all of train (``refit``),
     evaluate it once on ``val`` and, when ``out`` is given, write the results there.
@@ -88,7 +89,8 @@ def run_probe(train: ProbeData, val: ProbeData | None, inputs: Sequence[FeatureI
 
     ``shots`` (with val): also train the chosen grid point on ``shot_seeds`` seeded subsets of K rows per
     class for each K and record the ``few_shot`` list (see :mod:`.fewshot`); a full-data top-1 always gets
-    its bootstrap interval over val (``top1_ci95``).
+    its bootstrap interval over val (``top1_ci95``). ``protocol``: the named protocol's record
+    (:meth:`~.protocols.Protocol.record`), written to the summary as it is.
     """
     started = time.monotonic()
     if isinstance(method, str):
@@ -115,14 +117,14 @@ def run_probe(train: ProbeData, val: ProbeData | None, inputs: Sequence[FeatureI
     out = None if out is None else Path(out).expanduser()
     if out is None:
         return _run(train, val, inputs, None, method, grid_size, holdout_fraction, seed, refit, progress, verbose,
-                    started, shots, shot_seeds)
+                    started, shots, shot_seeds, protocol)
     with claim_output(out, result_file=SUMMARY_FILE, own_files=RUN_FILES, overwrite=overwrite) as folder:
         return _run(train, val, inputs, folder, method, grid_size, holdout_fraction, seed, refit, progress, verbose,
-                    started, shots, shot_seeds)
+                    started, shots, shot_seeds, protocol)
 
 
 def _run(train, val, inputs, out, method: ProbeMethod, grid_size, holdout_fraction, seed, refit, progress, verbose,
-         started, shots=(), shot_seeds=5) -> ProbeResult:
+         started, shots=(), shot_seeds=5, protocol=None) -> ProbeResult:
     num_classes, val = method.validate(train, val, inputs)
     all_rows = np.arange(train.num_rows)
     fit_rows, held_rows = split_holdout(train.labels, holdout_fraction, seed) if grid_size > 1 else (all_rows, None)
@@ -166,6 +168,8 @@ def _run(train, val, inputs, out, method: ProbeMethod, grid_size, holdout_fracti
                "num_val": None if val is None else int(val.num_rows), "num_classes": num_classes,
                "classes": train.classes, "grid_size": grid_size, "train": train.source,
                "val": None if val is None else val.source, **settings}
+    if protocol is not None:
+        summary["protocol"] = protocol
     if few_shot is not None:
         summary["few_shot"] = few_shot
         summary["few_shot_protocol"] = ("K rows of every class drawn with numpy default_rng([seed, K, s]) for s < "

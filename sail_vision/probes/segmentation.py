@@ -88,7 +88,8 @@ def _select_key(rec: Mapping) -> tuple:
 def run_segmentation_probe(train: SegmentationData, val: SegmentationData | None, inputs: Sequence[FeatureInput],
                            out: str | Path | None, config: SegmentationConfig | None = None, *,
                            holdout_fraction: float = 0.1, seed: int = 0, refit: bool = True,
-                           overwrite: bool = False, progress: bool = True, verbose: bool = True) -> SegmentationResult:
+                           overwrite: bool = False, progress: bool = True, verbose: bool = True,
+                           protocol: dict | None = None) -> SegmentationResult:
     """Train the grid on train's images minus a seeded held-out ``holdout_fraction`` (no hold-out with a
     single grid point), choose by held-out mIoU (then mAcc, aAcc), refit on all train (``refit``),
     evaluate once on ``val`` and, with ``out``, write the results folder."""
@@ -106,14 +107,15 @@ def run_segmentation_probe(train: SegmentationData, val: SegmentationData | None
     check_train_val(train, val, inputs)
     if out is None:
         return _run(train, val, inputs, None, config, grid_size, holdout_fraction, seed, refit, progress, verbose,
-                    started)
+                    started, protocol)
     with claim_output(Path(out).expanduser(), result_file=SUMMARY_FILE, own_files=SEG_RUN_FILES,
                       overwrite=overwrite, what="segmentation probe result") as folder:
         return _run(train, val, inputs, folder, config, grid_size, holdout_fraction, seed, refit, progress, verbose,
-                    started)
+                    started, protocol)
 
 
-def _run(train, val, inputs, out, config, grid_size, holdout_fraction, seed, refit, progress, verbose, started):
+def _run(train, val, inputs, out, config, grid_size, holdout_fraction, seed, refit, progress, verbose, started,
+         protocol=None):
     all_rows = np.arange(train.num_images)
     if grid_size > 1:  # split source images, not rows: an image's views stay on one side
         groups = train.image_groups()
@@ -172,6 +174,8 @@ def _run(train, val, inputs, out, config, grid_size, holdout_fraction, seed, ref
     if val_metrics is not None:
         summary["per_class"] = {name: {"IoU": finite_or_none(iou * 100), "Acc": finite_or_none(acc * 100)}
                                 for name, iou, acc in zip(classes, val_metrics["IoU"], val_metrics["Acc"])}
+    if protocol is not None:
+        summary["protocol"] = protocol
     summary["seconds"] = round(time.monotonic() - started, 3)
     table = format_table(records, chosen["name"], summary, METRICS)
     if out is not None:
