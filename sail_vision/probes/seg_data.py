@@ -14,7 +14,7 @@ from ..errors import SailVisionError
 from .errors import ProbeDataError
 from .inputs import FeatureInput, stored_parts
 from .seg_defaults import IGNORE_INDEX
-from .streaming import prefetched
+from .streaming import Transport, prefetched, uploaded_ahead
 
 
 class SegmentationData:
@@ -134,9 +134,10 @@ class SegmentationData:
             self._grids = np.asarray(grids, dtype=np.int64).reshape(self.num_images, 2)
         return self._grids
 
-    def read(self, index: int, parts: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """({part: (nh, nw, D) float32}, (H, W) uint8 mask) of one image, shapes checked."""
-        maps = {p: np.asarray(self.maps(p, index), dtype=np.float32) for p in parts}
+    def read(self, index: int, parts: Sequence[str], dtype=np.float32) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """({part: (nh, nw, D) ``dtype``}, (H, W) uint8 mask) of one image, shapes checked (``dtype`` None:
+        as stored, e.g. float16, for transport to the device)."""
+        maps = {p: np.asarray(self.maps(p, index), dtype=dtype) for p in parts}
         grids = {m.shape[:2] for m in maps.values()}
         if len(grids) != 1:
             raise ProbeDataError(f"{self.source}: image {index}: the features have different patch grids {grids}")
@@ -195,45 +196,62 @@ def size_batches(rows: np.ndarray, grids: np.ndarray, batch_size: int,
 
 @dataclass
 class Batch:
-    """One batch on the device: part -> (B*nh*nw, D) features, (B, H, W) int64 masks, its grid."""
+    """One batch on the device: part -> (B*nh*nw, D) float32 features, (B, H, W) int64 masks, its grid, and
+    ``valid``, its labelled (non-ignored) pixels, counted on the host before transport."""
 
     rows: np.ndarray
     features: dict[str, torch.Tensor]
     masks: torch.Tensor
     shape: tuple[int, int, int]
+    valid: int = -1
 
 
-def load_batch(data: SegmentationData, rows: np.ndarray, parts: Sequence[str], device) -> Batch:
-    read = [data.read(int(r), parts) for r in rows]
-    features = {p: torch.from_numpy(np.stack([maps[p] for maps, _ in read])) for p in parts}
-    nh, nw = next(iter(features.values())).shape[1:3]
-    masks = torch.from_numpy(np.stack([m for _, m in read]).astype(np.int64))
-    return Batch(rows, {p: f.reshape(-1, f.shape[-1]).to(device) for p, f in features.items()},
-                 masks.to(device), (len(rows), int(nh), int(nw)))
+def read_batch(data: SegmentationData, rows: np.ndarray, parts: Sequence[str], pin: bool = False) -> dict:
+    """Host tensors of one batch in their stored dtypes: ``f:<part>`` (B, nh, nw, D) and ``m:masks`` (B, H, W)
+    uint8, in pinned memory with ``pin`` (CUDA), plus ``valid`` (labelled pixels, an int)."""
+    read = [data.read(int(r), parts, dtype=None) for r in rows]
+    host = {f"f:{p}": torch.from_numpy(np.ascontiguousarray(np.stack([maps[p] for maps, _ in read]))) for p in parts}
+    masks = np.stack([m for _, m in read])
+    host["m:masks"] = torch.from_numpy(masks)
+    if pin:
+        host = {k: v.pin_memory() for k, v in host.items()}
+    return {**host, "valid": int((masks != IGNORE_INDEX).sum())}
 
 
 def batches(data: SegmentationData, plan: Sequence[np.ndarray], parts: Sequence[str], device):
-    """The batches of ``plan`` read by a background thread one batch ahead."""
-    return prefetched(plan, lambda rows: load_batch(data, rows, parts, device), enabled=len(plan) > 1)
+    """The batches of ``plan`` on ``device``, through the probes' streaming transport: read by a background
+    thread one batch ahead, moved in their stored dtypes (pinned, on a side stream, the next batch's copy
+    overlapping this one's compute on CUDA), converted to float32 / int64 on the device."""
+    transport = Transport(torch.device(device))
+
+    def host(rows):
+        tensors = read_batch(data, rows, parts, pin=transport.cuda)
+        return (rows, tensors.pop("valid")), tensors
+
+    for (rows, valid), ready in uploaded_ahead(prefetched(plan, host, enabled=len(plan) > 1), transport):
+        features = {p: ready[f"f:{p}"] for p in parts}
+        nh, nw = next(iter(features.values())).shape[1:3]
+        yield Batch(rows, {p: f.reshape(-1, f.shape[-1]) for p, f in features.items()}, ready["m:masks"],
+                    (len(rows), int(nh), int(nw)), valid)
 
 
-def patch_statistics(data: SegmentationData, parts: Sequence[str], rows: np.ndarray) -> dict[str, tuple]:
-    """{part: (mean, std)} float32 over every patch of ``rows`` (float64 sums, one image at a time);
-    constant channels get std 1."""
-    sums = {}
+def patch_statistics(data: SegmentationData, parts: Sequence[str], rows: np.ndarray, device="cpu",
+                     batch_size: int = 8) -> dict[str, tuple]:
+    """{part: (mean, std)} float32 over every patch of ``rows``, computed on ``device`` from the transported
+    batches (float64 sums there, so 10^8 patches lose no digits; one sync at the end); constant channels get
+    std 1."""
+    sums: dict[str, tuple] = {}
     count = 0
-    for row in rows:
-        maps, _ = data.read(int(row), parts)
-        for p, m in maps.items():
-            flat = m.reshape(-1, m.shape[-1]).astype(np.float64)
+    for batch in batches(data, size_batches(rows, data.grids(), batch_size, None), parts, device):
+        for p, x in batch.features.items():
+            x = x.double()
             total, square = sums.get(p, (0.0, 0.0))
-            sums[p] = (total + flat.sum(0), square + np.square(flat).sum(0))
-        count += next(iter(maps.values())).shape[0] * next(iter(maps.values())).shape[1]
+            sums[p] = (total + x.sum(0), square + x.square().sum(0))
+        count += batch.shape[0] * batch.shape[1] * batch.shape[2]
     out = {}
     for p, (total, square) in sums.items():
-        mean = total / count
-        std = np.sqrt(np.maximum(square / count - mean ** 2, 0.0))
+        mean = (total / count).cpu().numpy()
+        std = np.sqrt(np.maximum((square / count).cpu().numpy() - mean ** 2, 0.0))
         std[std < 1e-6 * max(float(std.max(initial=0.0)), 1e-12)] = 1.0
         out[p] = (mean.astype(np.float32), std.astype(np.float32))
     return out
-

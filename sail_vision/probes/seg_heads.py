@@ -66,9 +66,10 @@ class SegHeadStack(HeadStack):
         return F.interpolate(group, size=size, mode="bilinear", align_corners=False)
 
     def seg_step(self, x: torch.Tensor, shape: tuple[int, int, int], masks: torch.Tensor, lr_factor: float,
-                 max_logits: int) -> torch.Tensor | None:
-        """One optimisation step on a batch; returns the (H,) cross-entropy before it (None: no labelled pixel)."""
-        valid = int((masks != IGNORE_INDEX).sum())
+                 max_logits: int, valid: int | None = None) -> torch.Tensor | None:
+        """One optimisation step on a batch; returns the (H,) cross-entropy before it (None: no labelled pixel).
+        ``valid``: the batch's labelled pixels when known (counted on the host: no device sync here)."""
+        valid = int((masks != IGNORE_INDEX).sum()) if valid is None or valid < 0 else int(valid)
         if valid == 0:
             return None
         b = shape[0]
@@ -156,7 +157,7 @@ class BatchNormHeads:
         return out.view(b, h, w, self.heads, self.num_classes).permute(0, 3, 4, 1, 2)
 
     def seg_step(self, x: torch.Tensor, shape: tuple[int, int, int], masks: torch.Tensor, lr_factor: float,
-                 max_logits: int) -> torch.Tensor:
+                 max_logits: int, valid: int | None = None) -> torch.Tensor:
         """One optimisation step of every head on a batch; returns the (H,) losses before it."""
         b = shape[0]
         size = tuple(masks.shape[1:])

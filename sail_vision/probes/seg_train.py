@@ -34,7 +34,7 @@ def _standardizers(data: SegmentationData, inputs: Sequence[FeatureInput], rows:
                    config: LinearConfig) -> dict[str, Standardizer | None]:
     if not config.standardize:
         return {fi.name: None for fi in inputs}
-    stats = patch_statistics(data, stored_parts(inputs), rows)
+    stats = patch_statistics(data, stored_parts(inputs), rows, config.device, config.batch_size)
     return {fi.name: Standardizer(np.concatenate([stats[p][0] for p in fi.parts]),
                                   np.concatenate([stats[p][1] for p in fi.parts])) for fi in inputs}
 
@@ -77,15 +77,20 @@ def train_seg_grid(data: SegmentationData, inputs: Sequence[FeatureInput], rows:
                 for fi in inputs:
                     stack = stacks[fi.name]
                     loss = stack.seg_step(stack.prepare(fi.concat(batch.features)), batch.shape, batch.masks, factor,
-                                          config.max_logits)
+                                          config.max_logits, batch.valid)
                     if loss is not None:
                         losses.append(loss)
-                        recorded[fi.name] = loss.cpu().numpy()
+                        recorded[fi.name] = loss  # stays on the device: no host sync per step
                 step_losses.append(recorded)
                 step += 1
                 bar.update(1)
                 if progress and losses and step % 10 == 0:
                     bar.set_postfix(loss=f"{float(torch.stack(losses).min()):.3f}")
+    host = {}  # after training: one copy to the host per input, not one per step
+    for fi in inputs:
+        recorded = [rec[fi.name] for rec in step_losses if fi.name in rec]
+        host[fi.name] = iter(torch.stack(recorded).cpu().numpy()) if recorded else iter(())
+    step_losses = [{k: next(host[k]) for k in rec} for rec in step_losses]
     return SegGrid(list(inputs), stacks, np.asarray(rows), step, step_losses)
 
 
