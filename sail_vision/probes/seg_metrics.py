@@ -48,16 +48,37 @@ def intersect_and_union(pred, label, num_classes: int, ignore_index: int = IGNOR
     return np.stack([inter, predicted + labelled - inter, predicted, labelled])
 
 
-def segmentation_metrics(hist: np.ndarray) -> dict[str, Any]:
+def metrics_arithmetic() -> str:
+    """Whose arithmetic turns summed areas into metrics: mmseg's ``IoUMetric.total_area_to_metrics`` when mmseg
+    imports, else this module's copy of it (the same float64 divisions; tests compare the two)."""
+    return "mmseg IoUMetric.total_area_to_metrics" if _mmseg_areas_to_metrics() else "sail-vision (mmseg not installed)"
+
+
+def _mmseg_areas_to_metrics():
+    try:
+        from mmseg.evaluation.metrics import IoUMetric
+    except Exception:  # mmseg is an optional extra; any import failure means "not available"
+        return None
+    return IoUMetric.total_area_to_metrics
+
+
+def segmentation_metrics(hist: np.ndarray, *, use_mmseg: bool = True) -> dict[str, Any]:
     """mmseg's IoUMetric numbers from summed (3, C) histograms (intersection, prediction, label):
     ``aAcc``, ``mIoU``, ``mAcc`` in percent (not rounded) and per-class ``IoU`` / ``Acc`` (fractions,
-    NaN where undefined)."""
+    NaN where undefined). The per-class values come from mmseg's ``total_area_to_metrics`` when mmseg is
+    installed (``use_mmseg``), else from the same float64 divisions here."""
     inter, predicted, labelled = (np.asarray(h, dtype=np.float64) for h in hist)
     union = predicted + labelled - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = inter / union
-        acc = inter / labelled
-        all_acc = inter.sum() / labelled.sum()
+    to_metrics = _mmseg_areas_to_metrics() if use_mmseg else None
+    if to_metrics is not None:
+        found = to_metrics(*[torch.from_numpy(a) for a in (inter, union, predicted, labelled)], ["mIoU"])
+        iou, acc = (np.asarray(found[k], dtype=np.float64) for k in ("IoU", "Acc"))
+        all_acc = float(found["aAcc"])
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = inter / union
+            acc = inter / labelled
+            all_acc = inter.sum() / labelled.sum()
 
     def percent(values):
         if np.all(np.isnan(values)):

@@ -51,7 +51,8 @@ from .seg_data import SegmentationData, check_train_val
 from .seg_export import (export_mmseg_checkpoint, mmseg_head_settings, plot_confusion, plot_predictions,
                          train_checkpoint, train_norm)
 from .seg_heads import SegHeadStack, SegmentationConfig, SegmentationHead
-from .seg_metrics import METRICS, confusion_csv, finite_or_none, per_class_table, segmentation_metrics
+from .seg_metrics import (METRICS, confusion_csv, finite_or_none, metrics_arithmetic, per_class_table,
+                          segmentation_metrics)
 from .seg_train import evaluate_seg_stacks, train_seg_grid
 
 METHOD = "segmentation-linear"
@@ -169,7 +170,7 @@ def _run(train, val, inputs, out, config, grid_size, holdout_fraction, seed, ref
                "num_val": None if val is None else val.num_images, "num_classes": train.num_classes,
                "classes": classes, "grid_size": grid_size, "train": train.source,
                "val": None if val is None else val.source, **settings,
-               "checkpoint": train_checkpoint(train),
+               "checkpoint": train_checkpoint(train), "metrics_arithmetic": metrics_arithmetic(),
                "mmseg": mmseg_head_settings(head, norm=train_norm(train), checkpoint=train_checkpoint(train))}
     if val_metrics is not None:
         summary["per_class"] = {name: {"IoU": finite_or_none(iou * 100), "Acc": finite_or_none(acc * 100)}

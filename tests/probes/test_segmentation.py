@@ -102,6 +102,11 @@ def test_metrics_equal_mmseg_iou_metric():
         metric.process({}, [{"pred_sem_seg": {"data": torch.from_numpy(pred)[None]},
                              "gt_sem_seg": {"data": torch.from_numpy(label)[None]}}])
     mine = segmentation_metrics(total)
+    fallback = segmentation_metrics(total, use_mmseg=False)  # without mmseg: the same numbers, to the last bit
+    for key in ("aAcc", "mIoU", "mAcc"):
+        assert fallback[key] == mine[key], key
+    np.testing.assert_array_equal(fallback["IoU"], mine["IoU"])
+    np.testing.assert_array_equal(fallback["Acc"], mine["Acc"])
     areas = [total[0], total[1] + total[2] - total[0], total[1], total[2]]
     raw = IoUMetric.total_area_to_metrics(*[torch.from_numpy(a.astype(np.float64)) for a in areas], ["mIoU"])
     iou, acc = np.asarray(raw["IoU"], np.float64), np.asarray(raw["Acc"], np.float64)
@@ -204,6 +209,17 @@ def test_run_learns_and_writes_every_output(probe_run):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["per_class"]) == {"sky", "tree", "road"}
     assert summary["mmseg"]["model.decode_head.in_channels"] == result.head.part_dims
+    assert summary["metrics_arithmetic"] == "mmseg IoUMetric.total_area_to_metrics"
+
+
+def test_metrics_without_mmseg_say_so(monkeypatch):
+    from sail_vision.probes import seg_metrics
+
+    monkeypatch.setattr(seg_metrics, "_mmseg_areas_to_metrics", lambda: None)
+    assert seg_metrics.metrics_arithmetic() == "sail-vision (mmseg not installed)"
+    hist = np.array([[5, 0, 2], [6, 1, 2], [7, 0, 3]])
+    found = seg_metrics.segmentation_metrics(hist)
+    assert found["aAcc"] == 70.0 and np.isnan(found["IoU"][1]) and found["IoU"][0] == 5 / 8
     assert (out / "per_class.csv").read_text().startswith("class,IoU,Acc,pixels\nsky,")
 
 
