@@ -217,7 +217,7 @@ def test_metrics_without_mmseg_say_so(monkeypatch):
 
     monkeypatch.setattr(seg_metrics, "_mmseg_areas_to_metrics", lambda: None)
     assert seg_metrics.metrics_arithmetic() == "sail-vision (mmseg not installed)"
-    hist = np.array([[5, 0, 2], [6, 1, 2], [7, 0, 3]])
+    hist = np.array([[5, 0, 2], [6, 0, 2], [7, 0, 3]])  # class 1 neither predicted nor present
     found = seg_metrics.segmentation_metrics(hist)
     assert found["aAcc"] == 70.0 and np.isnan(found["IoU"][1]) and found["IoU"][0] == 5 / 8
     assert (out / "per_class.csv").read_text().startswith("class,IoU,Acc,pixels\nsky,")
