@@ -69,8 +69,9 @@ def register(subparsers) -> None:
     data.add_argument("--concat-token", default="end", choices=("end", "cls"),
                       help="token pooled for --concat-last (default: %(default)s)")
     method = parser.add_argument_group("method")
-    method.add_argument("--method", default="linear", choices=tuple(registered_methods()),
-                        help=f"{methods_help()} (default: %(default)s)")
+    method.add_argument("--method", default="linear", choices=tuple(registered_methods("classification")),
+                        help=f"{methods_help('classification')}; --task segmentation: linear, DINOv2's linear "
+                             f"segmentation head (default: %(default)s)")
     method.add_argument("--holdout-fraction", type=float, default=DEFAULT_HOLDOUT_FRACTION,
                         help="share of the training rows held out (seeded, stratified) to choose hyper-parameters; "
                              "unused when the grid has one point (default: %(default)s)")

@@ -14,6 +14,7 @@ Records are plain dicts: ``name`` (encodes the hyper-parameters), ``method``, ``
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -132,7 +133,7 @@ class GridMethod(ClassificationMethod):
 
 #: Modules whose classes register probe methods with :func:`register_method`; imported on the first look-up
 #: (as timm imports its model modules), so the registry is complete whoever asks first.
-METHOD_MODULES = ("linear", "logreg", "knn", "attentive")
+METHOD_MODULES = ("linear", "logreg", "knn", "attentive", "segmentation")
 _REGISTRY: dict[str, type] = {}
 
 
@@ -146,8 +147,9 @@ def register_method(cls: type) -> type:
     return cls
 
 
-def registered_methods() -> dict[str, type]:
-    """{name: ProbeMethod class} of every registered method: the built-in ones in ``METHOD_MODULES`` order,
+def registered_methods(task: str | None = None) -> dict[str, type]:
+    """{name: ProbeMethod class} of every registered method (of ``task`` when given: ``classification``, the
+    default of a class without ``task``, or ``segmentation``): the built-in ones in ``METHOD_MODULES`` order,
     then any other in registration order (whatever order the modules happened to be imported in)."""
     import importlib
 
@@ -156,7 +158,8 @@ def registered_methods() -> dict[str, type]:
         importlib.import_module(module)
     rank = {cls: (modules.index(cls.__module__) if cls.__module__ in modules else len(modules), i)
             for i, cls in enumerate(_REGISTRY.values())}
-    return {cls.name: cls for cls in sorted(_REGISTRY.values(), key=rank.__getitem__)}
+    return {cls.name: cls for cls in sorted(_REGISTRY.values(), key=rank.__getitem__)
+            if task is None or getattr(cls, "task", "classification") == task}
 
 
 def method_class(name: str) -> type:
@@ -167,10 +170,10 @@ def method_class(name: str) -> type:
     return classes[name]
 
 
-def methods_help() -> str:
+def methods_help(task: str | None = None) -> str:
     """Every registered method's name and summary, for ``--method``'s help."""
     return "; ".join(f"{name}: {getattr(cls, 'summary', cls.__doc__ or '').strip()}"
-                     for name, cls in registered_methods().items())
+                     for name, cls in registered_methods(task).items())
 
 
 def load_head(meta: Mapping, tensors: Mapping[str, np.ndarray], *, device: str = "cpu",
@@ -180,8 +183,10 @@ def load_head(meta: Mapping, tensors: Mapping[str, np.ndarray], *, device: str =
 
 
 def best_record(records: Sequence[dict], metrics: Sequence[str]) -> dict:
-    """The record with the highest held-out metrics (compared in order); the first such in grid order."""
-    return max(records, key=lambda r: tuple(r[f"holdout_{m}"] for m in metrics))
+    """The record with the highest held-out metrics (compared in order; an undefined metric, None, lowest);
+    the first such in grid order."""
+    return max(records, key=lambda r: tuple(-math.inf if r[f"holdout_{m}"] is None else r[f"holdout_{m}"]
+                                            for m in metrics))
 
 
 def record(name: str, method: str, feature_input: FeatureInput, scores: Mapping[str, float] | None,

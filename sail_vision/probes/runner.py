@@ -118,7 +118,8 @@ def run_probe(train: ProbeData, val: ProbeData | None, inputs: Sequence[FeatureI
     if out is None:
         return _run(train, val, inputs, None, method, grid_size, holdout_fraction, seed, refit, progress, verbose,
                     started, shots, shot_seeds, protocol)
-    with claim_output(out, result_file=SUMMARY_FILE, own_files=RUN_FILES, overwrite=overwrite) as folder:
+    with claim_output(out, result_file=SUMMARY_FILE, own_files=getattr(method, "run_files", RUN_FILES),
+                      overwrite=overwrite, what=getattr(method, "result_name", "probe result")) as folder:
         return _run(train, val, inputs, folder, method, grid_size, holdout_fraction, seed, refit, progress, verbose,
                     started, shots, shot_seeds, protocol)
 
@@ -127,7 +128,12 @@ def _run(train, val, inputs, out, method: ProbeMethod, grid_size, holdout_fracti
          started, shots=(), shot_seeds=5, protocol=None) -> ProbeResult:
     num_classes, val = method.validate(train, val, inputs)
     all_rows = np.arange(train.num_rows)
-    fit_rows, held_rows = split_holdout(train.labels, holdout_fraction, seed) if grid_size > 1 else (all_rows, None)
+    split = getattr(method, "holdout_split", None)  # default: stratified by label
+    if grid_size > 1:
+        fit_rows, held_rows = (split(train, holdout_fraction, seed) if split else
+                               split_holdout(train.labels, holdout_fraction, seed))
+    else:
+        fit_rows, held_rows = all_rows, None
     records = method.fit_grid(train, inputs, num_classes, fit_rows, held_rows, progress=progress)
     chosen = best_record(records, method.metrics) if held_rows is not None else records[0]
     refit_all = bool(refit or held_rows is None)
@@ -136,13 +142,12 @@ def _run(train, val, inputs, out, method: ProbeMethod, grid_size, holdout_fracti
     hyper = {key: chosen[key] for key in method.hyperparameters}
     settings = method.settings()
     trained_rows = all_rows if refit_all else fit_rows
-    meta = {**head.meta(), "method": method.name, "feature": feature_input.name, "parts": list(feature_input.parts),
-            "part_dims": train.part_dims(feature_input), "dim": train.dim(feature_input), "num_classes": num_classes,
-            "classes": train.classes, "trained_labels": np.unique(train.labels[trained_rows]).tolist(),
-            "standardized": bool(getattr(head, "standardizer", None) is not None),
-            "hyperparameters": {**hyper, **({"temperature": settings["temperature"]} if method.name == "knn" else {})},
-            "grid_point": chosen["name"], "train": train.source, "refit_on_all_train": refit_all,
-            "provenance": train.input_provenance(feature_input)}
+    if hasattr(method, "head_meta"):
+        meta = {**method.head_meta(train, head, chosen, trained_rows, num_classes), "hyperparameters": hyper,
+                "refit_on_all_train": refit_all}
+    else:
+        meta = _classification_meta(method, train, head, chosen, hyper, settings, trained_rows, num_classes,
+                                    refit_all)
     probe = LoadedProbe(meta, head)
     metrics = method.metrics
     scores = {m: None for m in metrics}
@@ -168,6 +173,8 @@ def _run(train, val, inputs, out, method: ProbeMethod, grid_size, holdout_fracti
                "num_val": None if val is None else int(val.num_rows), "num_classes": num_classes,
                "classes": train.classes, "grid_size": grid_size, "train": train.source,
                "val": None if val is None else val.source, **settings}
+    if hasattr(method, "summary_extras"):
+        summary.update(method.summary_extras(train, head))
     if protocol is not None:
         summary["protocol"] = protocol
     if few_shot is not None:
@@ -196,6 +203,8 @@ def _run(train, val, inputs, out, method: ProbeMethod, grid_size, holdout_fracti
         if layers:
             plot_layers(layers, out / LAYERS_PLOT_FILE, metric=metrics[0], title=f"{method.name} probe")
             files["layers_plot"] = LAYERS_PLOT_FILE
+        if hasattr(method, "write_outputs"):
+            files.update(method.write_outputs(out, train, head, summary))
         if few_shot:
             from .fewshot import plot_few_shot
 
@@ -225,3 +234,15 @@ def _few_shot(method, train, val, chosen, meta, num_classes, shots, seeds, seed)
             top1.append(measured["top1"])
         entries.append(few_shot_entry(shots_k, seeds, top1))
     return entries
+
+
+def _classification_meta(method, train, head, chosen, hyper, settings, trained_rows, num_classes, refit_all) -> dict:
+    """head.json fields of a classification head (one label per row, features of a ProbeData)."""
+    feature_input = head.feature_input
+    return {**head.meta(), "method": method.name, "feature": feature_input.name, "parts": list(feature_input.parts),
+             "part_dims": train.part_dims(feature_input), "dim": train.dim(feature_input), "num_classes": num_classes,
+             "classes": train.classes, "trained_labels": np.unique(train.labels[trained_rows]).tolist(),
+             "standardized": bool(getattr(head, "standardizer", None) is not None),
+             "hyperparameters": {**hyper, **({"temperature": settings["temperature"]} if method.name == "knn" else {})},
+             "grid_point": chosen["name"], "train": train.source, "refit_on_all_train": refit_all,
+             "provenance": train.input_provenance(feature_input)}

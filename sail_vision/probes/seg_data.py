@@ -77,6 +77,11 @@ class SegmentationData:
         return cls(store, str(path))
 
     @property
+    def num_rows(self) -> int:
+        """Images (rows of the runner: one mask each, augmented views included)."""
+        return self.num_images
+
+    @property
     def names(self) -> list[str]:
         return list(getattr(self.store, "names", []))
 

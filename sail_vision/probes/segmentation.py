@@ -32,11 +32,9 @@ grids and the chosen head), :mod:`.seg_train` (training and evaluating a grid), 
 
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -44,9 +42,9 @@ from .data import split_holdout
 from .errors import ProbeDataError
 from .inputs import FeatureInput
 from .linear import grid_point_name
-from .methods import record
-from .results import (GRID_FILE, HEAD_JSON_FILE, HEAD_TENSORS_FILE, PLOT_FILE, SUMMARY_FILE, claim_output,
-                      format_table, save_head, write_json, write_json_lines, write_text)
+from .methods import record, register_method
+from .results import (GRID_FILE, HEAD_JSON_FILE, HEAD_TENSORS_FILE, LAYERS_PLOT_FILE, PLOT_FILE, SUMMARY_FILE,
+                      write_text)
 from .seg_data import SegmentationData, check_train_val
 from .seg_export import (export_mmseg_checkpoint, mmseg_head_settings, plot_confusion, plot_predictions,
                          train_checkpoint, train_norm)
@@ -62,11 +60,11 @@ MMSEG_CHECKPOINT_FILE = "mmseg_head.pth"
 CONFUSION_FILE = "confusion.csv"
 CONFUSION_PLOT_FILE = "confusion.png"
 #: Every file a segmentation probe run writes (and the only ones ``--overwrite`` removes).
-SEG_RUN_FILES = (GRID_FILE, SUMMARY_FILE, HEAD_TENSORS_FILE, HEAD_JSON_FILE, PLOT_FILE, PER_CLASS_FILE,
-                 PREDICTIONS_PLOT_FILE, MMSEG_CHECKPOINT_FILE, CONFUSION_FILE, CONFUSION_PLOT_FILE)
+SEG_RUN_FILES = (GRID_FILE, SUMMARY_FILE, HEAD_TENSORS_FILE, HEAD_JSON_FILE, PLOT_FILE, LAYERS_PLOT_FILE,
+                 PER_CLASS_FILE, PREDICTIONS_PLOT_FILE, MMSEG_CHECKPOINT_FILE, CONFUSION_FILE, CONFUSION_PLOT_FILE)
 
 
-# ---------------------------------------------------------------------------------- the run
+# ---------------------------------------------------------------------------------- the method
 @dataclass
 class SegmentationResult:
     summary: dict
@@ -82,8 +80,140 @@ def _scores(hist: np.ndarray) -> dict[str, float | None]:
     return {m: finite_or_none(found[m]) for m in METRICS}
 
 
-def _select_key(rec: Mapping) -> tuple:
-    return tuple(-math.inf if rec[f"holdout_{m}"] is None else rec[f"holdout_{m}"] for m in METRICS)
+@register_method
+class SegmentationMethod:
+    """DINOv2's linear segmentation head as a method of :func:`~.runner.run_probe`: the runner splits (whole
+    source images), selects, refits, evaluates and writes; this class trains and scores the grid, and adds
+    the mmseg checkpoint, per-class table, confusion matrix and predictions picture."""
+
+    name: ClassVar[str] = METHOD
+    task: ClassVar[str] = "segmentation"
+    summary: ClassVar[str] = "DINOv2's linear segmentation head (BN + 1x1 conv) on patch features and masks"
+    hyperparameters: ClassVar[tuple[str, ...]] = ("lr", "weight_decay")
+    metrics: ClassVar[tuple[str, ...]] = METRICS
+    run_files: ClassVar[tuple[str, ...]] = SEG_RUN_FILES
+    result_name: ClassVar[str] = "segmentation probe result"
+
+    def __init__(self, config: SegmentationConfig | None = None):
+        self.config = config or SegmentationConfig()
+        self._trained = None
+        self._evaluation = None
+
+    def check(self) -> None:
+        self.config.check()
+
+    def grid_size(self, inputs: Sequence[FeatureInput]) -> int:
+        return len(inputs) * len(self.config.grid)
+
+    def validate(self, train, val, inputs):
+        check_train_val(train, val, inputs)
+        return train.num_classes, val
+
+    def holdout_split(self, train, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Split source images, not rows: an image's augmented views stay on one side."""
+        groups = train.image_groups()
+        fit_groups, held_groups = split_holdout(np.zeros(int(groups.max()) + 1, np.int64), fraction, seed)
+        return np.flatnonzero(np.isin(groups, fit_groups)), np.flatnonzero(np.isin(groups, held_groups))
+
+    def fit_grid(self, train, inputs, num_classes, fit_rows, held_rows, *, progress: bool = True) -> list[dict]:
+        config = self.config
+        trained = train_seg_grid(train, inputs, fit_rows, config, progress=progress)
+        self._trained = (np.asarray(fit_rows), trained)
+        scores = {}
+        if held_rows is not None:
+            held = evaluate_seg_stacks(trained.eval_stacks(config), inputs, train, held_rows, config)
+            scores = {name: [_scores(h) for h in hist] for name, hist in held.hists.items()}
+        records = []
+        for fi in inputs:
+            for index, (lr, wd) in enumerate(config.grid):
+                point = scores[fi.name][index] if scores else None
+                records.append(record(grid_point_name(fi.name, lr, wd), METHOD, fi, point, METRICS, lr=lr,
+                                      weight_decay=wd))
+        return records
+
+    def refit(self, train, chosen: Mapping, num_classes: int, rows: np.ndarray, *,
+              progress: bool = True) -> SegmentationHead:
+        feature_input = FeatureInput(tuple(chosen["parts"]))
+        point = (chosen["lr"], chosen["weight_decay"])
+        kept = self._trained
+        if kept is not None and np.array_equal(kept[0], rows) and feature_input.name in kept[1].stacks:
+            tensors = kept[1].stacks[feature_input.name].head(self.config.grid.index(point))
+        else:
+            again = train_seg_grid(train, [feature_input], rows, self.config, grid=[point], progress=progress)
+            tensors = again.stacks[feature_input.name].head(0)
+        return SegmentationHead.from_tensors(feature_input, tensors, train.dims(feature_input.parts))
+
+    def evaluate(self, probe, val) -> tuple[dict, None]:
+        head = probe.head
+        stack = SegHeadStack.from_head(head, self.config)
+        evaluation = evaluate_seg_stacks({head.feature_input.name: stack}, [head.feature_input], val,
+                                         np.arange(val.num_images), self.config, keep=self.config.show_images,
+                                         confusion=True)
+        hist = evaluation.hists[head.feature_input.name][0]
+        found = segmentation_metrics(hist)
+        self._evaluation = (found, hist, evaluation)
+        return {m: finite_or_none(found[m]) for m in METRICS}, None
+
+    def settings(self) -> dict:
+        c = self.config
+        return {"optimizer": c.optimizer, "epochs": c.epochs, "batch_size": c.batch_size, "device": str(c.device),
+                "bn": c.bn}
+
+    @staticmethod
+    def class_names(train) -> list[str]:
+        return train.classes or [str(i) for i in range(train.num_classes)]
+
+    def head_meta(self, train, head: SegmentationHead, chosen: Mapping, trained_rows, num_classes: int) -> dict:
+        return {"method": METHOD, "task": "segmentation", "feature": head.feature_input.name,
+                "parts": list(head.feature_input.parts), "part_dims": head.part_dims, "dim": head.dim,
+                "num_classes": num_classes, "classes": self.class_names(train), "patch_size": train.patch_size,
+                "grid_point": chosen["name"], "train": train.source, "provenance": train.provenance(),
+                **self.settings(), "standardized": head.standardizer is not None}
+
+    def summary_extras(self, train, head: SegmentationHead) -> dict:
+        classes = self.class_names(train)
+        extras = {"task": "segmentation", "classes": classes, "num_train": train.num_images,
+                  "checkpoint": train_checkpoint(train), "metrics_arithmetic": metrics_arithmetic(),
+                  "mmseg": mmseg_head_settings(head, norm=train_norm(train), checkpoint=train_checkpoint(train))}
+        if self._evaluation is not None:
+            found = self._evaluation[0]
+            extras["per_class"] = {name: {"IoU": finite_or_none(iou * 100), "Acc": finite_or_none(acc * 100)}
+                                   for name, iou, acc in zip(classes, found["IoU"], found["Acc"])}
+        return extras
+
+    def per_class_text(self, train) -> tuple[str, str]:
+        if self._evaluation is None:
+            return "", ""
+        found, hist, _ = self._evaluation
+        return per_class_table(found, self.class_names(train), hist[2])
+
+    def write_outputs(self, out: Path, train, head: SegmentationHead, summary: Mapping) -> dict:
+        """The segmentation files beside the runner's: mmseg checkpoint, per-class CSV, confusion, predictions."""
+        classes = self.class_names(train)
+        export_mmseg_checkpoint(head, out / MMSEG_CHECKPOINT_FILE, classes=classes, palette=train.palette,
+                                norm=train_norm(train), checkpoint=train_checkpoint(train),
+                                extra_meta={"grid_point": summary["chosen"], "seed": summary["seed"],
+                                            "val_mIoU": summary.get("mIoU")})
+        files = {"mmseg_checkpoint": MMSEG_CHECKPOINT_FILE, "per_class": None, "predictions_plot": None,
+                 "confusion": None, "confusion_plot": None}
+        if self._evaluation is None:
+            return files
+        _, _, evaluation = self._evaluation
+        write_text(out / PER_CLASS_FILE, self.per_class_text(train)[1])
+        files["per_class"] = PER_CLASS_FILE
+        if evaluation.confusion is not None:
+            write_text(out / CONFUSION_FILE, confusion_csv(evaluation.confusion, classes))
+            plot_confusion(evaluation.confusion, classes, out / CONFUSION_PLOT_FILE)
+            files.update(confusion=CONFUSION_FILE, confusion_plot=CONFUSION_PLOT_FILE)
+        if evaluation.shown:
+            plot_predictions(evaluation.shown, train.palette, out / PREDICTIONS_PLOT_FILE, classes)
+            files["predictions_plot"] = PREDICTIONS_PLOT_FILE
+        return files
+
+    @classmethod
+    def load_head(cls, meta: Mapping, tensors, **_):
+        raise ProbeDataError(f"{meta.get('folder', 'this folder')}: a segmentation head is applied with the backbone: "
+                             f"python tools/test.py CONFIG {MMSEG_CHECKPOINT_FILE} (see its summary.json \"mmseg\")")
 
 
 def run_segmentation_probe(train: SegmentationData, val: SegmentationData | None, inputs: Sequence[FeatureInput],
@@ -91,123 +221,16 @@ def run_segmentation_probe(train: SegmentationData, val: SegmentationData | None
                            holdout_fraction: float = 0.1, seed: int = 0, refit: bool = True,
                            overwrite: bool = False, progress: bool = True, verbose: bool = True,
                            protocol: dict | None = None) -> SegmentationResult:
-    """Train the grid on train's images minus a seeded held-out ``holdout_fraction`` (no hold-out with a
-    single grid point), choose by held-out mIoU (then mAcc, aAcc), refit on all train (``refit``),
-    evaluate once on ``val`` and, with ``out``, write the results folder."""
-    from dataclasses import replace
+    """:func:`~.runner.run_probe` with :class:`SegmentationMethod`: the grid trained on train's images minus a
+    seeded held-out ``holdout_fraction`` of source images (no hold-out with a single grid point), chosen by
+    held-out mIoU (then mAcc, aAcc), refit on all train (``refit``), evaluated once on ``val``, and, with
+    ``out``, the results folder written."""
+    from .runner import run_probe
 
-    started = time.monotonic()
-    config = replace(config or SegmentationConfig(), seed=seed)
-    config.check()
-    inputs = list(inputs)
-    if not inputs:
-        raise ProbeDataError("no feature inputs to probe")
-    grid_size = len(inputs) * len(config.grid)
-    if grid_size > 1 and not 0 < holdout_fraction < 1:
-        raise ProbeDataError(f"--holdout-fraction must be between 0 and 1, got {holdout_fraction}")
-    check_train_val(train, val, inputs)
-    if out is None:
-        return _run(train, val, inputs, None, config, grid_size, holdout_fraction, seed, refit, progress, verbose,
-                    started, protocol)
-    with claim_output(Path(out).expanduser(), result_file=SUMMARY_FILE, own_files=SEG_RUN_FILES,
-                      overwrite=overwrite, what="segmentation probe result") as folder:
-        return _run(train, val, inputs, folder, config, grid_size, holdout_fraction, seed, refit, progress, verbose,
-                    started, protocol)
-
-
-def _run(train, val, inputs, out, config, grid_size, holdout_fraction, seed, refit, progress, verbose, started,
-         protocol=None):
-    all_rows = np.arange(train.num_images)
-    if grid_size > 1:  # split source images, not rows: an image's views stay on one side
-        groups = train.image_groups()
-        fit_groups, held_groups = split_holdout(np.zeros(int(groups.max()) + 1, np.int64), holdout_fraction, seed)
-        fit_rows, held_rows = np.flatnonzero(np.isin(groups, fit_groups)), np.flatnonzero(np.isin(groups, held_groups))
-    else:
-        fit_rows, held_rows = all_rows, None
-    trained = train_seg_grid(train, inputs, fit_rows, config, progress=progress)
-    scores = {}
-    if held_rows is not None:
-        held = evaluate_seg_stacks(trained.eval_stacks(config), inputs, train, held_rows, config)
-        scores = {name: [_scores(h) for h in hist] for name, hist in held.hists.items()}
-    records = []
-    for fi in inputs:
-        for index, (lr, wd) in enumerate(config.grid):
-            point = scores[fi.name][index] if scores else None
-            records.append(record(grid_point_name(fi.name, lr, wd), METHOD, fi, point, METRICS, lr=lr,
-                                  weight_decay=wd))
-    chosen = max(records, key=_select_key) if held_rows is not None else records[0]
-    feature_input = FeatureInput(tuple(chosen["parts"]))
-    point = (chosen["lr"], chosen["weight_decay"])
-    refit_all = bool(refit or held_rows is None)
-    if refit_all and held_rows is not None:
-        again = train_seg_grid(train, [feature_input], all_rows, config, grid=[point], progress=progress)
-        tensors = again.stacks[feature_input.name].head(0)
-    else:
-        tensors = trained.stacks[feature_input.name].head(config.grid.index(point))
-    head = SegmentationHead.from_tensors(feature_input, tensors, train.dims(feature_input.parts))
-    classes = train.classes or [str(i) for i in range(train.num_classes)]
-    measured = {m: None for m in METRICS}
-    per_class, per_class_csv, shown, val_metrics, confusion = "", "", [], None, None
-    if val is not None:
-        stack = SegHeadStack.from_head(head, config)
-        evaluation = evaluate_seg_stacks({feature_input.name: stack}, [feature_input], val,
-                                         np.arange(val.num_images), config, keep=config.show_images, confusion=True)
-        hist = evaluation.hists[feature_input.name][0]
-        val_metrics = segmentation_metrics(hist)
-        measured = {m: finite_or_none(val_metrics[m]) for m in METRICS}
-        per_class, per_class_csv = per_class_table(val_metrics, classes, hist[2])
-        shown, confusion = evaluation.shown, evaluation.confusion
-    hyper = {"lr": chosen["lr"], "weight_decay": chosen["weight_decay"]}
-    settings = {"optimizer": config.optimizer, "epochs": config.epochs, "batch_size": config.batch_size,
-                "device": str(config.device), "bn": config.bn, "standardized": head.standardizer is not None}
-    summary = {"task": "segmentation", "method": METHOD, "feature": feature_input.name, **measured, **hyper,
-               "hyperparameters": hyper, **{f"holdout_{m}": chosen.get(f"holdout_{m}") for m in METRICS},
-               "chosen": chosen["name"],
-               "selection": "holdout" if held_rows is not None else "single grid point (no selection)",
-               "holdout_fraction": holdout_fraction if held_rows is not None else 0.0, "seed": seed,
-               "refit_on_all_train": refit_all, "num_train": train.num_images, "num_fit": int(fit_rows.size),
-               "num_holdout": 0 if held_rows is None else int(held_rows.size),
-               "num_val": None if val is None else val.num_images, "num_classes": train.num_classes,
-               "classes": classes, "grid_size": grid_size, "train": train.source,
-               "val": None if val is None else val.source, **settings,
-               "checkpoint": train_checkpoint(train), "metrics_arithmetic": metrics_arithmetic(),
-               "mmseg": mmseg_head_settings(head, norm=train_norm(train), checkpoint=train_checkpoint(train))}
-    if val_metrics is not None:
-        summary["per_class"] = {name: {"IoU": finite_or_none(iou * 100), "Acc": finite_or_none(acc * 100)}
-                                for name, iou, acc in zip(classes, val_metrics["IoU"], val_metrics["Acc"])}
-    if protocol is not None:
-        summary["protocol"] = protocol
-    summary["seconds"] = round(time.monotonic() - started, 3)
-    table = format_table(records, chosen["name"], summary, METRICS)
-    if out is not None:
-        from .plot import plot_grid
-
-        write_json_lines(out / GRID_FILE, records)
-        meta = {"method": METHOD, "task": "segmentation", "feature": feature_input.name,
-                "parts": list(feature_input.parts), "part_dims": head.part_dims, "dim": head.dim,
-                "num_classes": train.num_classes, "classes": classes, "patch_size": train.patch_size,
-                "hyperparameters": hyper, "grid_point": chosen["name"], "train": train.source,
-                "refit_on_all_train": refit_all, "provenance": train.provenance(), **settings}
-        save_head(out, meta, head.tensors())
-        export_mmseg_checkpoint(head, out / MMSEG_CHECKPOINT_FILE, classes=classes, palette=train.palette,
-                                norm=train_norm(train), checkpoint=train_checkpoint(train), extra_meta={"grid_point": chosen["name"], "seed": seed, "val_mIoU": measured["mIoU"]})
-        plot_grid(records, out / PLOT_FILE, method=METHOD, hyperparameters=("lr", "weight_decay"),
-                  chosen=chosen["name"], metric="mIoU")
-        files = {"grid": GRID_FILE, "head": HEAD_JSON_FILE, "mmseg_checkpoint": MMSEG_CHECKPOINT_FILE,
-                 "plot": PLOT_FILE, "per_class": None, "predictions_plot": None, "confusion": None,
-                 "confusion_plot": None}
-        if per_class_csv:
-            write_text(out / PER_CLASS_FILE, per_class_csv)
-            files["per_class"] = PER_CLASS_FILE
-        if confusion is not None:
-            write_text(out / CONFUSION_FILE, confusion_csv(confusion, classes))
-            plot_confusion(confusion, classes, out / CONFUSION_PLOT_FILE)
-            files.update(confusion=CONFUSION_FILE, confusion_plot=CONFUSION_PLOT_FILE)
-        if shown:
-            plot_predictions(shown, train.palette, out / PREDICTIONS_PLOT_FILE, classes)
-            files["predictions_plot"] = PREDICTIONS_PLOT_FILE
-        summary["files"] = files
-        write_json(out / SUMMARY_FILE, summary)
+    method = SegmentationMethod(replace(config or SegmentationConfig(), seed=seed))
+    result = run_probe(train, val, inputs, out, method=method, holdout_fraction=holdout_fraction, seed=seed,
+                       refit=refit, overwrite=overwrite, progress=progress, verbose=False, protocol=protocol)
+    per_class = method.per_class_text(train)[0]
     if verbose:
-        print(table if not per_class else f"{table}\n{per_class}")
-    return SegmentationResult(summary, records, head, out, table, per_class)
+        print(result.table if not per_class else f"{result.table}\n{per_class}")
+    return SegmentationResult(result.summary, result.records, result.probe.head, result.out, result.table, per_class)
