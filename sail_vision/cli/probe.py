@@ -208,7 +208,8 @@ def _inputs(args, available):
 
 def run(args) -> int:
     from ..errors import InputError
-    from ..probes.data import read_classes_file, renamed_single
+    from ..probes.data import renamed_single
+    from ..probes.labels import read_classes_file
     from ..probes.inputs import stored_parts
 
     protocol = _protocol(args)
@@ -275,7 +276,8 @@ def _predict(args) -> int:
 
     from ..errors import InputError
     from ..probes import load_probe, predict_features
-    from ..probes.data import read_classes_file, renamed_single
+    from ..probes.data import renamed_single
+    from ..probes.labels import read_classes_file
 
     if not (args.val or args.val_features):
         raise InputError("--predict needs the features to label: --val DIR or --val-features X.npy")

@@ -16,7 +16,8 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from ..folder_lock import hold_folder
-from .data import ProbeData, align_classes
+from .data import ProbeData
+from .labels import align_classes
 from .errors import ProbeDataError
 from .inputs import FeatureInput
 from .methods import Head, load_head
