@@ -23,6 +23,7 @@ SCRIPTS = {
     "bench_memory": ["--cache-dir"],
     "bench_extract": [],
     "bench_probe_grid": [],
+    "bench_attentive": [],
 }
 
 

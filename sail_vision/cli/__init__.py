@@ -22,6 +22,7 @@ COMMANDS = (
     "sail_vision.cli.pca",
     "sail_vision.cli.demo",
     "sail_vision.cli.probe",
+    "sail_vision.cli.report",
     "sail_vision.cli.segment",
 )
 

@@ -4,6 +4,7 @@ linear segmentation probes (``--task segmentation``) on cached patch features wi
 from __future__ import annotations
 
 import argparse
+import shlex
 
 
 def _floats(text: str) -> list[float]:
@@ -14,9 +15,12 @@ def _floats(text: str) -> list[float]:
 
 
 def register(subparsers) -> None:
-    from ..probes.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_ROWS, DEFAULT_CS, DEFAULT_EPOCHS,
+    from ..probes.defaults import (DEFAULT_ATTENTION_HEADS, DEFAULT_ATTENTIVE_LRS, DEFAULT_ATTENTIVE_WEIGHT_DECAYS,
+                                   DEFAULT_QUERIES, DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_ROWS, DEFAULT_CS, DEFAULT_EPOCHS,
                                    DEFAULT_HOLDOUT_FRACTION, DEFAULT_KS, DEFAULT_MAX_ITER,
                                    DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_WEIGHT_DECAYS)
+    from ..probes.methods import methods_help, registered_methods
+    from ..probes.protocols import PROTOCOLS
     from ..probes.seg_defaults import (DEFAULT_SEG_BATCH_SIZE, DEFAULT_SEG_EPOCHS, DEFAULT_SEG_LRS,
                                        DEFAULT_SEG_WEIGHT_DECAYS)
 
@@ -65,15 +69,24 @@ def register(subparsers) -> None:
     data.add_argument("--concat-token", default="end", choices=("end", "cls"),
                       help="token pooled for --concat-last (default: %(default)s)")
     method = parser.add_argument_group("method")
-    method.add_argument("--method", default="linear", choices=("linear", "logreg", "knn"),
-                        help="linear: one-pass grid of softmax heads; logreg: scikit-learn LogisticRegression "
-                             "over --Cs; knn: cosine k-NN with temperature-weighted votes over --ks "
-                             "(default: %(default)s)")
+    method.add_argument("--method", default="linear", choices=tuple(registered_methods("classification")),
+                        help=f"{methods_help('classification')}; --task segmentation: linear, DINOv2's linear "
+                             f"segmentation head (default: %(default)s)")
     method.add_argument("--holdout-fraction", type=float, default=DEFAULT_HOLDOUT_FRACTION,
                         help="share of the training rows held out (seeded, stratified) to choose hyper-parameters; "
                              "unused when the grid has one point (default: %(default)s)")
     method.add_argument("--seed", type=int, default=0,
                         help="seed of the held-out split and of shuffling, 0 .. 2**32-1 (default: %(default)s)")
+    method.add_argument("--protocol", choices=tuple(PROTOCOLS), default=None,
+                        help="pin every hyper-parameter (and the feature inputs) as a reference protocol sets them; "
+                             "an option contradicting it is an error; values and their sources go into "
+                             "summary.json (see docs/probes.md) (default: none)")
+    method.add_argument("--shots", type=int, nargs="+", metavar="K",
+                        help="also train the chosen grid point on K training rows per class (several K allowed), "
+                             "--seeds times each, and record few_shot (mean top-1 and its 95 %% Student-t interval "
+                             "over seeds) in summary.json and few_shot.png (default: off)")
+    method.add_argument("--seeds", type=int, default=5,
+                        help="subsets drawn per --shots value, seeded by --seed (default: %(default)s)")
     method.add_argument("--no-refit", dest="refit", action="store_false",
                         help="keep the chosen head as trained on the non-held-out rows instead of refitting it on "
                              "all training rows (default: refit)")
@@ -92,13 +105,16 @@ def register(subparsers) -> None:
     linear = parser.add_argument_group("linear")
     linear.add_argument("--lrs", type=_floats, default=None, metavar="LR,...",
                         help="learning rates of the grid, comma or space separated (default: 13 log-spaced "
-                             f"values 1e-4 .. 1; segmentation: {','.join(f'{v:g}' for v in DEFAULT_SEG_LRS)})")
+                             f"values 1e-4 .. 1; segmentation: {','.join(f'{v:g}' for v in DEFAULT_SEG_LRS)}; "
+                             f"attentive: {','.join(f'{v:g}' for v in DEFAULT_ATTENTIVE_LRS)})")
     linear.add_argument("--weight-decays", "--wds", type=_floats, default=None, metavar="WD,...",
                         help="weight decays of the grid (default: "
                              f"{','.join(f'{v:g}' for v in DEFAULT_WEIGHT_DECAYS)}; segmentation: "
-                             f"{','.join(f'{v:g}' for v in DEFAULT_SEG_WEIGHT_DECAYS)})")
-    linear.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"),
-                        help="sgd (momentum 0.9) or adamw; cosine learning-rate schedule (default: %(default)s)")
+                             f"{','.join(f'{v:g}' for v in DEFAULT_SEG_WEIGHT_DECAYS)}; attentive: "
+                             f"{','.join(f'{v:g}' for v in DEFAULT_ATTENTIVE_WEIGHT_DECAYS)})")
+    linear.add_argument("--optimizer", default=None, choices=("sgd", "adamw"),
+                        help="sgd (momentum 0.9) or adamw; cosine learning-rate schedule (default: sgd; attentive: "
+                             "adamw)")
     linear.add_argument("--epochs", type=int, default=None,
                         help=f"passes over the training features (default: {DEFAULT_EPOCHS}; segmentation: "
                              f"{DEFAULT_SEG_EPOCHS})")
@@ -111,6 +127,12 @@ def register(subparsers) -> None:
                              "trains SAILLinearHead (DINOv2): batch statistics, trainable affine, mmseg's loss "
                              "averaging, torch's SGD/AdamW on every parameter, running statistics for evaluation "
                              "(default: %(default)s)")
+    attentive = parser.add_argument_group("attentive")
+    attentive.add_argument("--attention-heads", type=int, default=DEFAULT_ATTENTION_HEADS,
+                           help="attentive: heads of the cross-attention; must divide the feature width (AIM uses "
+                                "the backbone's head count, 32 for SAIL-7B) (default: %(default)s)")
+    attentive.add_argument("--queries", type=int, default=DEFAULT_QUERIES,
+                           help="attentive: learned queries, their outputs averaged (default: %(default)s)")
     other = parser.add_argument_group("logreg and knn")
     other.add_argument("--Cs", type=_floats, default=list(DEFAULT_CS), metavar="C,...",
                        help="inverse regularisation strengths for logreg (default: 13 values 1e-6 .. 1e6)")
@@ -133,17 +155,19 @@ def register(subparsers) -> None:
                         help="with --predict: classes (and probabilities) listed per row in predictions.csv "
                              "(default: %(default)s)")
     output.add_argument("--quiet", action="store_true", help="no progress bars or table")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, parser_defaults={a.dest: a.default for a in parser._actions},
+                        option_names={a.dest: a.option_strings[0] for a in parser._actions if a.option_strings})
 
 
-def _load(folder, features_file, labels_file, label_pattern, classes, names, role):
+def _load(folder, features_file, labels_file, label_pattern, classes, names, role, tokens=False):
     from ..errors import InputError
     from ..probes import load_arrays, load_feature_dir
 
     if folder and features_file:
         raise InputError(f"pass either --{role} DIR or --{role}-features X.npy, not both")
     if folder:
-        return load_feature_dir(folder, names, labels=labels_file, label_pattern=label_pattern, classes=classes)
+        return load_feature_dir(folder, names, labels=labels_file, label_pattern=label_pattern, classes=classes,
+                                tokens=tokens)
     if features_file:
         if label_pattern:
             raise InputError(f"--label-pattern reads image file names, which --{role}-features arrays do not have; "
@@ -184,16 +208,18 @@ def _inputs(args, available):
 
 def run(args) -> int:
     from ..errors import InputError
-    from ..probes.data import read_classes_file, renamed_single
+    from ..probes.data import renamed_single
+    from ..probes.labels import read_classes_file
     from ..probes.inputs import stored_parts
 
+    protocol = _protocol(args)
     if args.task == "segmentation":
-        return _segmentation(args)
+        return _segmentation(args, protocol)
     if args.bn != "fixed":
         from ..errors import InputError
 
         raise InputError("--bn applies to --task segmentation only")
-    _fill_defaults(args, "classification")
+    _fill_defaults(args, "attentive" if args.method == "attentive" else "classification")
     if args.predict:
         return _predict(args)
     if not (args.train or args.train_features):
@@ -204,27 +230,40 @@ def run(args) -> int:
         raise InputError("--out DIR is required (where the results go)")
     device = _device(args.device)
     classes = read_classes_file(args.classes) if args.classes else None
-    train = _load(args.train, args.train_features, args.train_labels, args.label_pattern, classes, None, "train")
-    inputs = _inputs(args, list(train.features))
+    tokens = args.method == "attentive"
+    train = _load(args.train, args.train_features, args.train_labels, args.label_pattern, classes, None, "train",
+                  tokens=tokens)
+    inputs = _protocol_inputs(protocol, list(train.features)) if protocol else _inputs(args, list(train.features))
     needed = stored_parts(inputs)
     train = train.subset_features(needed)  # validation reads only what is probed
     val = _load(args.val, args.val_features, args.val_labels, args.label_pattern, classes,
-                needed if args.val else None, "val")
+                needed if args.val else None, "val", tokens=tokens)
     if args.val_features and len(needed) == 1:
         val = renamed_single(val, needed[0])  # the same input, whatever the file is called
     from ..probes import run_probe
+    from ..probes.attentive import AttentiveConfig
     from ..probes.linear import LinearConfig
 
-    config = LinearConfig(lrs=args.lrs, weight_decays=args.weight_decays, optimizer=args.optimizer,
-                          epochs=args.epochs, batch_size=args.batch_size)
-    result = run_probe(train, val, inputs, args.out, method=args.method, linear=config, cs=args.Cs,
+    grid = dict(lrs=args.lrs, weight_decays=args.weight_decays, optimizer=args.optimizer, epochs=args.epochs,
+                batch_size=args.batch_size)
+    config = LinearConfig(**grid)
+    attentive = AttentiveConfig(**grid, num_heads=args.attention_heads, num_queries=args.queries)
+    result = run_probe(train, val, inputs, args.out, method=args.method, linear=config, attentive=attentive, cs=args.Cs,
                        max_iter=args.max_iter, ks=args.ks, temperature=args.temperature, standardize=args.standardize,
                        device=device, chunk_rows=args.chunk_rows, holdout_fraction=args.holdout_fraction,
                        seed=args.seed, refit=args.refit, overwrite=args.overwrite, progress=not args.quiet,
-                       verbose=not args.quiet)
+                       verbose=not args.quiet, shots=args.shots or (), shot_seeds=args.seeds,
+                       protocol=protocol.record() if protocol else None)
     s = result.summary
     line = (f"{s['method']} probe on {s['feature']}: val top1 {s['top1']:.2f}  top5 {s['top5']:.2f}  "
             f"({s['chosen']}); results in {result.out}")
+    if s.get("top1_ci95"):
+        line = line.replace(f"val top1 {s['top1']:.2f}", f"val top1 {s['top1']:.2f} "
+                                                          f"[{s['top1_ci95'][0]:.2f}, {s['top1_ci95'][1]:.2f}]", 1)
+    for entry in s.get("few_shot") or ():
+        ci = entry["top1_ci95"]
+        line += (f"\n{entry['shots']}-shot ({entry['seeds']} seeds): top1 {entry['top1_mean']:.2f}"
+                 + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""))
     if s.get("best_layer"):
         best = s["best_layer"]
         line += f"; best layer {best['feature']} (held-out top1 {best['holdout_top1']:.2f})"
@@ -237,7 +276,8 @@ def _predict(args) -> int:
 
     from ..errors import InputError
     from ..probes import load_probe, predict_features
-    from ..probes.data import read_classes_file, renamed_single
+    from ..probes.data import renamed_single
+    from ..probes.labels import read_classes_file
 
     if not (args.val or args.val_features):
         raise InputError("--predict needs the features to label: --val DIR or --val-features X.npy")
@@ -247,7 +287,7 @@ def _predict(args) -> int:
     classes = read_classes_file(args.classes) if args.classes else None
     parts = list(probe.feature_input.parts)
     data = _load(args.val, args.val_features, args.val_labels, args.label_pattern, classes,
-                 parts if args.val else None, "val")
+                 parts if args.val else None, "val", tokens=probe.method == "attentive")
     if args.val_features and len(parts) == 1:
         data = renamed_single(data, parts[0])
     result = predict_features(probe, data, args.out, top_k=args.top_k, overwrite=args.overwrite)
@@ -268,10 +308,15 @@ def _fill_defaults(args, task: str) -> None:
 
     if task == "segmentation":
         values = {"lrs": seg_defaults.DEFAULT_SEG_LRS, "weight_decays": seg_defaults.DEFAULT_SEG_WEIGHT_DECAYS,
-                  "epochs": seg_defaults.DEFAULT_SEG_EPOCHS, "batch_size": seg_defaults.DEFAULT_SEG_BATCH_SIZE}
+                  "epochs": seg_defaults.DEFAULT_SEG_EPOCHS, "batch_size": seg_defaults.DEFAULT_SEG_BATCH_SIZE,
+                  "optimizer": "sgd"}
+    elif task == "attentive":
+        values = {"lrs": defaults.DEFAULT_ATTENTIVE_LRS, "weight_decays": defaults.DEFAULT_ATTENTIVE_WEIGHT_DECAYS,
+                  "epochs": defaults.DEFAULT_ATTENTIVE_EPOCHS, "batch_size": defaults.DEFAULT_ATTENTIVE_BATCH_SIZE,
+                  "optimizer": "adamw"}
     else:
         values = {"lrs": defaults.DEFAULT_LRS, "weight_decays": defaults.DEFAULT_WEIGHT_DECAYS,
-                  "epochs": defaults.DEFAULT_EPOCHS, "batch_size": defaults.DEFAULT_BATCH_SIZE}
+                  "epochs": defaults.DEFAULT_EPOCHS, "batch_size": defaults.DEFAULT_BATCH_SIZE, "optimizer": "sgd"}
     for key, value in values.items():
         if getattr(args, key) is None:
             setattr(args, key, list(value) if isinstance(value, tuple) else value)
@@ -282,13 +327,40 @@ _CLASSIFICATION_ONLY = (("--predict", "predict", None), ("--train-features", "tr
                         ("--train-labels", "train_labels", None), ("--val-features", "val_features", None),
                         ("--val-labels", "val_labels", None), ("--classes", "classes", None),
                         ("--label-pattern", "label_pattern", None), ("--all-layers", "all_layers", None),
-                        ("--concat-last", "concat_last", None))
+                        ("--concat-last", "concat_last", None), ("--shots", "shots", None))
 
 
-def _segmentation(args) -> int:
+def _protocol(args):
+    """Apply ``--protocol`` to ``args`` (a contradicting option is an error); returns it or None."""
+    from ..errors import InputError
+    from ..probes.protocols import apply_protocol, get_protocol
+
+    if not args.protocol:
+        return None
+    protocol = get_protocol(args.protocol)
+    if args.task == "classification" and protocol.task == "segmentation" and args.task == \
+            args.parser_defaults.get("task"):
+        args.task = "segmentation"  # the protocol names the task
+    apply_protocol(protocol, args, args.parser_defaults, args.option_names)
+    if args.features or args.all_layers or args.concat_last:
+        raise InputError(f"--features / --all-layers / --concat-last contradict --protocol {protocol.name}, which "
+                         f"probes {protocol.features}")
+    return protocol
+
+
+def _protocol_inputs(protocol, available):
+    from ..probes.protocols import protocol_inputs
+
+    return protocol_inputs(protocol, available)
+
+
+def _segmentation(args, protocol=None) -> int:
     from ..errors import InputError
     from ..probes.inputs import parse_feature_inputs
-    from ..probes.segmentation import SegmentationConfig, SegmentationData, mmseg_cfg_options, run_segmentation_probe
+    from ..probes.seg_data import SegmentationData
+    from ..probes.seg_export import mmseg_cfg_options
+    from ..probes.seg_heads import SegmentationConfig
+    from ..probes.segmentation import run_segmentation_probe
 
     for option, key, unset in _CLASSIFICATION_ONLY:
         if getattr(args, key) != unset:
@@ -302,20 +374,22 @@ def _segmentation(args) -> int:
         raise InputError("--task segmentation needs --train DIR and --val DIR (feature folders with masks)")
     if not args.out:
         raise InputError("--out DIR is required (where the results go)")
-    if not args.features:
+    if not args.features and not protocol:
         raise InputError("--task segmentation needs --features NAME [NAME ...]: patch features such as "
                          "layer-32_patch, or layer-29_patch+layer-30_patch+... to concatenate layers")
     _fill_defaults(args, "segmentation")
     device = _device(args.device)
     train = SegmentationData.from_folder(args.train)
     val = SegmentationData.from_folder(args.val)
-    inputs = parse_feature_inputs(args.features, train.names or None)
+    inputs = (_protocol_inputs(protocol, train.names) if protocol else
+              parse_feature_inputs(args.features, train.names or None))
     config = SegmentationConfig(lrs=args.lrs, weight_decays=args.weight_decays, optimizer=args.optimizer,
                                 epochs=args.epochs, batch_size=args.batch_size, device=device,
                                 standardize=args.standardize is not False, bn=args.bn)
     result = run_segmentation_probe(train, val, inputs, args.out, config, holdout_fraction=args.holdout_fraction,
                                     seed=args.seed, refit=args.refit, overwrite=args.overwrite,
-                                    progress=not args.quiet, verbose=not args.quiet)
+                                    progress=not args.quiet, verbose=not args.quiet,
+                                    protocol=protocol.record() if protocol else None)
     s = result.summary
 
     def pct(value):
@@ -324,6 +398,12 @@ def _segmentation(args) -> int:
     print(f"segmentation probe on {s['feature']}: val mIoU {pct(s['mIoU'])}  mAcc {pct(s['mAcc'])}  "
           f"aAcc {pct(s['aAcc'])}  ({s['chosen']}); results in {result.out}; mmseg checkpoint "
           f"{result.out / s['files']['mmseg_checkpoint']}")
-    print(f"run it with the backbone: python tools/test.py CONFIG {result.out / s['files']['mmseg_checkpoint']} "
-          f"--cfg-options {' '.join(mmseg_cfg_options(s['mmseg']))} model.backbone.checkpoint=CHECKPOINT")
+    options = mmseg_cfg_options(s["mmseg"])
+    unknown = "" if s.get("checkpoint") else " model.backbone.checkpoint=CHECKPOINT"
+    print(f"run it with the backbone: python tools/test.py CONFIG "
+          f"{shlex.quote(str(result.out / s['files']['mmseg_checkpoint']))} --cfg-options "
+          f"{' '.join(shlex.quote(o) for o in options)}{unknown}")
+    if unknown:
+        print(f"(the manifest of {args.train} records no checkpoint path: put the one its features came from "
+              f"in place of CHECKPOINT)")
     return 0

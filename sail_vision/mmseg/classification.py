@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..probes.data import align_classes, check_finite, load_feature_dir
+from ..probes.data import check_finite, load_feature_dir
+from ..probes.labels import align_classes
 from ..probes.errors import ProbeDataError
 from ..probes.inputs import FeatureInput
 from ..probes.metrics import accuracy_percent, topk_correct

@@ -14,7 +14,6 @@ and only when neither side has names.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -24,12 +23,10 @@ import numpy as np
 from .defaults import DEFAULT_CHUNK_ROWS
 from .errors import ProbeDataError
 from .inputs import FeatureInput
+from .labels import (align_classes, as_labels, check_class_names, check_label_range, labels_from_paths,
+                     name_differences, num_classes_of)
 from .provenance import arrays_provenance, folder_provenance, input_provenance
 
-#: Labels without class names are refused as "ids, not indices" above this value when they are also
-#: more than UNNAMED_SPREAD times the number of distinct labels (a 10^9 label would need a 10^9-way head).
-UNNAMED_MAX_LABEL = 1000
-UNNAMED_SPREAD = 10
 
 
 @dataclass
@@ -85,11 +82,11 @@ class ProbeData:
 
     def dim(self, feature_input: FeatureInput) -> int:
         self.require(feature_input)
-        return int(sum(self.features[p].shape[1] for p in feature_input.parts))
+        return int(sum(self.features[p].shape[-1] for p in feature_input.parts))
 
     def part_dims(self, feature_input: FeatureInput) -> list[int]:
         self.require(feature_input)
-        return [int(self.features[p].shape[1]) for p in feature_input.parts]
+        return [int(self.features[p].shape[-1]) for p in feature_input.parts]
 
     def stored_dtype(self, name: str) -> np.dtype:
         return self.features[name].dtype
@@ -123,7 +120,7 @@ class ProbeData:
 
         stored = self.features[name].dtype
         dtype = stored if stored.kind == "f" else np.dtype(np.float32)
-        out = torch.empty((len(rows), self.features[name].shape[1]),
+        out = torch.empty((len(rows), *self.features[name].shape[1:]),
                           dtype=torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=True)
         self.read_into(name, rows, out.numpy())
         return out
@@ -147,201 +144,63 @@ class ProbeData:
                        feature_files={n: f for n, f in self.feature_files.items() if n in names})
 
 
-# ------------------------------------------------------------------------------------------- labels
-def _as_labels(labels, where: str, num_rows: int) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim != 1:
-        raise ProbeDataError(f"{where}: labels must be a 1-D array, got shape {labels.shape}")
-    if labels.dtype.kind == "f":
-        if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
-            raise ProbeDataError(f"{where}: labels must be whole numbers (found non-integers or NaN)")
-        labels = labels.astype(np.int64)
-    if labels.dtype.kind not in "iu":
-        raise ProbeDataError(f"{where}: labels must be integers, got dtype {labels.dtype}")
-    if labels.shape[0] != num_rows:
-        raise ProbeDataError(f"{where}: {labels.shape[0]} labels for {num_rows} feature rows; features and "
-                             f"labels must have the same length")
-    labels = labels.astype(np.int64)
-    if labels.size and labels.min() < 0:
-        first = int(np.flatnonzero(labels < 0)[0])
-        raise ProbeDataError(f"{where}: negative label {int(labels[first])} at row {first} "
-                             f"({int((labels < 0).sum())} rows); every row needs a class index >= 0")
-    return labels
-
-
-def _check_label_range(labels: np.ndarray | None, classes: list[str] | None, where: str, names_from: str) -> None:
-    """Named labels must index the names; unnamed ones must look like class indices, not ids."""
-    if labels is None or not labels.size:
-        return
-    top = int(labels.max())
-    if classes is not None:
-        if top >= len(classes):
-            row = int(np.flatnonzero(labels >= len(classes))[0])
-            raise ProbeDataError(f"{where}: label {top} (first such row {row}) but only {len(classes)} class "
-                                 f"names in {names_from} (labels 0..{len(classes) - 1}); the labels and the "
-                                 f"class names do not belong together")
-        return
-    distinct = int(np.unique(labels).size)
-    if top >= UNNAMED_MAX_LABEL and top + 1 > UNNAMED_SPREAD * distinct:
-        raise ProbeDataError(f"{where}: labels go up to {top} but only {distinct} distinct values occur; labels "
-                             f"must be class indices 0..C-1 (a probe has one output per index): renumber them, "
-                             f"or name them with --classes FILE")
-
-
-def _name_differences(stored: list[str], given: list[str], shown: int = 5) -> str:
-    """Which names ``given`` lacks and adds compared with ``stored``, or where their order first differs."""
-    def some(names: list[str]) -> str:
-        return ", ".join(map(repr, names[:shown])) + (f" and {len(names) - shown} more" if len(names) > shown else "")
-
-    missing = [n for n in stored if n not in set(given)]
-    extra = [n for n in given if n not in set(stored)]
-    if missing or extra:
-        return "; ".join(part for part in (f"missing {some(missing)}" if missing else "",
-                                           f"extra {some(extra)}" if extra else "") if part)
-    if len(given) != len(stored):
-        return f"{len(given)} names given for {len(stored)} classes"
-    first = next(i for i, (a, b) in enumerate(zip(stored, given)) if a != b)
-    return f"the same names in another order (label {first} is {stored[first]!r}, --classes says {given[first]!r})"
-
-
-def read_classes_file(path: str | Path) -> list[str]:
-    """Class names, one per line (label i is line i); blank lines at the end are ignored (``~`` expanded)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ProbeDataError(f"--classes {path}: no such file (one class name per line, label i on line i)")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProbeDataError(f"--classes {path}: not a readable UTF-8 text file ({exc})") from None
-    while lines and not lines[-1].strip():
-        lines.pop()
-    names = [line.strip() for line in lines]
-    _check_class_names(names, f"--classes {path}")
-    return names
-
-
-def _check_class_names(names: Sequence[str], where: str) -> None:
-    if not names:
-        raise ProbeDataError(f"{where}: no class names")
-    if any(not n for n in names):
-        raise ProbeDataError(f"{where}: class name {names.index('')} is empty")
-    seen: dict[str, int] = {}
-    for index, name in enumerate(names):
-        if name in seen:
-            raise ProbeDataError(f"{where}: class name {name!r} appears twice (labels {seen[name]} and {index})")
-        seen[name] = index
-
-
-def labels_from_paths(paths: Sequence[str], pattern: str, where: str) -> tuple[np.ndarray, list[str]]:
-    """Class of each path from the first group of ``pattern`` searched in its file name; classes sorted."""
-    try:
-        regex = re.compile(pattern)
-    except re.error as exc:
-        raise ProbeDataError(f"--label-pattern {pattern!r}: not a regular expression ({exc})") from None
-    names = []
-    for path in paths:
-        match = regex.search(Path(path).name)
-        if match is None:
-            raise ProbeDataError(f"{where}: --label-pattern {pattern!r} does not match the file name of {path}")
-        names.append(match.group(1) if regex.groups else match.group(0))
-    if not names:
-        raise ProbeDataError(f"{where}: no image paths to apply --label-pattern to")
-    classes = sorted(set(names))
-    index = {c: i for i, c in enumerate(classes)}
-    return np.asarray([index[n] for n in names], dtype=np.int64), classes
-
-
-def _describe_classes(classes: Sequence[str], limit: int = 12) -> str:
-    shown = ", ".join(classes[:limit])
-    return f"{shown}, ... ({len(classes)} in all)" if len(classes) > limit else shown
-
-
-def align_classes(train: ProbeData, val: ProbeData) -> ProbeData:
-    """``val`` with its labels renumbered to train's class indices, matched by class *name*.
-
-    A val class that train does not name, or names but has no training row for, is refused with
-    both lists. Labels without names are compared as numbers, and only when neither side has
-    names; one side named and the other not is refused (name the numbers with ``--classes``).
-    """
-    if val.labels is None:
-        return val
-    if (train.classes is None) != (val.classes is None):
-        named, bare = (train, val) if train.classes is not None else (val, train)
-        origin = f" from {bare.label_source}" if bare.label_source else ""
-        raise ProbeDataError(f"{named.source} names its classes ({_describe_classes(named.classes)}) but the labels "
-                             f"of {bare.source} are bare numbers{origin}; pass --classes FILE (one name per line) "
-                             f"to name them, so train and val are matched by class name")
-    present_train = np.unique(train.labels)
-    if train.classes is None:
-        unseen = np.setdiff1d(np.unique(val.labels), present_train)
-        if unseen.size:
-            raise ProbeDataError(f"val data {val.source}: labels {', '.join(map(str, unseen[:10].tolist()))} never "
-                                 f"occur in train {train.source} (train labels: "
-                                 f"{', '.join(map(str, present_train[:20].tolist()))}); without class names the "
-                                 f"labels are compared as numbers, so train and val must share their numbering")
-        return val
-    position = {name: i for i, name in enumerate(train.classes)}
-    val_present = [val.classes[i] for i in np.unique(val.labels)]
-    unknown = [name for name in val_present if name not in position]
-    if unknown:
-        raise ProbeDataError(f"val data {val.source}: classes {_describe_classes(unknown)} are not train classes; "
-                             f"val classes: {_describe_classes(val_present)}; train classes "
-                             f"({train.source}): {_describe_classes(train.classes)}")
-    trained = {train.classes[i] for i in present_train}
-    empty = [name for name in val_present if name not in trained]
-    if empty:
-        raise ProbeDataError(f"val data {val.source}: classes {_describe_classes(empty)} have no training row in "
-                             f"{train.source} (train rows cover: {_describe_classes(sorted(trained))})")
-    mapping = np.asarray([position.get(name, -1) for name in val.classes], dtype=np.int64)
-    return replace(val, labels=mapping[val.labels], classes=list(train.classes))
-
-
-def num_classes_of(train: ProbeData) -> int:
-    """Outputs of a head trained on ``train``: its class names, or the largest label + 1."""
-    if train.classes is not None:
-        return len(train.classes)
-    return int(train.labels.max()) + 1
-
-
 # ------------------------------------------------------------------------------------------- loading
 def load_feature_dir(path: str | Path, names: Sequence[str] | None = None, *, labels=None,
-                     label_pattern: str | None = None, classes: Sequence[str] | None = None) -> ProbeData:
+                     label_pattern: str | None = None, classes: Sequence[str] | None = None,
+                     tokens: bool = False) -> ProbeData:
     """Open an extraction output (``sail-vision extract --out``) for probing.
 
     ``names``: the stored features needed (default: every pooled feature). ``labels`` (array or
     ``.npy`` path) replaces the stored labels; ``label_pattern`` derives them (and their class names)
     from file names; ``classes`` names labels that have no names (given ``labels``, or a folder whose
-    manifest has none). Only valid rows (images that were processed) are used.
+    manifest has none). Only valid rows (images that were processed) are used. ``tokens``: read patch
+    features (fixed-resolution ``grid`` layout) as (rows, nh*nw, D) token arrays, for the attentive probe,
+    instead of pooled features (then the default ``names`` is every such patch feature).
     """
     from ..feature_store import open_feature_dir
 
     folder = open_feature_dir(path)
     entries = folder.manifest["features"]
-    pooled = [n for n in folder.names if entries[n].get("layout", "pooled") == "pooled"]
-    wanted = list(names) if names is not None else pooled
-    unusable = {n: f"holds patch tokens ({entries[n].get('layout')} layout); probes need one vector per image "
-                   f"such as layer-K_mean or layer-K_end" for n in folder.names if n not in pooled}
+    layouts = {n: entries[n].get("layout", "pooled") for n in folder.names}
+    usable = [n for n, layout in layouts.items() if layout == ("grid" if tokens else "pooled")]
+    wanted = list(names) if names is not None else usable
+    if tokens:
+        unusable = {n: ("is pooled (one vector per image); --method attentive reads patch tokens such as "
+                        "layer-K_patch" if layout == "pooled" else
+                        f"holds native-resolution patch tokens ({layout} layout: a different count per image); "
+                        f"the attentive probe needs fixed-resolution ones (extract with --resolution)")
+                    for n, layout in layouts.items() if n not in usable}
+    else:
+        unusable = {n: f"holds patch tokens ({layouts[n]} layout); probes need one vector per image "
+                       f"such as layer-K_mean or layer-K_end (or --method attentive)" for n in folder.names
+                    if n not in usable}
     features, files = {}, {}
     for name in wanted:
         array = folder.feature(name, valid_only=False)  # stays memory-mapped; raises for unknown names
-        if name in unusable or array.ndim != 2:
+        if name in unusable or array.ndim != (4 if tokens else 2):
             raise ProbeDataError(f"{folder.path}: feature {name!r} {unusable.get(name, 'is not (rows, D)')}")
+        if tokens:
+            if not isinstance(array, np.ndarray):
+                raise ProbeDataError(f"{folder.path}: feature {name!r} is stored in parts; run `sail-vision "
+                                     f"consolidate {folder.path}` to join them before an attentive probe")
+            array = array.reshape(array.shape[0], -1, array.shape[-1])  # (rows, nh*nw, D), a view of the map
         features[name] = array
         files[name] = str(folder.path / entries[name].get("file", f"{name}.npy"))
     if not features:
-        raise ProbeDataError(f"{folder.path}: no pooled features to probe (found {', '.join(folder.names)})")
+        raise ProbeDataError(f"{folder.path}: no {'patch' if tokens else 'pooled'} features to probe (found "
+                             f"{', '.join(folder.names)})")
     valid = np.asarray(folder.valid, dtype=bool)
     row_index = None if valid.all() else np.flatnonzero(valid)
     num_rows = int(valid.sum())
     folder_classes = folder.classes
     class_names = list(folder_classes) if folder_classes is not None else None
     if class_names is not None:
-        _check_class_names(class_names, f"{folder.path / 'manifest.json'} \"classes\"")
+        check_class_names(class_names, f"{folder.path / 'manifest.json'} \"classes\"")
     names_from = f"{folder.path / 'manifest.json'}"
     if labels is not None:
         label_where = str(labels) if isinstance(labels, (str, Path)) else f"labels given for {folder.path}"
         raw = _load_npy(labels, "labels") if isinstance(labels, (str, Path)) else labels
-        label_array, class_names, names_from = _as_labels(raw, label_where, num_rows), None, "--classes"
+        label_array, class_names, names_from = as_labels(raw, label_where, num_rows), None, "--classes"
     elif label_pattern:
         label_where = f"--label-pattern on {folder.path}"
         label_array, class_names = labels_from_paths(folder.paths, label_pattern, str(folder.path))
@@ -349,14 +208,14 @@ def load_feature_dir(path: str | Path, names: Sequence[str] | None = None, *, la
     else:
         stored = folder.labels
         label_where = str(folder.path / "labels.npy")
-        label_array = None if stored is None else _as_labels(stored, label_where, num_rows)
+        label_array = None if stored is None else as_labels(stored, label_where, num_rows)
     if classes is not None:
         if class_names is not None and list(classes) != class_names:
             raise ProbeDataError(f"--classes differs from the class names of {folder.path} (from {names_from}): "
-                                 f"{_name_differences(class_names, list(classes))}; the labels are already named, "
+                                 f"{name_differences(class_names, list(classes))}; the labels are already named, "
                                  f"so drop --classes (or replace the labels with --train-labels / --val-labels)")
         class_names, names_from = list(classes), "--classes"
-    _check_label_range(label_array, class_names, label_where, names_from)
+    check_label_range(label_array, class_names, label_where, names_from)
     failures = {}
     for record in folder.failures:
         if isinstance(record, dict) and isinstance(record.get("index"), int):
@@ -398,8 +257,9 @@ def load_arrays(features: str | Path | np.ndarray | Mapping[str, str | Path | np
         else:
             array = np.asarray(value)
             source.append(f"<array {key}>")
-        if array.ndim != 2:
-            raise ProbeDataError(f"{files.get(key, key)}: features must be an (N, D) array, got shape {array.shape}")
+        if array.ndim not in (2, 3):
+            raise ProbeDataError(f"{files.get(key, key)}: features must be an (N, D) array (or (N, P, D) patch "
+                                 f"tokens for --method attentive), got shape {array.shape}")
         if array.dtype.kind not in "fiu":
             raise ProbeDataError(f"{files.get(key, key)}: features must be numbers, got dtype {array.dtype}")
         arrays[key] = array
@@ -411,9 +271,9 @@ def load_arrays(features: str | Path | np.ndarray | Mapping[str, str | Path | np
     if labels is not None:
         label_where = str(labels) if isinstance(labels, (str, Path)) else f"labels of {where}"
         raw = _load_npy(labels, "labels") if isinstance(labels, (str, Path)) else labels
-        label_array = _as_labels(raw, label_where, next(iter(lengths.values())))
+        label_array = as_labels(raw, label_where, next(iter(lengths.values())))
     class_names = list(classes) if classes is not None and label_array is not None else None
-    _check_label_range(label_array, class_names, label_where, "--classes")
+    check_label_range(label_array, class_names, label_where, "--classes")
     return ProbeData(arrays, label_array, where, class_names, files,
                      provenance=arrays_provenance(sorted(files.values())), label_source=label_where)
 
@@ -440,7 +300,7 @@ def check_finite(data: ProbeData, names: Sequence[str], chunk_rows: int = DEFAUL
             if not finite.all():
                 bad_values += int(finite.size - finite.sum())
                 if first_row is None:
-                    first_row = start + int(np.flatnonzero(~finite.all(axis=1))[0])
+                    first_row = start + int(np.flatnonzero(~finite.reshape(len(block), -1).all(axis=1))[0])
         if bad_values:
             raise ProbeDataError(
                 f"{data.feature_files.get(name, data.source)}: feature {name!r} holds {bad_values} NaN/Inf "

@@ -17,3 +17,11 @@ DEFAULT_CHUNK_ROWS = 16384
 DEFAULT_BLOCK_ROWS = 512
 #: Classes (and probabilities) listed per row by --predict.
 DEFAULT_TOP_K = 5
+#: Attentive probe (AIM's attention-pooling head): learning rates and weight decays of its AdamW grid,
+#: passes, rows per step, attention heads and learned queries. Our defaults, not a reference protocol's.
+DEFAULT_ATTENTIVE_LRS = (0.0001, 0.0003, 0.001, 0.003)
+DEFAULT_ATTENTIVE_WEIGHT_DECAYS = (0.0, 0.05)
+DEFAULT_ATTENTIVE_EPOCHS = 10
+DEFAULT_ATTENTIVE_BATCH_SIZE = 256
+DEFAULT_ATTENTION_HEADS = 8
+DEFAULT_QUERIES = 1

@@ -38,20 +38,21 @@ class FeatureInput:
         return None if layer is None else (layer, pool)
 
     def concat(self, arrays: Mapping, rows=None):
-        """The (rows, D) matrix of this input: its parts taken from ``arrays`` (numpy arrays or torch
-        tensors, name -> (N, D_part)), optionally indexed by ``rows``, concatenated along D in order.
+        """The (rows, D) matrix (or (rows, P, D) tokens) of this input: its parts taken from ``arrays`` (numpy
+        arrays or torch tensors, name -> (N, D_part) or (N, P, D_part)), optionally indexed by ``rows``,
+        concatenated along the last axis, D, in order.
         A single part is returned without a copy when ``rows`` is None."""
         first = arrays[self.parts[0]]
         if isinstance(first, np.ndarray):
             blocks = [arrays[p] if rows is None else arrays[p][rows] for p in self.parts]
-            return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+            return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=-1)
         import torch
 
         if rows is not None and not isinstance(rows, torch.Tensor):
             rows = torch.as_tensor(np.asarray(rows), device=first.device)
         # index_select: the same rows as x[rows], several times faster on the CPU
         blocks = [arrays[p] if rows is None else arrays[p].index_select(0, rows) for p in self.parts]
-        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)
 
 
 def parse_feature_name(name: str) -> tuple[int | None, str | None]:

@@ -20,7 +20,7 @@ from .data import ProbeData
 from .defaults import DEFAULT_CHUNK_ROWS, DEFAULT_KS, DEFAULT_TEMPERATURE
 from .errors import ProbeDataError
 from .inputs import FeatureInput
-from .methods import ClassificationMethod, record
+from .methods import ClassificationMethod, record, register_method
 from .metrics import TopkCounter
 from .streaming import stream_chunks
 
@@ -198,10 +198,12 @@ class KnnHead:
                    int(meta["num_classes"]), device=device)
 
 
+@register_method
 class KnnMethod(ClassificationMethod):
     """Cosine k-NN over ``ks`` (DINOv2-style); the bank is every training row given to ``refit``."""
 
     name: ClassVar[str] = "knn"
+    summary: ClassVar[str] = "cosine k-NN with temperature-weighted votes over --ks"
     hyperparameters: ClassVar[tuple[str, ...]] = ("k",)
 
     def __init__(self, ks: Sequence = DEFAULT_KS, temperature: float = DEFAULT_TEMPERATURE, *,

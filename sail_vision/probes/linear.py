@@ -23,7 +23,7 @@ from .defaults import (DEFAULT_BATCH_SIZE, DEFAULT_BLOCK_ROWS, DEFAULT_CHUNK_ROW
                        DEFAULT_WEIGHT_DECAYS)
 from .errors import ProbeDataError
 from .inputs import FeatureInput, stored_parts
-from .methods import ClassificationMethod, record
+from .methods import GridMethod, record, register_method
 from .metrics import TopkCounter
 from .standardize import Standardizer
 from .streaming import stream_chunks
@@ -277,25 +277,17 @@ class LinearHead:
                    device=device)
 
 
-class LinearMethod(ClassificationMethod):
+@register_method
+class LinearMethod(GridMethod):
     """The one-pass grid of linear heads (DINOv2-style), selection on held-out training rows."""
 
     name: ClassVar[str] = "linear"
+    summary: ClassVar[str] = "one-pass grid of softmax heads over --lrs x --weight-decays"
     hyperparameters: ClassVar[tuple[str, ...]] = ("lr", "weight_decay")
 
     def __init__(self, config: LinearConfig | None = None):
         self.config = config or LinearConfig()
         self._trained: GridResult | None = None
-
-    @property
-    def chunk_rows(self) -> int:
-        return self.config.chunk_rows
-
-    def check(self) -> None:
-        self.config.check()
-
-    def grid_size(self, inputs: Sequence[FeatureInput]) -> int:
-        return len(inputs) * len(self.config.grid)
 
     def fit_grid(self, train: ProbeData, inputs: Sequence[FeatureInput], num_classes: int, fit_rows: np.ndarray,
                  held_rows: np.ndarray | None, *, progress: bool = True) -> list[dict]:
@@ -324,10 +316,6 @@ class LinearMethod(ClassificationMethod):
             tensors = again.stacks[feature_input.name].head(0)
         return LinearHead(feature_input, tensors["weight"], tensors["bias"], Standardizer.from_tensors(tensors),
                           device=self.config.device, chunk_rows=self.config.chunk_rows, extra_meta=self.settings())
-
-    def settings(self) -> dict:
-        c = self.config
-        return {"optimizer": c.optimizer, "epochs": c.epochs, "batch_size": c.batch_size, "device": str(c.device)}
 
     @classmethod
     def load_head(cls, meta: Mapping, tensors: Mapping[str, np.ndarray], *, device: str = "cpu", **_) -> LinearHead:

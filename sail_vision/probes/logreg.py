@@ -23,7 +23,7 @@ from .defaults import DEFAULT_CHUNK_ROWS, DEFAULT_CS, DEFAULT_MAX_ITER
 from .errors import ProbeDataError
 from .inputs import FeatureInput
 from .linear import LinearHead, linear_logits
-from .methods import ClassificationMethod, record
+from .methods import ClassificationMethod, record, register_method
 from .metrics import topk_accuracy
 from .standardize import Standardizer
 
@@ -85,10 +85,12 @@ def head_tensors(model, num_classes: int) -> dict[str, np.ndarray]:
     return {"weight": weight, "bias": bias}
 
 
+@register_method
 class LogregMethod(ClassificationMethod):
     """A sweep of scikit-learn's L-BFGS logistic regression over C (CLIP-style)."""
 
     name: ClassVar[str] = "logreg"
+    summary: ClassVar[str] = "scikit-learn LogisticRegression (L-BFGS) over --Cs"
     hyperparameters: ClassVar[tuple[str, ...]] = ("C",)
 
     def __init__(self, cs: Sequence[float] = DEFAULT_CS, *, max_iter: int = DEFAULT_MAX_ITER,

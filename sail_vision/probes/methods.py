@@ -14,7 +14,8 @@ Records are plain dicts: ``name`` (encodes the hyper-parameters), ``method``, ``
 
 from __future__ import annotations
 
-from typing import ClassVar, Mapping, Protocol, Sequence, runtime_checkable
+import math
+from typing import Any, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -85,11 +86,23 @@ class ClassificationMethod:
 
     metrics: ClassVar[tuple[str, ...]] = ("top1", "top5")
     chunk_rows: int = DEFAULT_CHUNK_ROWS
+    #: Whether the method reads (rows, P, D) patch tokens (the attentive probe) instead of (rows, D) vectors.
+    tokens: ClassVar[bool] = False
 
     def validate(self, train: ProbeData, val: ProbeData | None, inputs: Sequence[FeatureInput]
                  ) -> tuple[int, ProbeData | None]:
         from .data import validate_train_val
+        from .inputs import stored_parts
 
+        for data in (train, val):
+            for part in stored_parts(inputs) if data is not None else ():
+                data.require(FeatureInput((part,)))
+                shape = data.features[part].shape
+                if len(shape) != (3 if self.tokens else 2):
+                    wanted = "(rows, P, D) patch tokens" if self.tokens else "one (D,) vector per row"
+                    other = " (--method attentive reads patch tokens)" if not self.tokens else ""
+                    raise ProbeDataError(f"{data.source}: feature {part!r} has shape {tuple(shape)}, but --method "
+                                         f"{self.name} needs {wanted}{other}")
         return validate_train_val(train, val, inputs, self.chunk_rows)
 
     def evaluate(self, probe, val: ProbeData) -> tuple[dict[str, float], np.ndarray]:
@@ -97,19 +110,70 @@ class ClassificationMethod:
         return {"top1": top1, "top5": top5}, predictions
 
 
+class GridMethod(ClassificationMethod):
+    """A classification method whose settings are one config (``self.config``) with an lr x weight-decay
+    ``grid``, ``chunk_rows``, ``optimizer``, ``epochs``, ``batch_size`` and ``device`` (linear, attentive)."""
+
+    config: Any
+
+    @property
+    def chunk_rows(self) -> int:
+        return self.config.chunk_rows
+
+    def check(self) -> None:
+        self.config.check()
+
+    def grid_size(self, inputs: Sequence[FeatureInput]) -> int:
+        return len(inputs) * len(self.config.grid)
+
+    def settings(self) -> dict:
+        c = self.config
+        return {"optimizer": c.optimizer, "epochs": c.epochs, "batch_size": c.batch_size, "device": str(c.device)}
+
+
+#: Modules whose classes register probe methods with :func:`register_method`; imported on the first look-up
+#: (as timm imports its model modules), so the registry is complete whoever asks first.
+METHOD_MODULES = ("linear", "logreg", "knn", "attentive", "segmentation")
+_REGISTRY: dict[str, type] = {}
+
+
+def register_method(cls: type) -> type:
+    """Class decorator: make ``cls`` (a ProbeMethod; its ``summary`` class attribute, one line, is its
+    ``--method`` help) choosable by name."""
+    name = cls.name
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise ValueError(f"probe method {name!r} is registered twice ({_REGISTRY[name].__qualname__}, {cls.__qualname__})")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def registered_methods(task: str | None = None) -> dict[str, type]:
+    """{name: ProbeMethod class} of every registered method (of ``task`` when given: ``classification``, the
+    default of a class without ``task``, or ``segmentation``): the built-in ones in ``METHOD_MODULES`` order,
+    then any other in registration order (whatever order the modules happened to be imported in)."""
+    import importlib
+
+    modules = [f"{__package__}.{module}" for module in METHOD_MODULES]
+    for module in modules:
+        importlib.import_module(module)
+    rank = {cls: (modules.index(cls.__module__) if cls.__module__ in modules else len(modules), i)
+            for i, cls in enumerate(_REGISTRY.values())}
+    return {cls.name: cls for cls in sorted(_REGISTRY.values(), key=rank.__getitem__)
+            if task is None or getattr(cls, "task", "classification") == task}
+
+
 def method_class(name: str) -> type:
     """The ProbeMethod class called ``name``."""
-    from .knn import KnnMethod
-    from .linear import LinearMethod
-    from .logreg import LogregMethod
-
-    classes = {cls.name: cls for cls in (LinearMethod, LogregMethod, KnnMethod)}
+    classes = registered_methods()
     if name not in classes:
         raise ProbeDataError(f"--method {name!r}: choose one of {', '.join(classes)}")
     return classes[name]
 
 
-METHOD_NAMES = ("linear", "logreg", "knn")
+def methods_help(task: str | None = None) -> str:
+    """Every registered method's name and summary, for ``--method``'s help."""
+    return "; ".join(f"{name}: {getattr(cls, 'summary', cls.__doc__ or '').strip()}"
+                     for name, cls in registered_methods(task).items())
 
 
 def load_head(meta: Mapping, tensors: Mapping[str, np.ndarray], *, device: str = "cpu",
@@ -119,8 +183,10 @@ def load_head(meta: Mapping, tensors: Mapping[str, np.ndarray], *, device: str =
 
 
 def best_record(records: Sequence[dict], metrics: Sequence[str]) -> dict:
-    """The record with the highest held-out metrics (compared in order); the first such in grid order."""
-    return max(records, key=lambda r: tuple(r[f"holdout_{m}"] for m in metrics))
+    """The record with the highest held-out metrics (compared in order; an undefined metric, None, lowest);
+    the first such in grid order."""
+    return max(records, key=lambda r: tuple(-math.inf if r[f"holdout_{m}"] is None else r[f"holdout_{m}"]
+                                            for m in metrics))
 
 
 def record(name: str, method: str, feature_input: FeatureInput, scores: Mapping[str, float] | None,

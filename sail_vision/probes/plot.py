@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,10 +17,10 @@ def _pyplot():
     return plt
 
 
-def _save(figure, out_file: Path) -> Path:
+def save_figure(figure, out_file: Path) -> Path:
     out_file = Path(out_file)
     figure.savefig(out_file, dpi=100)
-    _pyplot().close(figure)
+    pyplot().close(figure)
     return out_file
 
 
@@ -28,7 +28,7 @@ def plot_grid(records: Sequence[dict], out_file: Path, *, method: str, hyperpara
               chosen: str | None = None, metric: str = "top1") -> Path:
     """Draw ``records`` (the grid.jsonl objects) into a PNG and return its path: ``metric`` against the
     first hyper-parameter (log scale when all positive), one line per value of the second (if any)."""
-    plt = _pyplot()
+    plt = pyplot()
     x_key = hyperparameters[0]
     line_key = hyperparameters[1] if len(hyperparameters) > 1 else None
     features = list(dict.fromkeys(r["feature"] for r in records))
@@ -60,13 +60,13 @@ def plot_grid(records: Sequence[dict], out_file: Path, *, method: str, hyperpara
         axis.set_visible(False)
     figure.suptitle(f"{method} probe: {metric} against {x_key} (star: chosen)")
     figure.tight_layout()
-    return _save(figure, out_file)
+    return save_figure(figure, out_file)
 
 
 def plot_layers(rows: Sequence[dict], out_file: Path, *, metric: str = "top1", title: str = "probe") -> Path:
     """Draw a layer summary (``results.layer_summary`` rows) as ``metric`` against layer, one line per
     pool, the best layer starred; returns the PNG's path."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.5, 3.8))
     by_pool = defaultdict(list)
     for row in rows:
@@ -85,4 +85,4 @@ def plot_layers(rows: Sequence[dict], out_file: Path, *, metric: str = "top1", t
     axis.grid(True, alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    return _save(figure, out_file)
+    return save_figure(figure, out_file)

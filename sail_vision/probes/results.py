@@ -16,7 +16,8 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from ..folder_lock import hold_folder
-from .data import ProbeData, align_classes
+from .data import ProbeData
+from .labels import align_classes
 from .errors import ProbeDataError
 from .inputs import FeatureInput
 from .methods import Head, load_head
@@ -24,7 +25,9 @@ from .metrics import topk_accuracy
 from .provenance import mismatches
 
 HEAD_FORMAT = "sail-vision-probe-head"
-HEAD_VERSION = 2
+#: Version 3: head.json and head.safetensors bind each other (``head_json_sha256`` in the tensors' metadata,
+#: ``tensor_shapes`` in head.json).
+HEAD_VERSION = 3
 GRID_FILE = "grid.jsonl"
 SUMMARY_FILE = "summary.json"
 HEAD_TENSORS_FILE = "head.safetensors"
@@ -32,8 +35,10 @@ HEAD_JSON_FILE = "head.json"
 PREDICTIONS_FILE = "val_predictions.npy"
 PLOT_FILE = "accuracy.png"
 LAYERS_PLOT_FILE = "layers.png"
+FEW_SHOT_PLOT_FILE = "few_shot.png"
 #: Every file a probe run writes (and the only ones ``--overwrite`` removes).
-RUN_FILES = (GRID_FILE, SUMMARY_FILE, HEAD_TENSORS_FILE, HEAD_JSON_FILE, PREDICTIONS_FILE, PLOT_FILE, LAYERS_PLOT_FILE)
+RUN_FILES = (GRID_FILE, SUMMARY_FILE, HEAD_TENSORS_FILE, HEAD_JSON_FILE, PREDICTIONS_FILE, PLOT_FILE, LAYERS_PLOT_FILE,
+             FEW_SHOT_PLOT_FILE)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -139,18 +144,44 @@ def claim_output(out: Path, *, result_file: str, own_files: Sequence[str], overw
 
 
 # ---------------------------------------------------------------------------------- saved heads
+def head_json_digest(meta: Mapping) -> str:
+    """sha256 of ``head.json``'s content (keys sorted, compact), the digest head.safetensors records."""
+    import hashlib
+
+    text = json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def save_head(out: Path, meta: dict, tensors: Mapping[str, np.ndarray]) -> None:
-    """Write ``head.safetensors`` (when there are tensors) and ``head.json``."""
+    """Write ``head.safetensors`` (when there are tensors) and ``head.json``, bound to each other: head.json
+    lists the tensors' shapes and the safetensors metadata holds the digest of head.json's content, so a
+    head.json edited by hand (its classes reordered, say) or paired with other tensors is refused on load."""
     from safetensors.numpy import save_file
 
-    meta = {"format": HEAD_FORMAT, "version": HEAD_VERSION, **meta}
+    meta = json.loads(json.dumps({"format": HEAD_FORMAT, "version": HEAD_VERSION, **meta}))  # as head.json reads back
     if tensors:
-        tmp = out / f".{HEAD_TENSORS_FILE}.tmp"
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
-                  metadata={"format": HEAD_FORMAT, "method": meta["method"], "feature": meta["feature"]})
-        tmp.replace(out / HEAD_TENSORS_FILE)
+        stored = {k: np.ascontiguousarray(v) for k, v in tensors.items()}  # 0-d arrays are stored as (1,)
         meta["tensors"] = HEAD_TENSORS_FILE
+        meta["tensor_shapes"] = {k: list(v.shape) for k, v in stored.items()}
+        tmp = out / f".{HEAD_TENSORS_FILE}.tmp"
+        save_file(stored, str(tmp),
+                  metadata={"format": HEAD_FORMAT, "method": meta["method"], "feature": meta["feature"],
+                            "head_json_sha256": head_json_digest(meta)})
+        tmp.replace(out / HEAD_TENSORS_FILE)
     write_json(out / HEAD_JSON_FILE, meta)
+
+
+def check_head_binding(meta: Mapping, tensors: Mapping[str, np.ndarray], recorded: str | None, meta_file: Path,
+                       tensor_file: Path) -> None:
+    """Refuse a head.json and head.safetensors that were not written together (see :func:`save_head`)."""
+    redo = "re-run `sail-vision probe`, or restore the files of that run"
+    if recorded != head_json_digest(meta):
+        raise ProbeDataError(f"{meta_file}: does not match {tensor_file.name} (its content differs from what the "
+                             f"run wrote: edited by hand, or copied from another run); {redo}")
+    shapes = {k: list(np.shape(v)) for k, v in tensors.items()}
+    if shapes != meta.get("tensor_shapes"):
+        raise ProbeDataError(f"{tensor_file}: tensor shapes {shapes} differ from those {meta_file.name} lists "
+                             f"{meta.get('tensor_shapes')}; {redo}")
 
 
 def _as_probe_data(features, feature_input: FeatureInput) -> ProbeData:
@@ -239,6 +270,7 @@ class LoadedProbe:
 
 def load_probe(path: str | Path, *, device: str = "cpu", bank: ProbeData | None = None) -> LoadedProbe:
     """Load the best head saved by ``sail-vision probe --out PATH`` (the folder or its head.json)."""
+    from safetensors import safe_open
     from safetensors.numpy import load_file
 
     path = Path(path)
@@ -257,7 +289,7 @@ def load_probe(path: str | Path, *, device: str = "cpu", bank: ProbeData | None 
                              if isinstance(meta, dict) else f"{meta_file}: not a sail-vision probe head")
     if meta.get("version") != HEAD_VERSION:
         raise ProbeDataError(f"{meta_file}: head format version {meta.get('version')!r}; this sail-vision reads "
-                             f"version {HEAD_VERSION} (version 1 heads record no feature provenance): re-run "
+                             f"version {HEAD_VERSION} (older heads record no feature provenance or binding of head.json to its tensors): re-run "
                              f"`sail-vision probe` to produce a new head")
     tensors = {}
     if meta.get("tensors"):
@@ -270,8 +302,11 @@ def load_probe(path: str | Path, *, device: str = "cpu", bank: ProbeData | None 
             raise ProbeDataError(f"{tensor_file}: missing; the probe output is incomplete")
         try:
             tensors = load_file(str(tensor_file))
+            with safe_open(str(tensor_file), framework="numpy") as opened:
+                recorded = (opened.metadata() or {}).get("head_json_sha256")
         except Exception as exc:  # safetensors raises its own error types for damaged files
             raise ProbeDataError(f"{tensor_file}: not a readable safetensors file ({exc}); re-run `sail-vision "
                                  f"probe`") from None
+        check_head_binding(meta, tensors, recorded, meta_file, tensor_file)
     meta["folder"] = str(folder)
     return LoadedProbe(meta, load_head(meta, tensors, device=device, bank=bank))

@@ -10,3 +10,6 @@ DEFAULT_SEG_BATCH_SIZE = 8
 DEFAULT_MAX_LOGITS = 16_000_000
 #: Val images drawn in predictions.png.
 DEFAULT_SHOW_IMAGES = 4
+
+#: The label masks use for pixels no loss or metric counts (mmseg's ignore_index).
+IGNORE_INDEX = 255

@@ -101,8 +101,10 @@ def prefetched(items: Iterable, load, enabled: bool = True) -> Iterator:
         yield pending.result()
 
 
-class _Transport:
-    """Moves host chunks to ``device``: a no-op on CPU, pinned memory and a side stream on CUDA."""
+class Transport:
+    """Moves host chunks to ``device``: a no-op on CPU, pinned memory and a side stream on CUDA. Host
+    tensors travel in their stored dtypes; on arrival ``f:`` entries become float32 and ``m:`` entries
+    (uint8 label masks) int64, on the device."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -141,7 +143,25 @@ class _Transport:
             current.wait_event(event)
             for tensor in moved.values():
                 tensor.record_stream(current)
-        return {k: (v.float() if k.startswith("f:") and v.dtype != torch.float32 else v) for k, v in moved.items()}
+        return {k: (v.float() if k.startswith("f:") and v.dtype != torch.float32 else
+                    v.long() if k.startswith("m:") else v) for k, v in moved.items()}
+
+
+def uploaded_ahead(hosts: Iterable, transport: Transport) -> Iterator:
+    """``(key, device tensors)`` for each ``(key, host tensors)`` of ``hosts``; on CUDA the next item's copy
+    is started (side stream) before the current one is handed out, so copies overlap compute."""
+    if not transport.cuda:
+        for key, host in hosts:
+            yield key, transport.finish(host, None)
+        return
+    waiting = None
+    for key, host in hosts:
+        uploaded = (key, *transport.upload(host))
+        if waiting is not None:
+            yield waiting[0], transport.finish(*waiting[1:])
+        waiting = uploaded
+    if waiting is not None:
+        yield waiting[0], transport.finish(*waiting[1:])
 
 
 def stream_chunks(data: ProbeData, names: Sequence[str], rows: np.ndarray | None = None, *,
@@ -157,26 +177,11 @@ def stream_chunks(data: ProbeData, names: Sequence[str], rows: np.ndarray | None
     rows = np.arange(data.num_rows) if rows is None else np.asarray(rows)
     names = list(names)
     with_labels = labels and data.labels is not None
-    transport = _Transport(device)
+    transport = Transport(device)
     plan = epoch_plan(rows, rng, max(1, chunk_rows), block_rows)
     ahead = prefetch and rows.size > chunk_rows  # one chunk: nothing to read ahead
     hosts = prefetched(plan, lambda job: (job[0], transport.read(data, names, job[0], job[1], with_labels)),
                        enabled=ahead)
-    if not transport.cuda:  # RAM holds the chunk in use and the one being read
-        for chunk_rows_, host in hosts:
-            yield _chunk(transport, chunk_rows_, host, None)
-        return
-    waiting = None  # CUDA: the next chunk's copy is started before the current one is handed out
-    for chunk_rows_, host in hosts:
-        uploaded = (chunk_rows_, *transport.upload(host))
-        if waiting is not None:
-            yield _chunk(transport, *waiting)
-        waiting = uploaded
-    if waiting is not None:
-        yield _chunk(transport, *waiting)
-
-
-def _chunk(transport: _Transport, rows: np.ndarray, moved: dict, event) -> Chunk:
-    ready = transport.finish(moved, event)
-    features = {k[2:]: v for k, v in ready.items() if k.startswith("f:")}
-    return Chunk(rows, features, ready.get("labels"), ready.get("order"))
+    for chunk_rows_, ready in uploaded_ahead(hosts, transport):  # RAM: the chunk in use and the one being read
+        features = {k[2:]: v for k, v in ready.items() if k.startswith("f:")}
+        yield Chunk(chunk_rows_, features, ready.get("labels"), ready.get("order"))

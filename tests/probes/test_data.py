@@ -9,8 +9,9 @@ import pytest
 
 from sail_vision.errors import SailVisionError
 from sail_vision.feature_store import FeatureStoreError, write_feature_dir
-from sail_vision.probes.data import (ProbeDataError, align_classes, feature_stats, load_arrays, load_feature_dir,
-                                     read_classes_file, split_holdout, validate_train_val)
+from sail_vision.probes.data import (ProbeDataError, feature_stats, load_arrays, load_feature_dir, split_holdout,
+                                     validate_train_val)
+from sail_vision.probes.labels import align_classes, read_classes_file
 from sail_vision.probes.inputs import FeatureInput
 
 PIXELS = [FeatureInput(("pixels",))]

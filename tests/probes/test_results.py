@@ -116,7 +116,7 @@ def test_heads_of_another_format_version_are_refused(digits_data, tmp_path):
     meta = json.loads((tmp_path / "head.json").read_text())
     meta["version"] = 1
     (tmp_path / "head.json").write_text(json.dumps(meta))
-    with pytest.raises(ProbeDataError, match="version 1 heads record no feature provenance"):
+    with pytest.raises(ProbeDataError, match="older heads record no feature provenance"):
         load_probe(tmp_path)
 
 
@@ -139,3 +139,37 @@ def test_large_knn_bank_is_reloaded_from_its_folder_and_checked(digits_dirs, tmp
     np.save(train_copy / "labels.npy", np.roll(labels, 1))  # the folder changed since the head was trained
     with pytest.raises(ProbeDataError, match="no longer matches"):
         load_probe(tmp_path / "out")
+
+
+def test_a_head_json_edited_by_hand_is_refused(digits_data, tmp_path):
+    train, val = digits_data
+    run_probe(train, val, [FeatureInput(("pixels",))], tmp_path, method="linear",
+              linear=LinearConfig(lrs=[0.1], weight_decays=[0.0], epochs=2), verbose=False)
+    original = (tmp_path / "head.json").read_text()
+    load_probe(tmp_path)  # untouched: loads
+    meta = json.loads(original)
+    meta["classes"] = [str(i) for i in range(meta["num_classes"])][::-1]  # same shapes: silently wrong names
+    (tmp_path / "head.json").write_text(json.dumps(meta, indent=2))
+    with pytest.raises(ProbeDataError, match=r"head.json: does not match head.safetensors \(its content differs"):
+        load_probe(tmp_path)
+    (tmp_path / "head.json").write_text(original)
+    assert load_probe(tmp_path).classes == json.loads(original)["classes"]
+
+
+def test_tensors_of_another_run_are_refused(digits_data, tmp_path):
+    train, val = digits_data
+    for name, lr in (("a", 0.1), ("b", 0.01)):
+        run_probe(train, val, [FeatureInput(("pixels",))], tmp_path / name, method="linear",
+                  linear=LinearConfig(lrs=[lr], weight_decays=[0.0], epochs=1), verbose=False)
+    (tmp_path / "a" / "head.safetensors").write_bytes((tmp_path / "b" / "head.safetensors").read_bytes())
+    with pytest.raises(ProbeDataError, match="does not match head.safetensors"):
+        load_probe(tmp_path / "a")
+
+
+def test_shapes_disagreeing_with_head_json_are_refused(tmp_path):
+    from sail_vision.probes.results import check_head_binding, head_json_digest
+
+    meta = {"tensor_shapes": {"weight": [3, 4]}}
+    tensors = {"weight": np.zeros((4, 3), np.float32)}
+    with pytest.raises(ProbeDataError, match=r"tensor shapes \{'weight': \[4, 3\]\} differ"):
+        check_head_binding(meta, tensors, head_json_digest(meta), tmp_path / "head.json", tmp_path / "head.safetensors")

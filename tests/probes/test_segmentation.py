@@ -14,9 +14,12 @@ import pytest
 import torch
 
 from sail_vision.probes import FeatureInput, ProbeDataError
-from sail_vision.probes.segmentation import (IGNORE_INDEX, SegmentationConfig, SegmentationData, SegHeadStack,
-                                             head_histograms, intersect_and_union, run_segmentation_probe,
-                                             segmentation_metrics, size_batches, train_seg_grid)
+from sail_vision.probes.seg_data import SegmentationData, size_batches
+from sail_vision.probes.seg_defaults import IGNORE_INDEX
+from sail_vision.probes.seg_heads import SegHeadStack, SegmentationConfig
+from sail_vision.probes.seg_metrics import head_histograms, intersect_and_union, segmentation_metrics
+from sail_vision.probes.seg_train import train_seg_grid
+from sail_vision.probes.segmentation import run_segmentation_probe
 
 PATCH = 4
 
@@ -99,6 +102,11 @@ def test_metrics_equal_mmseg_iou_metric():
         metric.process({}, [{"pred_sem_seg": {"data": torch.from_numpy(pred)[None]},
                              "gt_sem_seg": {"data": torch.from_numpy(label)[None]}}])
     mine = segmentation_metrics(total)
+    fallback = segmentation_metrics(total, use_mmseg=False)  # without mmseg: the same numbers, to the last bit
+    for key in ("aAcc", "mIoU", "mAcc"):
+        assert fallback[key] == mine[key], key
+    np.testing.assert_array_equal(fallback["IoU"], mine["IoU"])
+    np.testing.assert_array_equal(fallback["Acc"], mine["Acc"])
     areas = [total[0], total[1] + total[2] - total[0], total[1], total[2]]
     raw = IoUMetric.total_area_to_metrics(*[torch.from_numpy(a.astype(np.float64)) for a in areas], ["mIoU"])
     iou, acc = np.asarray(raw["IoU"], np.float64), np.asarray(raw["Acc"], np.float64)
@@ -201,20 +209,66 @@ def test_run_learns_and_writes_every_output(probe_run):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["per_class"]) == {"sky", "tree", "road"}
     assert summary["mmseg"]["model.decode_head.in_channels"] == result.head.part_dims
+    assert summary["metrics_arithmetic"] == "mmseg IoUMetric.total_area_to_metrics"
     assert (out / "per_class.csv").read_text().startswith("class,IoU,Acc,pixels\nsky,")
+
+
+def test_metrics_without_mmseg_say_so(monkeypatch):
+    from sail_vision.probes import seg_metrics
+
+    monkeypatch.setattr(seg_metrics, "_mmseg_areas_to_metrics", lambda: None)
+    assert seg_metrics.metrics_arithmetic() == "sail-vision (mmseg not installed)"
+    hist = np.array([[5, 0, 2], [6, 0, 2], [7, 0, 3]])  # class 1 neither predicted nor present
+    found = seg_metrics.segmentation_metrics(hist)
+    assert found["aAcc"] == 70.0 and np.isnan(found["IoU"][1]) and found["IoU"][0] == 5 / 8
+
+
+def recomputed_areas(head, val_store) -> np.ndarray:
+    """(4, C) mmseg areas (intersect, union, pred, label) of ``head``'s predictions, one val image at a time."""
+    total = np.zeros((4, 3), np.int64)
+    for i in range(val_store.num_valid):
+        maps = np.concatenate([val_store.features[p][i].astype(np.float32) for p in head.feature_input.parts], -1)
+        mask = val_store.masks[i]
+        up = torch.nn.functional.interpolate(head.logits(maps), size=mask.shape, mode="bilinear", align_corners=False)
+        total += intersect_and_union(up.argmax(1)[0].numpy(), mask, 3)
+    return total
 
 
 def test_val_metrics_equal_recomputing_them_from_the_head(probe_run):
     result, _, val_store = probe_run
-    head = result.head
-    total = np.zeros((3, 3), np.int64)
-    for i in range(val_store.num_valid):
-        maps = np.concatenate([val_store.features[p][i].astype(np.float32) for p in head.feature_input.parts], -1)
-        logits = head.logits(maps)
-        mask = val_store.masks[i]
-        up = torch.nn.functional.interpolate(logits, size=mask.shape, mode="bilinear", align_corners=False)
-        total += intersect_and_union(up.argmax(1)[0].numpy(), mask, 3)[[0, 2, 3]]
+    total = recomputed_areas(result.head, val_store)[[0, 2, 3]]
     assert result.summary["mIoU"] == pytest.approx(segmentation_metrics(total)["mIoU"], abs=1e-9)
+
+
+def test_confusion_matrix_is_mmseg_areas_of_the_chosen_head(probe_run):
+    import csv
+
+    result, out, val_store = probe_run
+    total = recomputed_areas(result.head, val_store)
+    rows = list(csv.reader((out / "confusion.csv").read_text().splitlines()))
+    assert rows[0] == ["true\\predicted", "sky", "tree", "road"] and [r[0] for r in rows[1:]] == ["sky", "tree", "road"]
+    matrix = np.asarray([[int(v) for v in r[1:]] for r in rows[1:]])
+    np.testing.assert_array_equal(np.diag(matrix), total[0])  # area_intersect
+    np.testing.assert_array_equal(matrix.sum(1), total[3])  # area_label
+    np.testing.assert_array_equal(matrix.sum(0), total[2])  # area_pred_label
+    assert matrix.sum() > np.diag(matrix).sum()  # some boundary pixels are confused
+    assert (out / "confusion.png").is_file() and result.summary["files"]["confusion"] == "confusion.csv"
+
+
+def test_predictions_legend_lists_the_classes_present():
+    from sail_vision.probes.seg_export import classes_present
+
+    pred = np.array([[0, 30], [255, 30]], np.uint8)
+    gt = np.array([[41, 255], [255, 255]], np.uint8)
+    assert classes_present([(0, pred, gt)], 50) == [0, 30, 41]  # not the first 20; ignored pixels left out
+
+
+def test_confusion_counts_leave_out_ignored_pixels_and_unknown_predictions():
+    from sail_vision.probes.seg_metrics import confusion_counts
+
+    pred = torch.tensor([0, 1, 1, 2, 5, 0])
+    label = torch.tensor([0, 1, 0, IGNORE_INDEX, 1, 2])
+    np.testing.assert_array_equal(confusion_counts(pred, label, 3).numpy(), [[1, 1, 0], [0, 1, 0], [1, 0, 0]])
 
 
 def test_features_are_read_in_batches_not_held(probe_run):

@@ -19,9 +19,10 @@ from PIL import Image
 
 from sail_vision.cli import main as cli
 from sail_vision.probes import FeatureInput
-from sail_vision.probes.segmentation import (BatchNormHeads, SegmentationConfig, SegmentationData,
-                                             SegmentationHead, export_mmseg_checkpoint, mmseg_cfg_options,
-                                             train_seg_grid)
+from sail_vision.probes.seg_data import SegmentationData
+from sail_vision.probes.seg_export import export_mmseg_checkpoint, mmseg_cfg_options
+from sail_vision.probes.seg_heads import BatchNormHeads, SegmentationConfig, SegmentationHead
+from sail_vision.probes.seg_train import train_seg_grid
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "sail" / "linear_sail-tiny_1xb4-300_synthetic-64x64.py"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +10,10 @@ import pytest
 import torch
 
 from sail_vision.probes import FeatureInput
-from sail_vision.probes.segmentation import (SegmentationConfig, SegmentationData, export_mmseg_checkpoint,
-                                             run_segmentation_probe)
+from sail_vision.probes.seg_data import SegmentationData
+from sail_vision.probes.seg_export import export_mmseg_checkpoint
+from sail_vision.probes.seg_heads import SegmentationConfig
+from sail_vision.probes.segmentation import run_segmentation_probe
 
 from .test_segmentation import QUICK, make_store
 
@@ -84,7 +87,7 @@ def test_exported_checkpoint_fits_the_tiny_configs_encoder_decoder(probe_heads, 
 
 
 def test_export_without_standardiser_is_identity_bn(tmp_path):
-    from sail_vision.probes.segmentation import SegmentationHead
+    from sail_vision.probes.seg_heads import SegmentationHead
 
     head = SegmentationHead(FeatureInput(("a",)), np.eye(3, 4, dtype=np.float32), np.zeros(3, np.float32), None, [4])
     path = export_mmseg_checkpoint(head, tmp_path / "h.pth")
@@ -108,8 +111,17 @@ def test_cli_segmentation_task(monkeypatch, tmp_path, capsys):
                  "--device", "cpu", "--out", str(tmp_path / "out")])
     assert code == 0
     line = capsys.readouterr().out
+    assert "model.backbone.checkpoint=CHECKPOINT" in line and "records no checkpoint path" in line
     assert "segmentation probe on layer-1_patch+layer-2_patch: val mIoU" in line and "mmseg_head.pth" in line
     assert (tmp_path / "out" / "mmseg_head.pth").is_file()
+    stores["TRAIN"].manifest["checkpoint"]["path"] = "/ckpts/my sail/model.safetensors"
+    assert main(["probe", "--task", "segmentation", "--train", "TRAIN", "--val", "VAL", "--features", "layer-1_patch",
+                 "--lrs", "0.1", "--wds", "0", "--epochs", "1", "--quiet", "--device", "cpu", "--out",
+                 str(tmp_path / "out2")]) == 0
+    printed = capsys.readouterr().out
+    assert "'model.backbone.checkpoint=/ckpts/my sail/model.safetensors'" in printed and "CHECKPOINT" not in printed
+    assert json.loads((tmp_path / "out2" / "summary.json").read_text())["checkpoint"] == \
+        "/ckpts/my sail/model.safetensors"
 
 
 def test_cli_segmentation_errors(tmp_path, capsys, digits_split):
