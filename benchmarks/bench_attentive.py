@@ -121,7 +121,8 @@ def main(argv=None) -> int:
         print(f"{name:>10} {points:>6} {r['seconds']:>8.3f} {r['steps_per_s']:>8.2f} {r['head_steps_per_s']:>12.2f} "
               f"{r['parameters_per_head']:>11}")
     suffix = "" if device == "cpu" else "-" + device.replace(":", "")
-    out = write_results(f"bench_attentive{suffix}", {"case": result, "device": device, "peak_rss_bytes": peak_rss_bytes(),
+    out = write_results(f"bench_attentive{suffix}", {"case": result, "device": device,
+                                                     "peak_rss_bytes": peak_rss_bytes(),
                                                      "gpu": torch.cuda.get_device_name(device)
                                                      if device.startswith("cuda") else None,
                                                      "torch_threads": torch.get_num_threads()}, args.quick)

@@ -211,7 +211,8 @@ def profiled_extract(ckpt, images: Path, out: Path, *, res, dtype, device, batch
         wall_us = (time.perf_counter() - start) * 1e6
     kernels, copies = device_intervals(prof.events())
     return {"profiled_images": result.num_valid, "profiled_extract_s": wall_us / 1e6, "kernels": len(kernels),
-            "gpu_busy": busy_fraction(kernels, wall_us), "gpu_busy_with_copies": busy_fraction(kernels + copies, wall_us)}
+            "gpu_busy": busy_fraction(kernels, wall_us),
+            "gpu_busy_with_copies": busy_fraction(kernels + copies, wall_us)}
 
 
 def extraction_rows(args, device, cache_dir: Path) -> list[dict]:

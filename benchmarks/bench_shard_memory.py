@@ -93,7 +93,8 @@ def run(args) -> dict:
         for repeat in range(args.repeats):
             for name, kind, spec in runs:
                 row = _rss_run(checkpoint, spec, tmp / f"out-{name}-{kind}-{repeat}")
-                rows.append({"member": name, "read_as": kind, "repeat": repeat, "member_bytes": member * (name == "member"),
+                rows.append({"member": name, "read_as": kind, "repeat": repeat,
+                             "member_bytes": member * (name == "member"),
                              "shard_bytes": sizes[name], **row})
     print_table(rows, ["member", "read_as", "repeat", "member_bytes", "shard_bytes", "images", "ok", "failed",
                        "peak_rss_bytes", "seconds"],

@@ -1,4 +1,5 @@
-# SAIL-7B (frozen, bfloat16) + linear head on the last layer; ADE20K 512x512, 40k iters, 8 GPUs x 2 images.
+# SAIL-7B (frozen, dtype auto: bfloat16 on Ampere+ GPUs) + linear head on the last layer; ADE20K 512x512,
+# 40k iters, 8 GPUs x 2 images.
 #   bash tools/dist_train.sh configs/sail/linear_sail-7b_8xb2-40k_ade20k-512x512.py 8
 # Put the SAIL-7B checkpoint folder at checkpoints/SAIL-7B or pass
 #   --cfg-options model.backbone.checkpoint=/path/to/SAIL-7B

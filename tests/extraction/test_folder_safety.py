@@ -252,7 +252,7 @@ def test_too_little_free_space_is_refused_before_anything_is_allocated(tiny_chec
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
     out = tmp_path / "out"
-    with pytest.raises(FeatureStoreError, match=r"the features need .* more but only 1.0 KB is free"):
+    with pytest.raises(FeatureStoreError, match=r"need .* more but only 1.0 KB is free"):
         extract(tiny_checkpoint, images, out, **OPTIONS)
     assert not list(out.glob("layer-*"))
     monkeypatch.setattr(shutil, "disk_usage", real)

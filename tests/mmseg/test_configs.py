@@ -63,7 +63,7 @@ def _check_depth_config(cfg, name) -> None:
     assert cfg.test_evaluator.type == "DepthMetric" and "test_pipeline" in cfg
     assert cfg.train_dataloader.dataset.type == "NYUDataset"
     if name["backbone"] == "sail-7b":
-        assert name["dataset"] == "nyu" and cfg.model.backbone.dtype == "bfloat16" and cfg.model.backbone.frozen
+        assert name["dataset"] == "nyu" and cfg.model.backbone.dtype == "auto" and cfg.model.backbone.frozen
         assert cfg.test_evaluator.crop_type == "nyu_crop" and cfg.model.data_preprocessor.get("size") is None
         assert (head.min_depth, head.max_depth, head.n_bins) == (0.001, 10.0, 256)
         assert all(v % 32 == 0 for v in cfg.crop_size)

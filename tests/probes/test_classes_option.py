@@ -35,7 +35,7 @@ def test_the_same_names_are_accepted(folder):
 
 
 def test_a_classes_file_under_home(tmp_path, monkeypatch):
-    from sail_vision.probes.data import read_classes_file
+    from sail_vision.probes.labels import read_classes_file
 
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "names.txt").write_text("cat\ndog\n")
