@@ -21,7 +21,7 @@ from .containment import allowed_roots
 from .files import (IMAGE_EXTENSIONS, SPLIT_NAMES, ImageSource, class_folder_verdict, files_source, is_image_name,
                     list_class_folders, list_folder, read_list_file, refuse_split_folders)
 from .parquet import open_parquet
-from .segmentation import (list_ade20k, list_depth_pairs, list_nyu, list_pairs, looks_like_ade20k,
+from .segmentation import (list_ade20k, list_depth_pairs, list_nyu, list_pairs, looks_like_ade20k, looks_like_nyu,
                            segmentation_layout_hint)
 from .shards import SHARD_SUFFIXES, expand_spec, looks_like_shard_spec, shard_layout
 from .walk import subfolders, walk_files
@@ -166,6 +166,9 @@ def _flat(root: Path, layout: str, split: str | None, labels_file, masks,
         return list_ade20k(root, split)
     if layout == "nyu":
         return list_nyu(root, split, depth_scale)
+    if layout != "pairs" and looks_like_nyu(root):  # its split folders are below images/, not here
+        raise InputError(f"{root}: {segmentation_layout_hint(root)} (the {layout} layout would read depth maps "
+                         f"as images)")
     base = _split_dir(root, split)
     if layout == "pairs" and depths is not None:
         return list_depth_pairs(base, Path(depths).expanduser(), depth_scale)

@@ -31,6 +31,15 @@ def looks_like_ade20k(root: Path) -> bool:
             or ((root / "annotations").is_dir() and any((root / "images" / s).is_dir() for s in ADE20K_SPLITS)))
 
 
+#: mmseg's NYUDataset splits (``images/<split>`` beside ``annotations/<split>``).
+NYU_SPLITS = ("train", "test")
+
+
+def looks_like_nyu(root: Path) -> bool:
+    """mmseg's NYU tree: ``annotations`` beside ``images/train`` or ``images/test``."""
+    return (root / "annotations").is_dir() and any((root / "images" / s).is_dir() for s in NYU_SPLITS)
+
+
 def _holds_an_image(folder: Path) -> bool:
     """Whether any image file lies below ``folder`` (stops at the first; label maps are images,
     YOLO-style ``labels/*.txt`` are not)."""
@@ -45,6 +54,10 @@ def segmentation_layout_hint(root: Path) -> str | None:
     if (root / "ADEChallengeData2016").is_dir() or root.name == "ADEChallengeData2016" or (
             (root / "annotations").is_dir() and any((root / "images" / s).is_dir() for s in ADE20K_SPLITS)):
         return "is an ADE20K tree (images with annotations); read it with --layout ade20k --split training"
+    if looks_like_nyu(root):
+        return (f"is mmseg's NYU tree (images/{{train,test}} with annotations/{{train,test}}); read depth maps "
+                f"with --layout nyu --split train, or label maps with --layout pairs --images {root / 'images'} "
+                f"--masks {root / 'annotations'}")
     names = {name.lower(): name for name in subfolders(root)}
     images = next((names[n] for n in IMAGE_FOLDER_NAMES if n in names), None)
     masks = next((names[n] for n in MASK_FOLDER_NAMES if n in names), None)
@@ -211,8 +224,6 @@ def list_ade20k(root: Path, split: str | None) -> ImageSource:
 
 
 # ---------------------------------------------------------------------------------- depth
-#: mmseg's NYUDataset splits (``images/<split>`` beside ``annotations/<split>``).
-NYU_SPLITS = ("train", "test")
 
 
 def _depth_description(pairing: dict, depth_scale: float, rows: int, from_what: str) -> dict:

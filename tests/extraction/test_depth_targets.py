@@ -252,3 +252,14 @@ def test_write_feature_dir_with_depth_round_trips(tmp_path):
         write_feature_dir(tmp_path / "bad", {"x": np.zeros((1, 2))}, masks=[-maps[1]], mask_meta={"depth_scale": 1})
     assert write_feature_dir(tmp_path / "labels", {"x": np.zeros((1, 2))},
                              masks=[np.zeros((8, 8), np.uint8)]).target_kind == "labels"
+
+
+def test_an_nyu_tree_read_without_its_layout_is_a_one_line_hint(tmp_path):
+    from sail_vision.sources import resolve_inputs
+
+    root = tmp_path / "nyu"
+    _patch_pair(root / "images" / "train", root / "annotations" / "train", "scene", (2, 2), seed=0)
+    for kwargs in ({}, {"split": "train"}, {"layout": "folder"}):
+        with pytest.raises(InputError, match="--layout nyu --split train"):
+            resolve_inputs(root, **kwargs)
+    assert resolve_inputs(root, layout="nyu", split="train").description["depth"]["depth_scale"] == 1000.0
