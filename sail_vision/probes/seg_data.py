@@ -33,6 +33,9 @@ class SegmentationData:
             raise ProbeDataError(f"{source}: has no segmentation masks (a classification feature folder?); "
                                  f"--task segmentation needs features extracted together with their masks")
         info = dict(store.mask_info or {})
+        if info.get("kind", "labels") != "labels":
+            raise ProbeDataError(f"{source}: holds {info['kind']} maps, not segmentation masks; --task segmentation "
+                                 f"needs features extracted with label maps (--masks, ADE20K)")
         self.mask_info = info
         self.manifest = dict(getattr(store, "manifest", None) or {})
         if patch_size is None:

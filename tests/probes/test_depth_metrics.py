@@ -66,3 +66,4 @@ def test_silog_loss_equals_mmseg_silog_loss():
     assert ours.shape == (4,)
     assert torch.equal(silog_loss(pred, gt, use_mmseg=False), ours)
     assert torch.equal(ours.mean(), SiLogLoss()(pred, gt))
+
