@@ -19,8 +19,9 @@ NYU_MIN_DEPTH_EVAL, NYU_MAX_DEPTH_EVAL = 0.001, 10.0
 #: ``DepthMetric(crop_type='nyu_crop')``'s box (rows, columns) of a 480x640 NYUv2 map.
 NYU_CROP = (slice(45, 471), slice(41, 601))
 NYU_SIZE = (480, 640)
-#: ``SiLogLoss``'s eps: targets at or below it are left out, predictions are clamped to it.
-SILOG_EPS = 1e-4
+#: ``SiLogLoss``'s eps (the module's default, which mmseg configs use; the bare function's is 1e-4): targets
+#: at or below it are left out, predictions are clamped to it.
+SILOG_EPS = 1e-6
 
 
 def nyu_crop_applies(size: tuple[int, int]) -> bool:

@@ -1,0 +1,111 @@
+"""The depth probe's core on cached features: the grid of linear depth heads trained in one pass on a
+synthetic set whose depth follows the image, its heads equal to the one depth head class
+(``LinearDepthHead``) run as mmseg runs it, and its loss mmseg's SiLogLoss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sail_vision.extraction import extract
+from sail_vision.mmseg.synthetic import make_synthetic_depth_dataset
+from sail_vision.probes import FeatureInput
+from sail_vision.probes.depth_metrics import average_depth_metrics, image_depth_metrics
+from sail_vision.probes.depth_train import (DepthConfig, DepthData, DepthHeadStack, depth_head_module,
+                                            depth_stack_factory, evaluate_depth_stacks)
+from sail_vision.probes.errors import ProbeDataError
+from sail_vision.probes.seg_data import batches, size_batches
+from sail_vision.probes.seg_heads import SegmentationHead
+from sail_vision.probes.seg_train import train_seg_grid
+
+FEATURE = FeatureInput(("layer-4_patch",))
+CONFIG = dict(epochs=15, batch_size=4, lrs=(3e-3, 3e-2), weight_decays=(1e-4,))
+
+
+@pytest.fixture(scope="module")
+def depth_folders(tiny_checkpoint, tmp_path_factory):
+    """Synthetic NYU-layout depth (24 train, 8 test images of 64x64) extracted with the tiny checkpoint."""
+    root = tmp_path_factory.mktemp("depth")
+    make_synthetic_depth_dataset(root / "nyu", num_train=24, num_val=8)
+    folders = {}
+    for split in ("train", "test"):
+        folders[split] = root / split
+        extract(tiny_checkpoint, root / "nyu", folders[split], layout="nyu", split=split, layers=[-1],
+                pools=["patch"], workers=0, progress=False)
+    return folders
+
+
+def _constant_rmse(train: DepthData, val: DepthData) -> float:
+    measured = np.concatenate([train.mask(i)[train.mask(i) > 0] for i in range(train.num_images)])
+    mean = float(measured.mean())
+    return average_depth_metrics(image_depth_metrics(torch.from_numpy(val.mask(i).copy()),
+                                                     torch.full(val.mask(i).shape, mean))
+                                 for i in range(val.num_images))["rmse"]
+
+
+def test_depth_grid_beats_the_constant_predictor_by_far(depth_folders):
+    train, val = DepthData.from_folder(depth_folders["train"]), DepthData.from_folder(depth_folders["test"])
+    config = DepthConfig(**CONFIG)
+    grid = train_seg_grid(train, [FEATURE], np.arange(train.num_images), config,
+                          make_stack=depth_stack_factory(config), what="depth", progress=False)
+    found = evaluate_depth_stacks(grid.stacks, [FEATURE], val, np.arange(val.num_images), config, keep=2)
+    best = min(m["rmse"] for m in found.metrics[FEATURE.name])
+    constant = _constant_rmse(train, val)
+    assert best < 0.6 * constant, (best, constant)
+    assert len(found.shown) == 2 and found.shown[0][1].shape == found.shown[0][2].shape == (64, 64)
+
+
+@pytest.mark.parametrize("n_bins, normalisation", [(256, "linear"), (16, "softmax"), (1, "linear")])
+def test_stack_heads_are_linear_depth_heads_and_losses_are_silog(depth_folders, n_bins, normalisation):
+    from mmseg.models.losses import SiLogLoss
+
+    train = DepthData.from_folder(depth_folders["train"])
+    config = DepthConfig(**{**CONFIG, "epochs": 1, "n_bins": n_bins, "normalisation": normalisation,
+                            "bin_spacing": "log"})
+    rows = np.arange(train.num_images)
+    grid = train_seg_grid(train, [FEATURE], rows, config, make_stack=depth_stack_factory(config), progress=False)
+    stack = grid.stacks[FEATURE.name]
+    batch = next(batches(train, size_batches(rows[:4], train.grids(), 4, None), FEATURE.parts, "cpu"))
+    x = stack.prepare(FEATURE.concat(batch.features))
+    size = tuple(batch.masks.shape[1:])
+    predicted = stack.predictions(x, batch.shape, size, config.max_logits)
+    maps = torch.stack([torch.from_numpy(train.maps("layer-4_patch", int(r)).astype(np.float32)) for r in batch.rows])
+    for index in range(stack.heads):
+        head = SegmentationHead.from_tensors(FEATURE, stack.head(index), train.dims(FEATURE.parts))
+        module = depth_head_module(head, config)
+        with torch.no_grad():
+            depth = F.interpolate(module.predict_depth([maps.permute(0, 3, 1, 2)]), size=size, mode="bilinear",
+                                  align_corners=False)
+        torch.testing.assert_close(predicted[index], depth[:, 0], rtol=1e-4, atol=1e-4)
+        expected = SiLogLoss()(depth, batch.masks.float().unsqueeze(1))
+        one = DepthHeadStack.from_head(head, config)
+        loss = one.seg_step(one.prepare(FEATURE.concat(batch.features)), batch.shape, batch.masks, 1.0,
+                            config.max_logits)
+        torch.testing.assert_close(loss[0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_depth_and_segmentation_folders_are_not_mixed_up(depth_folders, tmp_path):
+    from sail_vision.feature_store import write_feature_dir
+
+    write_feature_dir(tmp_path / "seg", {"layer-4_patch": np.zeros((1, 2, 2, 4), np.float32)},
+                      masks=np.zeros((1, 16, 16), np.uint8), mask_meta={"num_classes": 2},
+                      checkpoint={"config": {"vision_patch_size": 8}})
+    with pytest.raises(ProbeDataError, match="holds segmentation masks, not depth maps"):
+        DepthData.from_folder(tmp_path / "seg")
+    with pytest.raises(ProbeDataError, match="--bn batch"):
+        DepthConfig(bn="batch").check()
+    with pytest.raises(ProbeDataError, match="min_depth"):
+        DepthConfig(min_depth=2.0, max_depth=1.0).check()
+
+
+def test_an_image_without_measured_depth_adds_no_nan():
+    config = DepthConfig(n_bins=8, lrs=(1e-2,), weight_decays=(0.0,))
+    stack = DepthHeadStack(4, 8, [1e-2], [0.0], None, config)
+    x = torch.randn(2 * 2 * 2, 4)
+    depths = torch.rand(2, 16, 16) * 5 + 0.5
+    depths[1] = 0.0  # no measurement at all
+    loss = stack.seg_step(x, (2, 2, 2), depths, 1.0, config.max_logits)
+    assert torch.isfinite(loss).all() and torch.isfinite(stack.weight).all()
+    assert stack.seg_step(x, (2, 2, 2), torch.zeros(2, 16, 16), 1.0, config.max_logits) is None
