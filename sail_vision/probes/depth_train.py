@@ -27,11 +27,9 @@ from .depth_metrics import (NYU_MAX_DEPTH_EVAL, NYU_MIN_DEPTH_EVAL, SILOG_EPS, a
 from .errors import ProbeDataError
 from .inputs import FeatureInput, stored_parts
 from .seg_data import SegmentationData, batches, size_batches
+from .seg_defaults import DEFAULT_DEPTH_LRS, DEFAULT_DEPTH_WEIGHT_DECAYS
 from .seg_heads import SegHeadStack, SegmentationConfig, head_groups
 
-#: The depth grid's defaults: AdamW as DINOv3's NYUv2 linear probe (lr 3e-4, wd 1e-4), two points around each.
-DEFAULT_DEPTH_LRS = (1e-4, 3e-4, 1e-3, 3e-3)
-DEFAULT_DEPTH_WEIGHT_DECAYS = (1e-4, 1e-3)
 #: The head's conv initialisation (``LinearDepthHead``, DINOv3's ``linear_head.py``).
 DEPTH_INIT_STD = 0.01
 

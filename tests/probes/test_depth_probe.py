@@ -4,11 +4,16 @@ synthetic set whose depth follows the image, its heads equal to the one depth he
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from sail_vision.cli import main as cli
 from sail_vision.extraction import extract
 from sail_vision.mmseg.synthetic import make_synthetic_depth_dataset
 from sail_vision.probes import FeatureInput
@@ -33,7 +38,8 @@ def depth_folders(tiny_checkpoint, tmp_path_factory):
     for split in ("train", "test"):
         folders[split] = root / split
         extract(tiny_checkpoint, root / "nyu", folders[split], layout="nyu", split=split, layers=[-1],
-                pools=["patch"], workers=0, progress=False)
+                pools=["patch"], workers=0, progress=False, dtype="float32", save_dtype="float32", device="cpu")
+    folders["data"] = root / "nyu"
     return folders
 
 
@@ -109,3 +115,57 @@ def test_an_image_without_measured_depth_adds_no_nan():
     loss = stack.seg_step(x, (2, 2, 2), depths, 1.0, config.max_logits)
     assert torch.isfinite(loss).all() and torch.isfinite(stack.weight).all()
     assert stack.seg_step(x, (2, 2, 2), torch.zeros(2, 16, 16), 1.0, config.max_logits) is None
+
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPTH_CONFIG = ROOT / "configs" / "sail" / "linear_sail-tiny_1xb4-300_synthetic-depth-64x64.py"
+
+
+def _tools_test(tiny_checkpoint, data, checkpoint, work_dir) -> dict:
+    from sail_vision.probes.seg_export import mmseg_cfg_options
+
+    spec = importlib.util.spec_from_file_location("sail_tools_test_depth", ROOT / "tools" / "test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    meta = torch.load(checkpoint, map_location="cpu", weights_only=True)["meta"]["sail_vision"]
+    module.main([str(DEPTH_CONFIG), str(checkpoint), "--work-dir", str(work_dir), "--cfg-options",
+                 *mmseg_cfg_options(meta["config"]), f"model.backbone.checkpoint={tiny_checkpoint}",
+                 f"test_dataloader.dataset.data_root={data}", "experiment_name=depth_e2e",
+                 "visualizer.name=depth_e2e_vis"])
+    logs = sorted(Path(work_dir).glob("*/*.json"))
+    assert logs, "tools/test.py wrote no metrics"
+    return json.loads(logs[-1].read_text().splitlines()[-1])
+
+
+def test_probe_task_depth_end_to_end_and_tools_test_reproduces_it(depth_folders, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "probe"
+    code = cli(["probe", "--task", "depth", "--train", str(depth_folders["train"]), "--val",
+                str(depth_folders["test"]), "--features", "layer-4_patch", "--lrs", "0.003,0.03", "--wds", "0.0001",
+                "--epochs", "15", "--batch-size", "4", "--device", "cpu", "--quiet", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "depth probe on layer-4_patch: val rmse" in printed and "tools/test.py CONFIG" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "depth-linear" and summary["task"] == "depth"
+    assert set(summary) >= {"rmse", "abs_rel", "d1", "d2", "d3", "sq_rel", "rmse_log", "log10", "silog"}
+    assert summary["evaluation"]["nyu_crop_applied"] is False and summary["evaluation"]["min_depth_eval"] == 0.001
+    train, val = DepthData.from_folder(depth_folders["train"]), DepthData.from_folder(depth_folders["test"])
+    assert summary["rmse"] < 0.6 * _constant_rmse(train, val)
+    assert (out / "predictions.png").stat().st_size > 0 and summary["files"]["predictions_plot"] == "predictions.png"
+    state = torch.load(out / "mmseg_head.pth", map_location="cpu", weights_only=True)["state_dict"]
+    assert sorted(state) == ["decode_head.head.bn.bias", "decode_head.head.bn.num_batches_tracked",
+                             "decode_head.head.bn.running_mean", "decode_head.head.bn.running_var",
+                             "decode_head.head.bn.weight", "decode_head.head.conv.bias", "decode_head.head.conv.weight"]
+    from mmengine.config import Config
+
+    import sail_vision.mmseg  # noqa: F401  (registers SAILLinearDepthHead)
+    from mmseg.registry import MODELS
+
+    head_cfg = Config.fromfile(str(DEPTH_CONFIG)).model.decode_head
+    head = MODELS.build({**head_cfg, "in_channels": [256]})
+    head.load_state_dict({k[len("decode_head."):]: v for k, v in state.items()}, strict=True)
+    found = _tools_test(tiny_checkpoint, depth_folders["data"], out / "mmseg_head.pth", tmp_path / "test")
+    print({m: (found[m], summary[m]) for m in ("rmse", "abs_rel", "d1", "silog")})
+    for metric in ("rmse", "abs_rel", "d1", "silog"):
+        assert abs(found[metric] - summary[metric]) <= 1e-4 * max(1.0, abs(summary[metric])), \
+            (metric, found[metric], summary[metric])
