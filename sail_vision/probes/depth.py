@@ -164,7 +164,7 @@ class DepthMethod:
 
 def plot_depth_predictions(shown, data: DepthData, out_file: Path) -> Path:
     """A row per val image: the image (when its file can be read) | ground truth | prediction | absolute error,
-    depths on one colour scale per row, pixels without a measurement grey in the ground truth and error."""
+    depths on one colour scale per row, pixels without a measurement left blank in the ground truth and error."""
     from .plot import pyplot, save_figure
 
     plt = pyplot()

@@ -169,3 +169,15 @@ def test_probe_task_depth_end_to_end_and_tools_test_reproduces_it(depth_folders,
     for metric in ("rmse", "abs_rel", "d1", "silog"):
         assert abs(found[metric] - summary[metric]) <= 1e-4 * max(1.0, abs(summary[metric])), \
             (metric, found[metric], summary[metric])
+
+
+def test_selection_prefers_the_lowest_errors():
+    from sail_vision.probes.methods import best_record
+    from sail_vision.probes.results import best_layer, layer_summary
+
+    metrics = ("rmse", "abs_rel", "d1")
+    records = [{"name": f"p{i}", "parts": [f"layer-{k}_patch"], "holdout_rmse": rmse, "holdout_abs_rel": rel,
+                "holdout_d1": d1} for i, (k, rmse, rel, d1) in enumerate([(1, 0.9, 0.2, 0.8), (2, 0.5, 0.3, 0.6),
+                                                                         (2, 0.5, 0.1, 0.5), (3, None, None, None)])]
+    assert best_record(records, metrics)["name"] == "p2"  # lowest rmse, then lowest abs_rel
+    assert best_layer(layer_summary(records, metrics), metrics)["feature"] == "layer-2_patch"
