@@ -86,6 +86,11 @@ class DepthMethod:
         scores = {}
         if held_rows is not None:
             scores = evaluate_depth_stacks(trained.stacks, inputs, train, held_rows, config).metrics
+            if all(m["rmse"] is None for heads in scores.values() for m in heads):
+                raise ProbeDataError(f"{train.source}: no held-out image has ground truth within "
+                                     f"--eval-depth-range {config.min_depth_eval:g},{config.max_depth_eval:g} "
+                                     f"(metres), so the grid cannot be compared; check the range and the depth "
+                                     f"scale the features were extracted with")
         return [record(grid_point_name(fi.name, lr, wd), METHOD, fi, scores[fi.name][index] if scores else None,
                        SELECTION_METRICS, lr=lr, weight_decay=wd)
                 for fi in inputs for index, (lr, wd) in enumerate(config.grid)]

@@ -181,3 +181,12 @@ def test_selection_prefers_the_lowest_errors():
                                                                          (2, 0.5, 0.1, 0.5), (3, None, None, None)])]
     assert best_record(records, metrics)["name"] == "p2"  # lowest rmse, then lowest abs_rel
     assert best_layer(layer_summary(records, metrics), metrics)["feature"] == "layer-2_patch"
+
+
+def test_a_range_that_scores_nothing_is_a_one_line_error(depth_folders, tmp_path, capsys):
+    code = cli(["probe", "--task", "depth", "--train", str(depth_folders["train"]), "--val",
+                str(depth_folders["test"]), "--features", "layer-4_patch", "--epochs", "1", "--lrs", "0.01,0.1",
+                "--eval-depth-range", "20,30", "--device", "cpu", "--quiet", "--out", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no held-out image has ground truth within --eval-depth-range 20,30" in err
+    assert err.count("\n") == 1
