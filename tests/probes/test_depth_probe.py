@@ -164,6 +164,9 @@ def test_probe_task_depth_end_to_end_and_tools_test_reproduces_it(depth_folders,
     head_cfg = Config.fromfile(str(DEPTH_CONFIG)).model.decode_head
     head = MODELS.build({**head_cfg, "in_channels": [256]})
     head.load_state_dict({k[len("decode_head."):]: v for k, v in state.items()}, strict=True)
+    from sail_vision.probes.report import build_report
+
+    assert f"| depth | depth-linear | layer-4_patch | 4 | - | rmse {summary['rmse']:.4f} m" in build_report([out])
     found = _tools_test(tiny_checkpoint, depth_folders["data"], out / "mmseg_head.pth", tmp_path / "test")
     print({m: (found[m], summary[m]) for m in ("rmse", "abs_rel", "d1", "silog")})
     for metric in ("rmse", "abs_rel", "d1", "silog"):
