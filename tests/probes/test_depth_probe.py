@@ -193,3 +193,29 @@ def test_a_range_that_scores_nothing_is_a_one_line_error(depth_folders, tmp_path
     err = capsys.readouterr().err
     assert code == 2 and "no held-out image has ground truth within --eval-depth-range 20,30" in err
     assert err.count("\n") == 1
+
+
+def test_concatenated_layers_export_as_the_multi_input_head(tmp_path):
+    """'lin. 4'-style inputs (several layers' patch maps concatenated): the exported LinearDepthHead takes the
+    layers as separate maps (in_channels per layer, as mmseg's in_index gives them) and predicts the same."""
+    from sail_vision.feature_store import write_feature_dir
+
+    rng = np.random.default_rng(0)
+    maps = {f"layer-{k}_patch": rng.normal(size=(6, 2, 3, 4 + k)).astype(np.float32) for k in (1, 2)}
+    depths = rng.uniform(0.5, 5.0, size=(6, 16, 24)).astype(np.float32)
+    write_feature_dir(tmp_path / "d", maps, masks=depths, mask_meta={"depth_scale": 1000},
+                      checkpoint={"config": {"vision_patch_size": 8}})
+    data = DepthData.from_folder(tmp_path / "d")
+    both = FeatureInput(("layer-1_patch", "layer-2_patch"))
+    config = DepthConfig(n_bins=16, lrs=(0.01,), weight_decays=(0.0,), epochs=2, batch_size=3)
+    grid = train_seg_grid(data, [both], np.arange(6), config, make_stack=depth_stack_factory(config), progress=False)
+    head = SegmentationHead.from_tensors(both, grid.stacks[both.name].head(0), data.dims(both.parts))
+    module = depth_head_module(head, config)
+    assert module.in_channels == [5, 6]
+    stack = DepthHeadStack.from_head(head, config)
+    batch = next(batches(data, [np.arange(3)], both.parts, "cpu"))
+    expected = stack.predictions(stack.prepare(both.concat(batch.features)), batch.shape, (16, 24), config.max_logits)
+    with torch.no_grad():
+        depth = module.predict_depth([torch.from_numpy(maps[p][:3]).permute(0, 3, 1, 2) for p in both.parts])
+    torch.testing.assert_close(F.interpolate(depth, size=(16, 24), mode="bilinear", align_corners=False)[:, 0],
+                               expected[0], rtol=1e-4, atol=1e-4)
