@@ -390,17 +390,102 @@ def decode_mask(mask: str | Path | bytes | np.ndarray, *, reduce_zero_label: boo
 
 
 def _read_mask_file(mask: str | Path | bytes, max_pixels: int | None, name: str) -> np.ndarray:
+    def check(opened: Image.Image) -> None:
+        if opened.format in _LOSSY_FORMATS:
+            raise BadImageError(name, "mask-lossy", f"{opened.format} mask: lossy compression changes label "
+                                                    f"values; store masks as PNG")
+
+    return _read_target_image(mask, max_pixels, name, "mask-", check, lambda image: _mask_values(image, name))
+
+
+def _read_target_image(file: str | Path | bytes, max_pixels: int | None, name: str, prefix: str,
+                       check: Callable[[Image.Image], None], values: Callable[[Image.Image], np.ndarray]) -> np.ndarray:
+    """Open a label-map or depth-map image (its errors' kinds prefixed ``prefix``), let ``check`` refuse
+    its format or mode, decode its first frame and return ``values(image)``."""
     with _own_bomb_check():
         try:
-            opened = _open_checked(mask, max_pixels, name)
+            opened = _open_checked(file, max_pixels, name)
         except BadImageError as exc:
-            raise BadImageError(name, "mask-" + exc.kind, exc.detail) from None
+            raise BadImageError(name, prefix + exc.kind, exc.detail) from None
         with opened:
-            if opened.format in _LOSSY_FORMATS:
-                raise BadImageError(name, "mask-lossy", f"{opened.format} mask: lossy compression changes label "
-                                                        f"values; store masks as PNG")
-            _load_first_frame(opened, name, "mask-")
-            return _mask_values(opened, name)
+            check(opened)
+            _load_first_frame(opened, name, prefix)
+            return values(opened)
+
+
+# ---------------------------------------------------------------------------------- depth maps
+#: 16-bit PNG depth values per metre unless told otherwise: millimetres, as NYU Depth v2 (mmseg's NYU
+#: configs load them with ``depth_rescale_factor=1e-3``).
+DEFAULT_DEPTH_SCALE = 1000.0
+#: The stored depth of a pixel without a measurement (a hole in the sensor's map).
+NO_DEPTH = 0.0
+
+
+def decode_depth(depth: str | Path | bytes | np.ndarray, *, scale: float = DEFAULT_DEPTH_SCALE,
+                 expected_size: tuple[int, int] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 name: str | None = None) -> np.ndarray:
+    """The one depth-map decoder: a depth file or array -> (H, W) float32 metres, 0 = no measurement.
+
+    A 16-bit grayscale image (PNG) holds ``scale`` values per metre (default 1000: millimetres), 0
+    meaning no measurement; it becomes ``values.astype(float32) * (1 / scale)``, the arithmetic of
+    mmseg's ``LoadDepthAnnotation``. A ``.npy`` file (or an array) holds float metres; NaN means
+    no measurement (stored 0). 8-bit images, negative or infinite depths are refused.
+    ``expected_size`` is the image's (width, height). Raises :class:`BadImageError` (``depth-*``).
+    """
+    name = name or _describe(depth)
+    if isinstance(depth, np.ndarray):
+        metres = _depth_metres(depth, name)
+    elif isinstance(depth, (str, Path)) and str(depth).lower().endswith(".npy"):
+        metres = _depth_metres(_read_depth_npy(depth, max_pixels, name), name)
+    else:
+        metres = _read_depth_image(depth, max_pixels, name).astype(np.float32) * (1.0 / float(scale))
+    if expected_size is not None and (metres.shape[1], metres.shape[0]) != tuple(expected_size):
+        raise BadImageError(name, "depth-size", f"depth map is {metres.shape[1]}x{metres.shape[0]} but its image is "
+                                                f"{expected_size[0]}x{expected_size[1]}")
+    return metres
+
+
+def _depth_metres(array: np.ndarray, name: str) -> np.ndarray:
+    if array.ndim != 2 or array.dtype.kind != "f":
+        raise BadImageError(name, "depth-unsupported-mode", f"depth arrays must be float HxW metres, got dtype "
+                                                            f"{array.dtype} shape {array.shape}")
+    metres = np.array(array, dtype=np.float32)
+    metres[np.isnan(metres)] = NO_DEPTH
+    if np.isinf(metres).any() or (metres < 0).any():
+        raise BadImageError(name, "depth-value", "depth map holds negative or infinite depths; use metres >= 0 "
+                                                 "(0 or NaN = no measurement)")
+    return metres
+
+
+def _read_depth_npy(path: str | Path, max_pixels: int | None, name: str) -> np.ndarray:
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise BadImageError(name, "depth-missing", "no such depth file") from None
+    except (OSError, ValueError) as exc:
+        raise BadImageError(name, "depth-unreadable", f"not a readable .npy array ({exc})") from None
+    if max_pixels is not None and array.size > max_pixels:
+        raise BadImageError(name, "depth-too-large", f"{array.size} values exceed --max-pixels {max_pixels}")
+    return np.asarray(array)
+
+
+def _read_depth_image(depth: str | Path | bytes, max_pixels: int | None, name: str) -> np.ndarray:
+    def check(opened: Image.Image) -> None:
+        if opened.format in _LOSSY_FORMATS or not (opened.mode in _UINT16_MODES or opened.mode == "I"):
+            raise BadImageError(name, "depth-unsupported-mode",
+                                f"{opened.format} mode {opened.mode} depth map: depth PNGs must be 16-bit "
+                                f"grayscale (or pass float metres as .npy)")
+
+    return _read_target_image(depth, max_pixels, name, "depth-", check,
+                              lambda image: _uint16_values(image, name, "depth-unsupported-mode"))
+
+
+def resize_depth(metres: np.ndarray, patch_size: int, resolution=None, max_tokens: int = DEFAULT_MAX_TOKENS) -> np.ndarray:
+    """(H0, W0) float32 metres -> (H, W) on the pixels :func:`resize_image` gives the image of that size:
+    the same geometry, nearest-neighbour (no depth is ever mixed with a hole's 0)."""
+    image = Image.fromarray(np.ascontiguousarray(metres, dtype=np.float32), mode="F")
+    geometry = resize_geometry(image.size, patch_size, resolution, max_tokens)
+    return np.asarray(_apply_geometry(image, geometry, Image.NEAREST), dtype=np.float32).copy()
 
 
 def image_pixels(image: Image.Image) -> torch.Tensor:
@@ -549,7 +634,8 @@ def augment_pair(image: Image.Image, labels: np.ndarray, rng: np.random.Generato
                  scale: tuple[int, int] = (2048, 512), ratio_range: tuple[float, float] = (0.5, 2.0),
                  cat_max_ratio: float = 0.75, crop_tries: int = 10, flip_prob: float = 0.5,
                  ignore_index: int = IGNORE_INDEX) -> tuple[Image.Image, np.ndarray]:
-    """One augmented view of an RGB image and its (H0, W0) uint8 label map, with one geometry for both.
+    """One augmented view of an RGB image and its (H0, W0) uint8 label map (or float32 depth map), with one
+    geometry for both.
 
     mmseg's ADE20K training pipeline (:data:`VIEW_PIPELINE`): RandomResize (a ratio r uniform in
     ``ratio_range``, the image rescaled, aspect kept, as large as fits ``scale * r``: bilinear for
@@ -559,7 +645,8 @@ def augment_pair(image: Image.Image, labels: np.ndarray, rng: np.random.Generato
     after the last try the next draw is kept, as mmseg does); RandomFlip (horizontal, both, with
     ``flip_prob``); then padding at the bottom / right up to the crop size (image: the ImageNet mean
     colour, mmseg's 0 after normalising; labels: ``ignore_index``). Photometric distortion is not
-    applied. Returns (RGB image of ``crop_size``, (height, width) uint8 labels).
+    applied. A float32 depth map takes the same geometry (nearest) with no category check and pads
+    with :data:`NO_DEPTH`. Returns (RGB image of ``crop_size``, (height, width) labels or depths).
     """
     labels = np.asarray(labels)
     width, height = image.size
@@ -572,7 +659,10 @@ def augment_pair(image: Image.Image, labels: np.ndarray, rng: np.random.Generato
     factor = min(max(target) / max(width, height), min(target) / min(width, height))
     size = (max(1, int(width * factor + 0.5)), max(1, int(height * factor + 0.5)))
     resized = np.asarray(image.resize(size, Image.BILINEAR))
-    mask = np.asarray(Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), mode="L").resize(size, Image.NEAREST))
+    depth = labels.dtype == np.float32
+    target = (Image.fromarray(np.ascontiguousarray(labels), mode="F") if depth
+              else Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), mode="L"))
+    mask = np.asarray(target.resize(size, Image.NEAREST))
 
     def draw() -> tuple[int, int]:
         top = int(rng.integers(0, max(size[1] - crop_h, 0) + 1))
@@ -580,7 +670,7 @@ def augment_pair(image: Image.Image, labels: np.ndarray, rng: np.random.Generato
         return top, left
 
     top, left = draw()
-    if cat_max_ratio < 1:
+    if cat_max_ratio < 1 and not depth:
         for _ in range(crop_tries):
             values, counts = np.unique(mask[top:top + crop_h, left:left + crop_w], return_counts=True)
             counts = counts[values != ignore_index]
@@ -593,7 +683,8 @@ def augment_pair(image: Image.Image, labels: np.ndarray, rng: np.random.Generato
         pixels, mask = pixels[:, ::-1], mask[:, ::-1]
     out_pixels = np.empty((crop_h, crop_w, 3), np.uint8)
     out_pixels[:] = VIEW_PAD_COLOUR
-    out_mask = np.full((crop_h, crop_w), ignore_index, np.uint8)
+    out_mask = (np.full((crop_h, crop_w), NO_DEPTH, np.float32) if depth
+                else np.full((crop_h, crop_w), ignore_index, np.uint8))
     out_pixels[:pixels.shape[0], :pixels.shape[1]] = pixels
     out_mask[:mask.shape[0], :mask.shape[1]] = mask
     return Image.fromarray(out_pixels, mode="RGB"), out_mask
@@ -679,36 +770,50 @@ class Preprocess:
         return image_pixels(self.rgb_image(image, name))
 
     def mask(self, mask: str | Path | bytes | np.ndarray, image_size: tuple[int, int], *,
-             reduce_zero_label: bool = False, num_classes: int | None = None, name: str | None = None) -> np.ndarray:
+             reduce_zero_label: bool = False, num_classes: int | None = None, depth_scale: float | None = None,
+             name: str | None = None) -> np.ndarray:
         """The (H, W) uint8 label map of an image of ``image_size`` (width, height, as decoded), on the
         preprocessed pixels (H, W = nh*p, nw*p): :func:`decode_mask` (its size must equal the image's),
-        then the image's resize and crop with nearest-neighbour. Raises BadImageError (``mask-*``)."""
+        then the image's resize and crop with nearest-neighbour. Raises BadImageError (``mask-*``).
+        With ``depth_scale`` the target is a depth map instead: :func:`decode_depth` (float32 metres,
+        ``depth-*`` errors) and :func:`resize_depth`, the same geometry."""
         name = name or _describe(mask)
+        if depth_scale is not None:
+            metres = decode_depth(mask, scale=depth_scale, expected_size=image_size, max_pixels=self.max_pixels,
+                                  name=name)
+            return resize_depth(metres, self.patch_size, self.resolution, self.max_tokens)
         labels = decode_mask(mask, reduce_zero_label=reduce_zero_label, num_classes=num_classes,
                              expected_size=image_size, max_pixels=self.max_pixels, name=name)
         return resize_mask(labels, self.patch_size, self.resolution, self.max_tokens, name)
 
     def pixels_and_mask(self, image: ImageInput, mask, name: str | None = None, *, mask_name: str | None = None,
-                        reduce_zero_label: bool = False,
-                        num_classes: int | None = None) -> tuple[torch.Tensor, np.ndarray | None]:
-        """(:meth:`pixels`, :meth:`mask`) of one image and its label map (None when ``mask`` is None),
-        the image decoded once and both resized by the same geometry."""
+                        reduce_zero_label: bool = False, num_classes: int | None = None,
+                        depth_scale: float | None = None) -> tuple[torch.Tensor, np.ndarray | None]:
+        """(:meth:`pixels`, :meth:`mask`) of one image and its label map or depth map (None when ``mask``
+        is None), the image decoded once and both resized by the same geometry."""
         rgb, size = self._decoded_sized(image, name, self.jpeg_draft)
         pixels = image_pixels(resize_image(rgb, self.patch_size, self.resolution, self.max_tokens, source_size=size))
         if mask is None:
             return pixels, None
         return pixels, self.mask(mask, size, reduce_zero_label=reduce_zero_label, num_classes=num_classes,
-                                 name=mask_name)
+                                 depth_scale=depth_scale, name=mask_name)
 
     def view_pixels_and_mask(self, image: ImageInput, mask, rng: np.random.Generator, name: str | None = None, *,
                              mask_name: str | None = None, reduce_zero_label: bool = False,
-                             num_classes: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+                             num_classes: int | None = None,
+                             depth_scale: float | None = None) -> tuple[torch.Tensor, np.ndarray]:
         """One augmented view (:func:`augment_pair`, crop size = the fixed resolution) of an image and its
-        label map, drawn from ``rng`` (see :func:`view_rng`): ((H, W, 3) uint8 pixels, (H, W) uint8 labels)."""
+        label map (or, with ``depth_scale``, depth map), drawn from ``rng`` (see :func:`view_rng`):
+        ((H, W, 3) uint8 pixels, (H, W) uint8 labels or float32 metres)."""
         crop = self.view_crop_size
         if crop is None:
             raise InputError("augmented views need a fixed --resolution (the crop size of each view)")
         rgb = self._decoded(image, name)
+        if depth_scale is not None:
+            metres = decode_depth(mask, scale=depth_scale, expected_size=rgb.size, max_pixels=self.max_pixels,
+                                  name=mask_name or _describe(mask))
+            view, view_depth = augment_pair(rgb, metres, rng, crop)
+            return image_pixels(view), view_depth
         labels = decode_mask(mask, reduce_zero_label=reduce_zero_label, num_classes=num_classes,
                              expected_size=rgb.size, max_pixels=self.max_pixels, name=mask_name or _describe(mask))
         if labels.size and int(labels.max()) > 255:

@@ -57,16 +57,25 @@ def register(subparsers) -> None:
                         "('train-{000000..000146}.tar', 'pipe:CMD', a folder of .tar files) or Parquet files "
                         "as Hugging Face stores them; each shard is one part (required)")
     g.add_argument("--layout", default="auto",
-                   choices=["auto", "folder", "imagenet", "ade20k", "pairs", "list", "webdataset", "parquet"],
+                   choices=["auto", "folder", "imagenet", "ade20k", "nyu", "pairs", "list", "webdataset", "parquet"],
                    help="how to read --images (default: auto, guessed from the names and folder structure)")
     g.add_argument("--split", default=None,
-                   help="split folder: train/val for ImageNet roots, training/validation for ADE20K (default: none)")
+                   help="split folder: train/val for ImageNet roots, training/validation for ADE20K, train/test "
+                        "for --layout nyu (default: none)")
     g.add_argument("--labels-file", default=None,
                    help="'path label' list labelling a flat ImageNet-style folder such as val (default: none)")
     g.add_argument("--masks", default=None, metavar="DIR",
                    help="folder of label-map masks paired with --images by relative path without extension (the "
                         "pairs layout); each image's mask is stored in masks.npy on its preprocessed pixels "
                         "(ADE20K trees pair their annotations themselves) (default: none)")
+    g.add_argument("--depths", default=None, metavar="DIR",
+                   help="folder of depth maps paired with --images by relative path without extension (the pairs "
+                        "layout): 16-bit PNGs (--depth-scale values per metre, 0 = no measurement) or float .npy "
+                        "in metres; stored as float32 metres in masks.npy on the preprocessed pixels, resized "
+                        "nearest; --layout nyu pairs images/<split> with annotations/<split> itself (default: none)")
+    g.add_argument("--depth-scale", type=float, default=None, metavar="V",
+                   help="16-bit depth PNG values per metre, with --depths or --layout nyu (default: 1000, i.e. "
+                        "millimetres, as NYUv2; KITTI uses 256)")
     g.add_argument("--reduce-zero-label", action="store_true", default=None,
                    help="with --masks: mmseg's reduce_zero_label (mask 0 -> 255 ignored, v -> v - 1), as ADE20K "
                         "always has (default: mask values are the labels)")
@@ -194,7 +203,8 @@ def run(args) -> int:
         dtype=args.dtype, device=args.device, batch_size=args.batch_size, workers=args.workers, resume=args.resume,
         overwrite=args.overwrite, save_dtype=args.save_dtype, limit=args.limit, strict=args.strict,
         max_pixels=args.max_pixels or None, layout=args.layout, split=args.split, labels_file=args.labels_file,
-        masks=args.masks, reduce_zero_label=args.reduce_zero_label,
+        masks=args.masks, reduce_zero_label=args.reduce_zero_label, depths=args.depths,
+        depth_scale=args.depth_scale,
         progress=not args.no_progress, commit_interval=args.commit_interval, batching=args.batching,
         max_batch_tokens=args.max_batch_tokens, packed_attention=args.packed_attention, part_size=args.part_size,
         num_tasks=args.num_tasks, task_index=args.task_index, finalize=args.finalize,

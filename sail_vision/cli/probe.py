@@ -21,8 +21,8 @@ def register(subparsers) -> None:
                                    DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_WEIGHT_DECAYS)
     from ..probes.methods import methods_help, registered_methods
     from ..probes.protocols import PROTOCOLS
-    from ..probes.seg_defaults import (DEFAULT_SEG_BATCH_SIZE, DEFAULT_SEG_EPOCHS, DEFAULT_SEG_LRS,
-                                       DEFAULT_SEG_WEIGHT_DECAYS)
+    from ..probes.seg_defaults import (DEFAULT_DEPTH_LRS, DEFAULT_DEPTH_WEIGHT_DECAYS, DEFAULT_SEG_BATCH_SIZE,
+                                       DEFAULT_SEG_EPOCHS, DEFAULT_SEG_LRS, DEFAULT_SEG_WEIGHT_DECAYS)
 
     parser = subparsers.add_parser(
         "probe", help="classification probes on extracted features (linear grid, logreg, k-NN); "
@@ -35,12 +35,15 @@ def register(subparsers) -> None:
                     "With --predict, applies a saved head instead and writes predictions.csv. "
                     "--task segmentation trains DINOv2's linear segmentation head (BN + 1x1 conv) on patch "
                     "features and masks, selects by held-out mIoU, and also writes per_class.csv, "
-                    "predictions.png and mmseg_head.pth (for tools/test.py); see docs/probes.md.",
+                    "predictions.png and mmseg_head.pth (for tools/test.py); see docs/probes.md. --task depth "
+                    "trains DINOv2's linear depth head on patch features and depth maps (extract --depths / "
+                    "--layout nyu), selects by held-out RMSE and reports mmseg's DepthMetric; see docs/depth.md.",
         )
-    parser.add_argument("--task", default="classification", choices=("classification", "segmentation"),
+    parser.add_argument("--task", default="classification", choices=("classification", "segmentation", "depth"),
                         help="classification: one label per image (default); segmentation: a mask per image, "
                              "DINOv2's linear head on --features patch maps (NAME, or NAME+NAME+... to "
-                             "concatenate layers), mIoU / mAcc / aAcc as mmseg's IoUMetric")
+                             "concatenate layers), mIoU / mAcc / aAcc as mmseg's IoUMetric; depth: a depth map "
+                             "per image, DINOv2's linear depth head, rmse / abs_rel / d1 ... as mmseg's DepthMetric")
     data = parser.add_argument_group("data")
     data.add_argument("--train", metavar="DIR", help="training feature folder (the --out of `sail-vision extract`)")
     data.add_argument("--val", metavar="DIR", help="evaluation feature folder (with --predict: the features to label)")
@@ -106,15 +109,17 @@ def register(subparsers) -> None:
     linear.add_argument("--lrs", type=_floats, default=None, metavar="LR,...",
                         help="learning rates of the grid, comma or space separated (default: 13 log-spaced "
                              f"values 1e-4 .. 1; segmentation: {','.join(f'{v:g}' for v in DEFAULT_SEG_LRS)}; "
+                             f"depth: {','.join(f'{v:g}' for v in DEFAULT_DEPTH_LRS)}; "
                              f"attentive: {','.join(f'{v:g}' for v in DEFAULT_ATTENTIVE_LRS)})")
     linear.add_argument("--weight-decays", "--wds", type=_floats, default=None, metavar="WD,...",
                         help="weight decays of the grid (default: "
                              f"{','.join(f'{v:g}' for v in DEFAULT_WEIGHT_DECAYS)}; segmentation: "
-                             f"{','.join(f'{v:g}' for v in DEFAULT_SEG_WEIGHT_DECAYS)}; attentive: "
+                             f"{','.join(f'{v:g}' for v in DEFAULT_SEG_WEIGHT_DECAYS)}; depth: "
+                             f"{','.join(f'{v:g}' for v in DEFAULT_DEPTH_WEIGHT_DECAYS)}; attentive: "
                              f"{','.join(f'{v:g}' for v in DEFAULT_ATTENTIVE_WEIGHT_DECAYS)})")
     linear.add_argument("--optimizer", default=None, choices=("sgd", "adamw"),
-                        help="sgd (momentum 0.9) or adamw; cosine learning-rate schedule (default: sgd; attentive: "
-                             "adamw)")
+                        help="sgd (momentum 0.9) or adamw; cosine learning-rate schedule (default: sgd; attentive "
+                             "and depth: adamw)")
     linear.add_argument("--epochs", type=int, default=None,
                         help=f"passes over the training features (default: {DEFAULT_EPOCHS}; segmentation: "
                              f"{DEFAULT_SEG_EPOCHS})")
@@ -127,6 +132,20 @@ def register(subparsers) -> None:
                              "trains SAILLinearHead (DINOv2): batch statistics, trainable affine, mmseg's loss "
                              "averaging, torch's SGD/AdamW on every parameter, running statistics for evaluation "
                              "(default: %(default)s)")
+    depth = parser.add_argument_group("depth")
+    depth.add_argument("--n-bins", type=int, default=256,
+                       help="depth: outputs of the head, depth the expectation over bins; 1 = plain regression "
+                            "(default: %(default)s, DINOv2 / DINOv3)")
+    depth.add_argument("--bin-spacing", default="linear", choices=("linear", "log"),
+                       help="depth: spacing of the bin centres over --depth-range (default: %(default)s)")
+    depth.add_argument("--normalisation", default="linear", choices=("linear", "softmax", "sigmoid"),
+                       help="depth: how bin outputs become weights: linear = ReLU + 0.1 then divided by the sum "
+                            "(AdaBins, DINOv2) (default: %(default)s)")
+    depth.add_argument("--depth-range", type=_floats, default=[0.001, 10.0], metavar="MIN,MAX",
+                       help="depth: the head's range in metres (bins and regression floor) (default: 0.001,10)")
+    depth.add_argument("--eval-depth-range", type=_floats, default=[0.001, 10.0], metavar="MIN,MAX",
+                       help="depth: ground truth scored when MIN < depth < MAX, as DepthMetric's min/max_depth_eval; "
+                            "the NYU crop applies to 480x640 maps (default: 0.001,10, NYUv2)")
     attentive = parser.add_argument_group("attentive")
     attentive.add_argument("--attention-heads", type=int, default=DEFAULT_ATTENTION_HEADS,
                            help="attentive: heads of the cross-attention; must divide the feature width (AIM uses "
@@ -213,7 +232,7 @@ def run(args) -> int:
     from ..probes.inputs import stored_parts
 
     protocol = _protocol(args)
-    if args.task == "segmentation":
+    if args.task in ("segmentation", "depth"):
         return _segmentation(args, protocol)
     if args.bn != "fixed":
         from ..errors import InputError
@@ -306,7 +325,11 @@ def _fill_defaults(args, task: str) -> None:
     """The grid and schedule defaults of ``task`` for the options left unset."""
     from ..probes import defaults, seg_defaults
 
-    if task == "segmentation":
+    if task == "depth":
+        values = {"lrs": seg_defaults.DEFAULT_DEPTH_LRS, "weight_decays": seg_defaults.DEFAULT_DEPTH_WEIGHT_DECAYS,
+                  "epochs": seg_defaults.DEFAULT_SEG_EPOCHS, "batch_size": seg_defaults.DEFAULT_SEG_BATCH_SIZE,
+                  "optimizer": "adamw"}
+    elif task == "segmentation":
         values = {"lrs": seg_defaults.DEFAULT_SEG_LRS, "weight_decays": seg_defaults.DEFAULT_SEG_WEIGHT_DECAYS,
                   "epochs": seg_defaults.DEFAULT_SEG_EPOCHS, "batch_size": seg_defaults.DEFAULT_SEG_BATCH_SIZE,
                   "optimizer": "sgd"}
@@ -355,49 +378,73 @@ def _protocol_inputs(protocol, available):
 
 
 def _segmentation(args, protocol=None) -> int:
+    """``--task segmentation`` and ``--task depth``: dense probes on patch maps with masks or depth maps."""
     from ..errors import InputError
     from ..probes.inputs import parse_feature_inputs
-    from ..probes.seg_data import SegmentationData
     from ..probes.seg_export import mmseg_cfg_options
-    from ..probes.seg_heads import SegmentationConfig
-    from ..probes.segmentation import run_segmentation_probe
 
+    task = args.task
     for option, key, unset in _CLASSIFICATION_ONLY:
         if getattr(args, key) != unset:
             raise InputError(f"{option} applies to --task classification only")
+    if task == "depth" and args.bn != "fixed":
+        raise InputError("--bn batch: --task depth trains with the fixed statistics only (--bn fixed)")
     if args.bn == "batch" and args.standardize is not None:
         raise InputError("--standardize / --no-standardize apply to --bn fixed only (--bn batch normalises with "
                          "batch statistics)")
     if args.method != "linear":
-        raise InputError(f"--method {args.method}: --task segmentation trains linear heads only")
+        raise InputError(f"--method {args.method}: --task {task} trains linear heads only")
+    what = "masks" if task == "segmentation" else "depth maps"
     if not args.train or not args.val:
-        raise InputError("--task segmentation needs --train DIR and --val DIR (feature folders with masks)")
+        raise InputError(f"--task {task} needs --train DIR and --val DIR (feature folders with {what})")
     if not args.out:
         raise InputError("--out DIR is required (where the results go)")
     if not args.features and not protocol:
-        raise InputError("--task segmentation needs --features NAME [NAME ...]: patch features such as "
+        raise InputError(f"--task {task} needs --features NAME [NAME ...]: patch features such as "
                          "layer-32_patch, or layer-29_patch+layer-30_patch+... to concatenate layers")
-    _fill_defaults(args, "segmentation")
+    if task == "depth":
+        for option, pair in (("--depth-range", args.depth_range), ("--eval-depth-range", args.eval_depth_range)):
+            if len(pair) != 2:
+                raise InputError(f"{option}: give MIN,MAX (two numbers), got {pair}")
+    _fill_defaults(args, task)
     device = _device(args.device)
-    train = SegmentationData.from_folder(args.train)
-    val = SegmentationData.from_folder(args.val)
+    common = dict(lrs=args.lrs, weight_decays=args.weight_decays, optimizer=args.optimizer, epochs=args.epochs,
+                  batch_size=args.batch_size, device=device, standardize=args.standardize is not False)
+    if task == "depth":
+        from ..probes.depth import run_depth_probe as run_dense
+        from ..probes.depth_train import DepthConfig, DepthData as Data
+
+        config = DepthConfig(**common, n_bins=args.n_bins, min_depth=args.depth_range[0],
+                             max_depth=args.depth_range[1], bin_spacing=args.bin_spacing,
+                             normalisation=args.normalisation, min_depth_eval=args.eval_depth_range[0],
+                             max_depth_eval=args.eval_depth_range[1])
+    else:
+        from ..probes.seg_data import SegmentationData as Data
+        from ..probes.seg_heads import SegmentationConfig
+        from ..probes.segmentation import run_segmentation_probe as run_dense
+
+        config = SegmentationConfig(**common, bn=args.bn)
+    train = Data.from_folder(args.train)
+    val = Data.from_folder(args.val)
     inputs = (_protocol_inputs(protocol, train.names) if protocol else
               parse_feature_inputs(args.features, train.names or None))
-    config = SegmentationConfig(lrs=args.lrs, weight_decays=args.weight_decays, optimizer=args.optimizer,
-                                epochs=args.epochs, batch_size=args.batch_size, device=device,
-                                standardize=args.standardize is not False, bn=args.bn)
-    result = run_segmentation_probe(train, val, inputs, args.out, config, holdout_fraction=args.holdout_fraction,
-                                    seed=args.seed, refit=args.refit, overwrite=args.overwrite,
-                                    progress=not args.quiet, verbose=not args.quiet,
-                                    protocol=protocol.record() if protocol else None)
+    result = run_dense(train, val, inputs, args.out, config, holdout_fraction=args.holdout_fraction,
+                       seed=args.seed, refit=args.refit, overwrite=args.overwrite, progress=not args.quiet,
+                       verbose=not args.quiet, protocol=protocol.record() if protocol else None)
     s = result.summary
 
     def pct(value):
         return "nan" if value is None else f"{value:.2f}"
 
-    print(f"segmentation probe on {s['feature']}: val mIoU {pct(s['mIoU'])}  mAcc {pct(s['mAcc'])}  "
-          f"aAcc {pct(s['aAcc'])}  ({s['chosen']}); results in {result.out}; mmseg checkpoint "
-          f"{result.out / s['files']['mmseg_checkpoint']}")
+    if task == "depth":
+        print(f"depth probe on {s['feature']}: val rmse {s['rmse']:.4f} m  abs_rel {s['abs_rel']:.4f}  "
+              f"d1 {s['d1']:.4f}  ({s['chosen']}); results in {result.out}; mmseg checkpoint "
+              f"{result.out / s['files']['mmseg_checkpoint']}" if s.get("rmse") is not None else
+              f"depth probe on {s['feature']}: no val pixel in the evaluation range; results in {result.out}")
+    else:
+        print(f"segmentation probe on {s['feature']}: val mIoU {pct(s['mIoU'])}  mAcc {pct(s['mAcc'])}  "
+              f"aAcc {pct(s['aAcc'])}  ({s['chosen']}); results in {result.out}; mmseg checkpoint "
+              f"{result.out / s['files']['mmseg_checkpoint']}")
     options = mmseg_cfg_options(s["mmseg"])
     unknown = "" if s.get("checkpoint") else " model.backbone.checkpoint=CHECKPOINT"
     print(f"run it with the backbone: python tools/test.py CONFIG "

@@ -16,7 +16,7 @@ from ..feature_store import MASK_PATHS_FILE, PATCH_GRIDS_FILE, PATHS_FILE, STATE
 from ..pause_points import pause_point
 from ..preprocessing import Preprocess
 from .loader import batch_loader
-from .planning import mask_spec, rank_status_file, row_images, specs_from_manifest
+from .planning import mask_spec, rank_status_file, row_images, specs_from_manifest, target_rules
 from .results import ExtractionError
 from .writer import ArraySpec, BackgroundWriter, failure_record, FailureLog, OutputArrays, RowStatus
 
@@ -160,8 +160,7 @@ def encode_batches(out: Path, manifest: dict, batches, *, encoder, checkpoint, l
     else:
         specs_out = specs
     offsets = {s.name: np.load(out / s.offsets_file) for s in specs_out if s.offsets_file}
-    mask_rules = ({"reduce_zero_label": bool(masks_entry.get("reduce_zero_label")),
-                   "num_classes": masks_entry.get("num_classes")} if masks_entry else None)
+    mask_rules = target_rules(masks_entry)
     save_dtype = {"float16": torch.float16, "float32": torch.float32}[manifest["settings"]["save_dtype"]]
     total = int(sum(len(b) for b in batches))
     nonfinite_hint = functools.partial(describe_nonfinite, checkpoint, max(layers), compute_dtype)

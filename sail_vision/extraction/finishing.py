@@ -236,7 +236,7 @@ def _row_bytes_before_planning(manifest: dict) -> int:
               else resolution[0] * resolution[1] if isinstance(resolution, list) else 0)
     per_layer = sum(hidden * itemsize * (pixels // (patch * patch) if pool == "patch" else 1)
                     for pool in settings.get("pools") or [])
-    masks = pixels if manifest.get("masks") else 0
+    masks = pixels * np.dtype(manifest["masks"].get("dtype", "uint8")).itemsize if manifest.get("masks") else 0
     return per_layer * len(settings.get("layers") or []) + masks
 
 

@@ -81,7 +81,8 @@ class BatchDecoder(torch.utils.data.Dataset):
                     raise BadImageError(path, "changed", f"decodes to a {grid} patch grid but "
                                                          f"was planned as {planned} (did the file change?)")
             except BadImageError as exc:
-                detail = exc.detail if exc.path == path else f"mask {exc.path}: {exc.detail}"
+                target = "depth map" if exc.kind.startswith("depth-") else "mask"
+                detail = exc.detail if exc.path == path else f"{target} {exc.path}: {exc.detail}"
                 failures.append((row, exc.kind, detail))
                 continue
             kept.append(row)

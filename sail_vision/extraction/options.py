@@ -34,6 +34,8 @@ class ExtractOptions:
     (``patch``/``mean``/``cls``/``end``; ``("mean",)``), ``norm`` (final RMSNorm on every layer;
     False). Inputs: ``layout`` ("auto"), ``split`` (None), ``labels_file`` (None), ``masks`` (None:
     the label-map folder of the pairs layout), ``reduce_zero_label`` (None: the layout's rule),
+    ``depths`` (None: the depth-map folder of the pairs layout), ``depth_scale`` (None: 1000 16-bit
+    PNG values per metre, i.e. millimetres),
     ``limit`` (None: all). Preprocessing: ``resolution`` (None = native; ``S`` or ``"HxW"``), ``max_tokens`` (4096),
     ``max_pixels`` (89478485; None = no limit), ``jpeg_draft`` (False: exact decoding).
     Compute: ``dtype`` ("auto"), ``device`` (None =
@@ -70,6 +72,8 @@ class ExtractOptions:
     labels_file: str | Path | None = None
     masks: str | Path | None = None
     reduce_zero_label: bool | None = None
+    depths: str | Path | None = None
+    depth_scale: float | None = None
     progress: bool = True
     commit_interval: float = 2.0
     batching: str = "packed"

@@ -43,13 +43,27 @@ def mask_spec(entry: dict | None, num_items: int, fixed_grid, patch_size: int, t
         shape = (num_items, fixed_grid[0] * patch_size, fixed_grid[1] * patch_size)
     else:
         shape = (total_patches * patch_size * patch_size,)
-    return ArraySpec("masks", entry["file"], shape, "uint8", entry["layout"], -1, "mask", entry.get("offsets"))
+    return ArraySpec("masks", entry["file"], shape, entry.get("dtype", "uint8"), entry["layout"], -1, "mask",
+                     entry.get("offsets"))
+
+
+def target_rules(entry: dict | None) -> dict | None:
+    """How each row's dense target is decoded (keyword arguments of ``Preprocess.pixels_and_mask``), from
+    the manifest's ``"masks"`` entry; None without one."""
+    if not entry:
+        return None
+    if entry.get("kind") == "depth":
+        return {"depth_scale": float(entry["depth_scale"])}
+    return {"reduce_zero_label": bool(entry.get("reduce_zero_label")), "num_classes": entry.get("num_classes")}
 
 
 def dataset_mask_entry(source: ImageSource, native: bool) -> dict | None:
-    """The dataset manifest's ``"masks"`` entry for a source with label maps, else None."""
+    """The dataset manifest's ``"masks"`` entry for a source with label maps or depth maps, else None."""
     if getattr(source, "masks", None) is None:
         return None
+    depth = source.description.get("depth")
+    if depth:
+        return mask_manifest_entry(native, depth_scale=depth["depth_scale"])
     rules = source.description.get("segmentation") or {}
     return mask_manifest_entry(native, reduce_zero_label=bool(rules.get("reduce_zero_label")),
                                num_classes=rules.get("num_classes"), classes=source.classes)

@@ -109,6 +109,10 @@ def extract(checkpoint: str | Path, images, out: str | Path, options: ExtractOpt
                    "labels_file": str(Path(o.labels_file).expanduser().absolute()) if o.labels_file else None}
     if o.masks is not None:  # only when given: settings of extractions without masks stay as they were
         source_args["masks"] = str(Path(o.masks).expanduser().absolute())
+    if o.depths is not None:  # likewise
+        source_args["depths"] = str(Path(o.depths).expanduser().absolute())
+    if o.depth_scale is not None:
+        source_args["depth_scale"] = float(o.depth_scale)
     if o.allow_paths_under:  # likewise
         source_args["allow_paths_under"] = list(allowed_roots(o.allow_paths_under))
     if o.reduce_zero_label is not None:

@@ -35,7 +35,8 @@ def expand_views(source, count: int):
     if getattr(source, "shards", None) is not None:
         raise InputError("--views works on image folders with masks (the pairs or ade20k layout), not on shards")
     if getattr(source, "masks", None) is None:
-        raise InputError("--views needs masks: pass --masks DIR (the pairs layout) or an ADE20K tree")
+        raise InputError("--views needs masks or depth maps: pass --masks DIR or --depths DIR (the pairs layout), "
+                         "an ADE20K tree or --layout nyu")
     rows = len(source.paths)
     paths = [view_path(p, k) for p in source.paths for k in range(count)]
     masks = [m for m in source.masks for _ in range(count)]

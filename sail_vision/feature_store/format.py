@@ -48,13 +48,20 @@ class FeatureStoreError(SailVisionError):
 
 
 def mask_manifest_entry(native: bool, *, reduce_zero_label: bool = False, num_classes: int | None = None,
-                        classes: Sequence[str] | None = None) -> dict:
-    """The manifest's ``"masks"`` entry: label maps at native resolution (``"rows"`` + offsets) or at
-    a fixed one (``"grid"``), and the rules that made the labels."""
-    return {"file": MASKS_FILE, "layout": "rows" if native else "grid",
-            "offsets": MASK_OFFSETS_FILE if native else None, "dtype": "uint8", "ignore_index": MASK_IGNORE_INDEX,
+                        classes: Sequence[str] | None = None, depth_scale: float | None = None) -> dict:
+    """The manifest's ``"masks"`` entry, the one slot for a dense target per image: label maps
+    (uint8; no ``"kind"``, as before depth existed) or, with ``depth_scale``, depth maps (``"kind": "depth"``, float32
+    metres, 0 = no measurement, ``depth_scale`` 16-bit PNG values per metre), at native resolution
+    (``"rows"`` + offsets) or at a fixed one (``"grid"``), and the rules that made them."""
+    layout = {"file": MASKS_FILE, "layout": "rows" if native else "grid",
+              "offsets": MASK_OFFSETS_FILE if native else None, "resize": "nearest"}
+    if depth_scale is not None:
+        return {**layout, "kind": "depth", "dtype": "float32", "unit": "metre", "no_measurement": 0.0,
+                "depth_scale": float(depth_scale),
+                "decoding": "16-bit PNG: float32(value) * (1 / depth_scale); .npy: float metres, NaN -> 0"}
+    return {**layout, "dtype": "uint8", "ignore_index": MASK_IGNORE_INDEX,
             "reduce_zero_label": bool(reduce_zero_label), "num_classes": None if num_classes is None else int(num_classes),
-            "classes": None if classes is None else list(classes), "resize": "nearest"}
+            "classes": None if classes is None else list(classes)}
 
 
 def feature_name(layer: int, pool: str) -> str:
@@ -239,9 +246,10 @@ def _check_masks(folder: Path, manifest: dict, num_items: int, fail) -> None:
     info = manifest["masks"]
     if not isinstance(info, dict) or not isinstance(info.get("file"), str) or info.get("layout") not in ("grid", "rows"):
         fail("\"masks\" needs a \"file\" and a \"layout\" (grid or rows)")
-    shape, dtype = _check_stored(folder, manifest, info["file"], fail, kinds="u")
-    if dtype != np.uint8:
-        fail(f"{info['file']} must hold uint8 labels")
+    depth = info.get("kind") == "depth"
+    shape, dtype = _check_stored(folder, manifest, info["file"], fail, kinds="f" if depth else "u")
+    if dtype != (np.float32 if depth else np.uint8):
+        fail(f"{info['file']} must hold " + ("float32 depths in metres" if depth else "uint8 labels"))
     if info["layout"] == "grid":
         if len(shape) != 3 or shape[0] != num_items:
             fail(f"{info['file']} has shape {shape}, expected ({num_items}, H, W)")

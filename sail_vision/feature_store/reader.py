@@ -253,6 +253,13 @@ class FeatureDir:
         return bool(self.manifest.get("masks"))
 
     @property
+    def target_kind(self) -> str | None:
+        """What :meth:`mask` returns: ``"labels"`` (uint8 label maps), ``"depth"`` (float32 metres, 0 = no
+        measurement), or None when the folder stores no dense target."""
+        info = self.mask_info
+        return None if info is None else info.get("kind", "labels")
+
+    @property
     def mask_info(self) -> dict | None:
         """The manifest's ``"masks"`` entry (file, layout, offsets, ignore_index, reduce_zero_label, ...)."""
         return self.manifest.get("masks") or None
@@ -266,7 +273,8 @@ class FeatureDir:
 
     def mask(self, index: int, *, valid_only: bool = True) -> np.ndarray:
         """The (H, W) uint8 label map of image ``index`` (numbered as :meth:`patch_maps`), on the same
-        pixels as its patch features: H, W = its patch grid times the patch size (ignore index 255)."""
+        pixels as its patch features: H, W = its patch grid times the patch size (ignore index 255);
+        float32 depths in metres (0 = no measurement) when :attr:`target_kind` is ``"depth"``."""
         info = self.mask_info
         if info is None:
             raise FeatureStoreError(f"{self.path}: no masks (the extraction's source had no label maps)")

@@ -38,7 +38,8 @@ def write_feature_dir(path: str | Path, features: Mapping[str, np.ndarray], labe
     names of the label values, ``paths`` (N,) strings and ``valid`` (N,) bools are optional;
     ``masks`` is each item's (H, W) label map (an (N, H, W) array, or a list of N (H, W) arrays,
     values 0..255, 255 ignored), with ``mask_meta`` = {reduce_zero_label, num_classes, classes} for
-    the manifest entry; maps of different sizes are stored as native-resolution rows and need
+    the manifest entry, or float depth maps in metres (0 = no measurement) with ``mask_meta`` =
+    {depth_scale} (16-bit PNG values per metre they came from); maps of different sizes are stored as native-resolution rows and need
     ``patch_size`` (each H, W a multiple of it; ``patch_grids.npy`` is written from them).
     Other keyword arguments go into the manifest as they are.
     """
@@ -68,7 +69,8 @@ def write_feature_dir(path: str | Path, features: Mapping[str, np.ndarray], labe
         paths = [str(p) for p in paths]
         if len(paths) != num_items or any("\n" in p for p in paths):
             raise FeatureStoreError(f"paths must be {num_items} strings without newlines")
-    mask_maps = None if masks is None else _checked_masks(masks, num_items, patch_size)
+    depth = (mask_meta or {}).get("depth_scale") is not None
+    mask_maps = None if masks is None else _checked_masks(masks, num_items, patch_size, depth)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MANIFEST_FILE).unlink(missing_ok=True)
     entries = {}
@@ -104,20 +106,28 @@ def write_feature_dir(path: str | Path, features: Mapping[str, np.ndarray], labe
     return open_feature_dir(folder)
 
 
-def _checked_masks(masks, num_items: int, patch_size: int | None) -> list[np.ndarray] | np.ndarray:
-    """``write_feature_dir``'s masks as one (N, H, W) uint8 array, or a list of (H, W) ones."""
+def _checked_masks(masks, num_items: int, patch_size: int | None,
+                   depth: bool = False) -> list[np.ndarray] | np.ndarray:
+    """``write_feature_dir``'s masks as one (N, H, W) uint8 (float32 with ``depth``) array, or a list of
+    (H, W) ones."""
     maps = list(masks) if not isinstance(masks, np.ndarray) else masks
     if len(maps) != num_items:
         raise FeatureStoreError(f"masks must hold one label map per item ({num_items}), got {len(maps)}")
     checked = []
     for i, m in enumerate(maps):
         m = np.asarray(m)
+        if depth:
+            if m.ndim != 2 or m.dtype.kind != "f" or not np.isfinite(m).all() or (m < 0).any():
+                raise FeatureStoreError(f"depth map {i}: must be an (H, W) float array of finite metres >= 0 "
+                                        f"(0 = no measurement), got {m.shape} {m.dtype}")
+            checked.append(m.astype(np.float32))
+            continue
         if m.ndim != 2 or m.dtype.kind not in "iu" or (m.size and (m.min() < 0 or m.max() > 255)):
             raise FeatureStoreError(f"mask {i}: must be an (H, W) integer array of labels 0..255, got "
                                     f"{m.shape} {m.dtype}")
         checked.append(m.astype(np.uint8))
     if len({m.shape for m in checked}) <= 1:
-        return np.stack(checked) if checked else np.zeros((0, 0, 0), np.uint8)
+        return np.stack(checked) if checked else np.zeros((0, 0, 0), np.float32 if depth else np.uint8)
     if patch_size is None or patch_size <= 0:
         raise FeatureStoreError("masks of different sizes are stored as native-resolution rows: pass patch_size")
     bad = [i for i, m in enumerate(checked) if m.shape[0] % patch_size or m.shape[1] % patch_size]
@@ -129,7 +139,8 @@ def _checked_masks(masks, num_items: int, patch_size: int | None) -> list[np.nda
 def _write_masks(folder: Path, maps, patch_size: int | None, meta: Mapping) -> dict:
     native = isinstance(maps, list)
     entry = mask_manifest_entry(native, reduce_zero_label=meta.get("reduce_zero_label", False),
-                                num_classes=meta.get("num_classes"), classes=meta.get("classes"))
+                                num_classes=meta.get("num_classes"), classes=meta.get("classes"),
+                                depth_scale=meta.get("depth_scale"))
     if not native:
         atomic_save_npy(folder / MASKS_FILE, maps)
         return entry

@@ -133,7 +133,7 @@ class GridMethod(ClassificationMethod):
 
 #: Modules whose classes register probe methods with :func:`register_method`; imported on the first look-up
 #: (as timm imports its model modules), so the registry is complete whoever asks first.
-METHOD_MODULES = ("linear", "logreg", "knn", "attentive", "segmentation")
+METHOD_MODULES = ("linear", "logreg", "knn", "attentive", "segmentation", "depth")
 _REGISTRY: dict[str, type] = {}
 
 
@@ -182,11 +182,23 @@ def load_head(meta: Mapping, tensors: Mapping[str, np.ndarray], *, device: str =
     return method_class(meta["method"]).load_head(meta, tensors, device=device, bank=bank)
 
 
+#: Metrics where lower is better (the depth errors); every other metric is better higher.
+LOWER_IS_BETTER = frozenset({"abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog"})
+
+
+def selection_key(row: Mapping, metrics: Sequence[str], prefix: str = "holdout_") -> tuple:
+    """What selection maximises: each held-out metric in order, negated where lower is better
+    (:data:`LOWER_IS_BETTER`), an undefined one (None) lowest."""
+    def value(m: str) -> float:
+        v = row[f"{prefix}{m}"]
+        return -math.inf if v is None else (-v if m in LOWER_IS_BETTER else v)
+    return tuple(value(m) for m in metrics)
+
+
 def best_record(records: Sequence[dict], metrics: Sequence[str]) -> dict:
-    """The record with the highest held-out metrics (compared in order; an undefined metric, None, lowest);
-    the first such in grid order."""
-    return max(records, key=lambda r: tuple(-math.inf if r[f"holdout_{m}"] is None else r[f"holdout_{m}"]
-                                            for m in metrics))
+    """The record with the best held-out metrics (:func:`selection_key`, compared in order); the first such
+    in grid order."""
+    return max(records, key=lambda r: selection_key(r, metrics))
 
 
 def record(name: str, method: str, feature_input: FeatureInput, scores: Mapping[str, float] | None,

@@ -43,6 +43,11 @@ def _pct(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _digits(value) -> str:
+    """A depth metric (metres or a ratio) to 4 digits."""
+    return "-" if value is None else f"{value:.4f}"
+
+
 def _interval(interval) -> str:
     return "" if not interval else f" [{interval[0]:.2f}, {interval[1]:.2f}]"
 
@@ -59,6 +64,9 @@ def _cell(text) -> str:
 def result_row(name: str, s: dict) -> str:
     if s.get("task") == "segmentation":
         metric = f"mIoU {_pct(s.get('mIoU'))} (mAcc {_pct(s.get('mAcc'))}, aAcc {_pct(s.get('aAcc'))})"
+    elif s.get("task") == "depth":
+        metric = (f"rmse {_digits(s.get('rmse'))} m (abs_rel {_digits(s.get('abs_rel'))}, "
+                  f"d1 {_digits(s.get('d1'))})")
     else:
         metric = f"top-1 {_pct(s.get('top1'))}{_interval(s.get('top1_ci95'))}"
     protocol = (s.get("protocol") or {}).get("name", "-")
@@ -70,12 +78,13 @@ def folder_section(name: str, folder: Path, s: dict, page_dir: Path) -> list[str
     lines = [f"### {name}", "", f"`{s.get('train')}` -> `{s.get('val')}`; {s.get('num_train')} training rows, "
              f"{s.get('grid_size')} grid points, selection: {s.get('selection')}."]
     if s.get("layers"):
-        metric = "mIoU" if s.get("task") == "segmentation" else "top1"
+        metric = {"segmentation": "mIoU", "depth": "rmse"}.get(s.get("task"), "top1")
+        show = _digits if metric == "rmse" else _pct
         lines += ["", "| layer | feature | held-out | grid point |", "|---|---|---|---|"]
         best = (s.get("best_layer") or {}).get("feature")
         for row in s["layers"]:
             star = " (best)" if row["feature"] == best else ""
-            lines.append(f"| {row['layer']}{star} | {_cell(row['feature'])} | {_pct(row.get(f'holdout_{metric}'))} | "
+            lines.append(f"| {row['layer']}{star} | {_cell(row['feature'])} | {show(row.get(f'holdout_{metric}'))} | "
                          f"{_cell(row['grid_point'])} |")
     if s.get("few_shot"):
         lines += ["", "| shots | seeds | top-1 mean [95 % CI] |", "|---|---|---|"]

@@ -20,7 +20,7 @@ from .data import ProbeData
 from .labels import align_classes
 from .errors import ProbeDataError
 from .inputs import FeatureInput
-from .methods import Head, load_head
+from .methods import Head, load_head, selection_key
 from .metrics import topk_accuracy
 from .provenance import mismatches
 
@@ -90,9 +90,8 @@ def layer_summary(records: Sequence[dict], metrics: Sequence[str] = ("top1", "to
         feature_input = FeatureInput(tuple(rec["parts"]))
         if feature_input.layer is None or rec.get(f"holdout_{metrics[0]}") is None:
             continue
-        key = tuple(rec[f"holdout_{m}"] for m in metrics)
         current = best.get(feature_input.name)
-        if current is None or key > tuple(current[f"holdout_{m}"] for m in metrics):
+        if current is None or selection_key(rec, metrics) > selection_key(current, metrics):
             layer, pool = feature_input.layer
             best[feature_input.name] = {"feature": feature_input.name, "layer": layer, "pool": pool,
                                         "grid_point": rec["name"], "order": order,
@@ -102,11 +101,12 @@ def layer_summary(records: Sequence[dict], metrics: Sequence[str] = ("top1", "to
 
 
 def best_layer(rows: Sequence[dict], metrics: Sequence[str] = ("top1", "top5")) -> dict | None:
-    """The layer-summary row with the highest held-out metrics; on ties the one whose grid point comes first
-    (the same rule that chooses the head, so a single-layer chosen head is also the best layer)."""
+    """The layer-summary row with the best held-out metrics (:func:`~.methods.selection_key`); on ties the one
+    whose grid point comes first (the same rule that chooses the head, so a single-layer chosen head is also
+    the best layer)."""
     if not rows:
         return None
-    return max(sorted(rows, key=lambda r: r["order"]), key=lambda r: tuple(r[f"holdout_{m}"] for m in metrics))
+    return max(sorted(rows, key=lambda r: r["order"]), key=lambda r: selection_key(r, metrics))
 
 
 def format_layer_table(rows: Sequence[dict], metrics: Sequence[str] = ("top1", "top5")) -> str:

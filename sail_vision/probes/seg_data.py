@@ -41,6 +41,17 @@ class SegmentationData:
             raise ProbeDataError(f"{source}: the manifest records no patch size (checkpoint.config."
                                  f"vision_patch_size), so masks cannot be aligned with the patch grid")
         self.patch_size = int(patch_size)
+        self._set_targets(info, source)
+        self.num_images = int(store.num_valid)
+        if self.num_images < 1:
+            raise ProbeDataError(f"{source}: no images")
+        self._grids: np.ndarray | None = None
+
+    def _set_targets(self, info: dict, source: str) -> None:
+        """Check the masks' manifest entry and take the classes from it (a subclass reads other targets)."""
+        if info.get("kind", "labels") != "labels":
+            raise ProbeDataError(f"{source}: holds {info['kind']} maps, not segmentation masks; --task segmentation "
+                                 f"needs features extracted with label maps (--masks, ADE20K)")
         num_classes = info.get("num_classes") or (len(info["classes"]) if info.get("classes") else None)
         if not num_classes:
             raise ProbeDataError(f"{source}: the masks' description records neither num_classes nor classes, "
@@ -52,10 +63,6 @@ class SegmentationData:
         self.classes = list(info["classes"]) if info.get("classes") else None
         if self.classes is not None and len(self.classes) != self.num_classes:
             raise ProbeDataError(f"{source}: {len(self.classes)} class names for {self.num_classes} classes")
-        self.num_images = int(store.num_valid)
-        if self.num_images < 1:
-            raise ProbeDataError(f"{source}: no images")
-        self._grids: np.ndarray | None = None
 
     def image_groups(self) -> np.ndarray:
         """(num_images,) the source image of each row: the augmented views of one image
@@ -111,10 +118,7 @@ class SegmentationData:
         mask = np.asarray(self.store.mask(int(index)))
         if mask.ndim != 2:
             raise ProbeDataError(f"{self.source}: mask of image {index} has shape {mask.shape}, not (H, W)")
-        bad = (mask >= self.num_classes) & (mask != IGNORE_INDEX)
-        if bad.any():
-            raise ProbeDataError(f"{self.source}: mask of image {index} holds label {int(mask[bad].max())}, but "
-                                 f"there are {self.num_classes} classes (0 .. {self.num_classes - 1}, 255 ignored)")
+        self._check_target(mask, index)
         if grid is not None:
             expected = (grid[0] * self.patch_size, grid[1] * self.patch_size)
             if tuple(mask.shape) != expected:
@@ -122,6 +126,16 @@ class SegmentationData:
                                      f"but its features are a {grid[0]}x{grid[1]} patch grid (x{self.patch_size} "
                                      f"= {expected[0]}x{expected[1]}); masks and features are misaligned")
         return mask
+
+    def _check_target(self, mask: np.ndarray, index: int) -> None:
+        bad = (mask >= self.num_classes) & (mask != IGNORE_INDEX)
+        if bad.any():
+            raise ProbeDataError(f"{self.source}: mask of image {index} holds label {int(mask[bad].max())}, but "
+                                 f"there are {self.num_classes} classes (0 .. {self.num_classes - 1}, 255 ignored)")
+
+    def valid_pixels(self, masks: np.ndarray) -> int:
+        """Pixels of ``masks`` that count in the loss (here: not labelled 255)."""
+        return int((masks != IGNORE_INDEX).sum())
 
     def dims(self, parts: Sequence[str]) -> list[int]:
         return [int(self.maps(p, 0).shape[-1]) for p in parts]
@@ -220,7 +234,7 @@ def read_batch(data: SegmentationData, rows: np.ndarray, parts: Sequence[str], p
     host["m:masks"] = torch.from_numpy(masks)
     if pin:
         host = {k: v.pin_memory() for k, v in host.items()}
-    return {**host, "valid": int((masks != IGNORE_INDEX).sum())}
+    return {**host, "valid": data.valid_pixels(masks)}
 
 
 def batches(data: SegmentationData, plan: Sequence[np.ndarray], parts: Sequence[str], device):

@@ -11,5 +11,9 @@ DEFAULT_MAX_LOGITS = 16_000_000
 #: Val images drawn in predictions.png.
 DEFAULT_SHOW_IMAGES = 4
 
+#: The depth grid's defaults: AdamW as DINOv3's NYUv2 linear probe (lr 3e-4, wd 1e-4), with points around them.
+DEFAULT_DEPTH_LRS = (1e-4, 3e-4, 1e-3, 3e-3)
+DEFAULT_DEPTH_WEIGHT_DECAYS = (1e-4, 1e-3)
+
 #: The label masks use for pixels no loss or metric counts (mmseg's ignore_index).
 IGNORE_INDEX = 255

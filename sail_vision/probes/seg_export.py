@@ -64,10 +64,12 @@ def mmseg_cfg_options(settings: Mapping) -> list[str]:
 
 def export_mmseg_checkpoint(head: SegmentationHead, path: str | Path, *, classes: Sequence[str] | None = None,
                             palette=None, norm: bool | None = None, checkpoint: str | None = None,
-                            extra_meta: Mapping | None = None) -> Path:
+                            extra_meta: Mapping | None = None, state_dict: Mapping | None = None,
+                            settings: Mapping | None = None, source: str = "linear segmentation probe") -> Path:
     """Write ``head`` as an mmengine checkpoint (``meta`` + ``state_dict``) of an EncoderDecoder with a
     frozen SAIL backbone and a SAILLinearHead; only tensors and plain values, so it loads with
-    ``torch.load(weights_only=True)`` (and therefore with tools/test.py)."""
+    ``torch.load(weights_only=True)`` (and therefore with tools/test.py). A depth probe passes its own
+    ``state_dict`` (``decode_head.head.*``), config ``settings`` and ``source``, and no ``classes``."""
     try:
         import mmengine
 
@@ -76,17 +78,19 @@ def export_mmseg_checkpoint(head: SegmentationHead, path: str | Path, *, classes
         mmengine_version = None
     from .. import __version__
 
-    names = list(classes) if classes else [str(i) for i in range(head.num_classes)]
+    names = list(classes) if classes else ([str(i) for i in range(head.num_classes)] if state_dict is None else None)
     meta = {"mmengine_version": mmengine_version, "epoch": 0, "iter": 0,
             "time": time.strftime("%Y%m%d_%H%M%S"),
             "dataset_meta": {"classes": names,
                              "palette": None if palette is None else np.asarray(palette).astype(int).tolist()},
-            "sail_vision": {"version": __version__, "source": "linear segmentation probe",
+            "sail_vision": {"version": __version__, "source": source,
                             "feature": head.feature_input.name, "parts": list(head.feature_input.parts),
-                            "config": mmseg_head_settings(head, norm=norm, checkpoint=checkpoint), **dict(extra_meta or {})}}
+                            "config": dict(settings) if settings is not None else
+                            mmseg_head_settings(head, norm=norm, checkpoint=checkpoint), **dict(extra_meta or {})}}
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"meta": meta, "state_dict": head.mmseg_state_dict()}, tmp)
+    torch.save({"meta": meta, "state_dict": dict(state_dict) if state_dict is not None else head.mmseg_state_dict()},
+               tmp)
     tmp.replace(path)
     return path
 

@@ -69,25 +69,37 @@ class SegHeadStack(HeadStack):
                  max_logits: int, valid: int | None = None) -> torch.Tensor | None:
         """One optimisation step on a batch; returns the (H,) cross-entropy before it (None: no labelled pixel).
         ``valid``: the batch's labelled pixels when known (counted on the host: no device sync here)."""
-        valid = int((masks != IGNORE_INDEX).sum()) if valid is None or valid < 0 else int(valid)
-        if valid == 0:
+        counted = self._counted(masks, valid)
+        if counted is None:
             return None
-        b = shape[0]
         size = tuple(masks.shape[1:])
         leaf = self.map_logits(x, shape).detach().requires_grad_()
         losses = torch.zeros(self.heads, device=x.device)
         with torch.enable_grad():
-            for heads in head_groups(self.heads, b * self.num_classes * size[0] * size[1], max_logits):
-                g = heads.stop - heads.start
-                up = self.upsampled(leaf, heads, size)
-                target = masks.unsqueeze(1).expand(b, g, *size).reshape(b * g, *size)
-                loss = F.cross_entropy(up, target, ignore_index=IGNORE_INDEX, reduction="none")
-                per_head = loss.view(b, g, -1).sum((0, 2)) / valid
+            for heads in head_groups(self.heads, self._group_size(shape, size), max_logits):
+                per_head = self._group_loss(leaf, heads, masks, counted)
                 per_head.sum().backward()
                 losses[heads] = per_head.detach()
         grad = leaf.grad.permute(0, 3, 4, 1, 2).reshape(x.shape[0], -1)  # (B*h*w, H*C)
         self._update((x.t() @ grad).view_as(self.weight), grad.sum(0).view(self.heads, self.num_classes), lr_factor)
         return losses
+
+    def _counted(self, masks: torch.Tensor, valid: int | None):
+        """What the loss averages over (the labelled pixels), or None when nothing counts."""
+        valid = int((masks != IGNORE_INDEX).sum()) if valid is None or valid < 0 else int(valid)
+        return valid or None
+
+    def _group_size(self, shape: tuple[int, int, int], size: tuple[int, int]) -> int:
+        """Upsampled values one head needs on a batch (heads are processed in groups below ``max_logits``)."""
+        return shape[0] * self.num_classes * size[0] * size[1]
+
+    def _group_loss(self, leaf: torch.Tensor, heads: slice, masks: torch.Tensor, valid: int) -> torch.Tensor:
+        """(g,) cross-entropy of the heads ``heads``, summed over labelled pixels, divided by ``valid``."""
+        b, g, size = leaf.shape[0], heads.stop - heads.start, tuple(masks.shape[1:])
+        up = self.upsampled(leaf, heads, size)
+        target = masks.unsqueeze(1).expand(b, g, *size).reshape(b * g, *size)
+        loss = F.cross_entropy(up, target, ignore_index=IGNORE_INDEX, reduction="none")
+        return loss.view(b, g, -1).sum((0, 2)) / valid
 
     def predictions(self, x: torch.Tensor, shape: tuple[int, int, int], size: tuple[int, int],
                     max_logits: int) -> torch.Tensor:

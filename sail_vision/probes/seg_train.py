@@ -41,17 +41,23 @@ def _standardizers(data: SegmentationData, inputs: Sequence[FeatureInput], rows:
 
 def train_seg_grid(data: SegmentationData, inputs: Sequence[FeatureInput], rows: np.ndarray,
                    config: SegmentationConfig, *, grid: Sequence[tuple[float, float]] | None = None,
-                   progress: bool = True, plans: Sequence[Sequence[np.ndarray]] | None = None) -> SegGrid:
+                   progress: bool = True, plans: Sequence[Sequence[np.ndarray]] | None = None,
+                   make_stack=None, what: str = "segmentation") -> SegGrid:
     """Train every (feature input, lr, weight decay) head on the images ``rows``, one read per batch.
 
     ``plans`` (one list of batches of rows per epoch) replaces the seeded shuffled batches; the
-    result's ``losses`` holds every step's {input: (H,) losses before the step}."""
+    result's ``losses`` holds every step's {input: (H,) losses before the step}. ``make_stack(dim, lrs,
+    weight_decays, standardizer)`` builds each input's heads in place of :class:`SegHeadStack` (the depth
+    probe's); ``what`` names the grid in the progress bar."""
     from tqdm.auto import tqdm
 
     config.check()
     grid = list(grid or config.grid)
     lrs, wds = [lr for lr, _ in grid], [wd for _, wd in grid]
-    if config.bn == "batch":
+    if make_stack is not None:
+        standardizers = _standardizers(data, inputs, rows, config)
+        stacks = {fi.name: make_stack(sum(data.dims(fi.parts)), lrs, wds, standardizers[fi.name]) for fi in inputs}
+    elif config.bn == "batch":
         stacks = {fi.name: BatchNormHeads(sum(data.dims(fi.parts)), data.num_classes, lrs, wds, config,
                                           seed=config.seed) for fi in inputs}
     else:
@@ -67,7 +73,7 @@ def train_seg_grid(data: SegmentationData, inputs: Sequence[FeatureInput], rows:
     total = sum(len(p) for p in plans)
     parts = stored_parts(inputs)
     step = 0
-    with tqdm(total=total, desc=f"segmentation grid ({len(inputs)} inputs x {len(grid)} heads)", unit="step",
+    with tqdm(total=total, desc=f"{what} grid ({len(inputs)} inputs x {len(grid)} heads)", unit="step",
               disable=not progress, leave=False) as bar:
         for plan in plans:
             for batch in batches(data, plan, parts, config.device):

@@ -104,7 +104,7 @@ def prefetched(items: Iterable, load, enabled: bool = True) -> Iterator:
 class Transport:
     """Moves host chunks to ``device``: a no-op on CPU, pinned memory and a side stream on CUDA. Host
     tensors travel in their stored dtypes; on arrival ``f:`` entries become float32 and ``m:`` entries
-    (uint8 label masks) int64, on the device."""
+    (uint8 label masks) int64 (float depth maps stay float32), on the device."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -144,7 +144,7 @@ class Transport:
             for tensor in moved.values():
                 tensor.record_stream(current)
         return {k: (v.float() if k.startswith("f:") and v.dtype != torch.float32 else
-                    v.long() if k.startswith("m:") else v) for k, v in moved.items()}
+                    v.long() if k.startswith("m:") and not v.is_floating_point() else v) for k, v in moved.items()}
 
 
 def uploaded_ahead(hosts: Iterable, transport: Transport) -> Iterator:

@@ -16,16 +16,18 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import InputError
+from ..preprocessing import DEFAULT_DEPTH_SCALE
 from .containment import allowed_roots
 from .files import (IMAGE_EXTENSIONS, SPLIT_NAMES, ImageSource, class_folder_verdict, files_source, is_image_name,
                     list_class_folders, list_folder, read_list_file, refuse_split_folders)
 from .parquet import open_parquet
-from .segmentation import list_ade20k, list_pairs, looks_like_ade20k, segmentation_layout_hint
+from .segmentation import (list_ade20k, list_depth_pairs, list_nyu, list_pairs, looks_like_ade20k, looks_like_nyu,
+                           segmentation_layout_hint)
 from .shards import SHARD_SUFFIXES, expand_spec, looks_like_shard_spec, shard_layout
 from .walk import subfolders, walk_files
 from .webdataset import open_webdataset
 
-LAYOUTS = ("auto", "folder", "imagenet", "ade20k", "list", "pairs", "webdataset", "parquet")
+LAYOUTS = ("auto", "folder", "imagenet", "ade20k", "nyu", "list", "pairs", "webdataset", "parquet")
 SHARDED_LAYOUTS = ("webdataset", "parquet")
 
 
@@ -139,10 +141,10 @@ def _split_dir(root: Path, split: str | None) -> Path:
     return root / split
 
 
-def _auto_layout(root: Path, labels_file, masks) -> str:
+def _auto_layout(root: Path, labels_file, masks, depths=None) -> str:
     """The layout ``auto`` means for a folder or list file; ``"auto"`` when only walking can tell
     (class folders or a plain folder)."""
-    if masks is not None:
+    if masks is not None or depths is not None:
         return "pairs"
     if root.is_file():
         return "list"
@@ -152,7 +154,7 @@ def _auto_layout(root: Path, labels_file, masks) -> str:
 
 
 def _flat(root: Path, layout: str, split: str | None, labels_file, masks,
-          reduce_zero_label: bool | None = None) -> ImageSource:
+          reduce_zero_label: bool | None = None, depths=None, depth_scale: float | None = None) -> ImageSource:
     """The flat source of a folder or list file under ``layout`` (``"auto"``: class folders or folder)."""
     if layout == "list":
         if not root.is_file():
@@ -162,7 +164,14 @@ def _flat(root: Path, layout: str, split: str | None, labels_file, masks,
         raise InputError(f"{root}: the {layout} layout needs a folder")
     if layout == "ade20k":
         return list_ade20k(root, split)
+    if layout == "nyu":
+        return list_nyu(root, split, depth_scale)
+    if layout != "pairs" and looks_like_nyu(root):  # its split folders are below images/, not here
+        raise InputError(f"{root}: {segmentation_layout_hint(root)} (the {layout} layout would read depth maps "
+                         f"as images)")
     base = _split_dir(root, split)
+    if layout == "pairs" and depths is not None:
+        return list_depth_pairs(base, Path(depths).expanduser(), depth_scale)
     if layout == "pairs":
         return list_pairs(base, Path(masks).expanduser(), bool(reduce_zero_label))
     if layout == "imagenet" and labels_file is not None:
@@ -178,7 +187,7 @@ def _flat(root: Path, layout: str, split: str | None, labels_file, masks,
     return list_folder(base) if layout == "folder" else _auto_folder(base)
 
 
-def _check_options(layout: str, labels_file, masks) -> None:
+def _check_options(layout: str, labels_file, masks, depths=None, depth_scale=None) -> None:
     if layout not in LAYOUTS:
         raise InputError(f"layout {layout!r}: choose from {', '.join(LAYOUTS)}")
     if labels_file is not None and layout not in ("auto", "imagenet"):
@@ -187,10 +196,19 @@ def _check_options(layout: str, labels_file, masks) -> None:
     if masks is not None and layout not in ("auto", "pairs"):
         raise InputError(f"--masks pairs images with masks (the pairs layout), not the {layout} layout"
                          + ("; ADE20K finds its annotations folder itself" if layout == "ade20k" else ""))
-    if layout == "pairs" and masks is None:
-        raise InputError("the pairs layout needs --masks (the folder of label maps)")
-    if labels_file is not None and masks is not None:
-        raise InputError("pass --labels-file or --masks, not both")
+    if depths is not None and layout not in ("auto", "pairs"):
+        raise InputError(f"--depths pairs images with depth maps (the pairs layout), not the {layout} layout"
+                         + ("; the nyu layout finds its annotations folder itself" if layout == "nyu" else ""))
+    if masks is not None and depths is not None:
+        raise InputError("pass --masks or --depths, not both (one dense target per extraction)")
+    if layout == "pairs" and masks is None and depths is None:
+        raise InputError("the pairs layout needs --masks (the folder of label maps) or --depths (depth maps)")
+    if labels_file is not None and (masks is not None or depths is not None):
+        raise InputError(f"pass --labels-file or {'--masks' if masks is not None else '--depths'}, not both")
+    if depth_scale is not None and (depth_scale <= 0 or depth_scale != depth_scale or depth_scale == float("inf")):
+        raise InputError(f"--depth-scale {depth_scale}: must be a positive number of PNG values per metre")
+    if depth_scale is not None and depths is None and layout != "nyu":
+        raise InputError("--depth-scale is a rule for depth maps: pass it with --depths or --layout nyu")
 
 
 def _home(images: str | Path) -> str:
@@ -202,17 +220,20 @@ def _home(images: str | Path) -> str:
 def resolve_inputs(images: str | Path | Sequence[str | Path], *, layout: str = "auto", split: str | None = None,
                    labels_file: str | Path | None = None, limit: int | None = None,
                    masks: str | Path | None = None, reduce_zero_label: bool | None = None,
-                   allow_paths_under: Sequence[str | Path] = ()):
+                   allow_paths_under: Sequence[str | Path] = (), depths: str | Path | None = None,
+                   depth_scale: float | None = None):
     """Turn ``--images`` into a source: an :class:`ImageSource` (flat layouts) or a sharded source.
 
     ``images`` is a folder, a list file, image files (a list), or shards (see the module
     docstring and docs/inputs.md for every layout). ``masks`` is the folder of label maps of the
     ``pairs`` layout; ``reduce_zero_label`` (None: the layout's rule) applies mmseg's rule to its
     masks (ADE20K always has it). ``allow_paths_under``: folders a Parquet row's image path may
-    lead into besides the Parquet file's own (:mod:`.containment`). ``~`` is expanded in every path
-    given. The description records the inputs and how labels were found.
+    lead into besides the Parquet file's own (:mod:`.containment`). ``depths`` is the folder of depth
+    maps of the ``pairs`` layout (the ``nyu`` layout finds its own); ``depth_scale`` (None: 1000, i.e.
+    millimetres) is how many 16-bit PNG values make a metre. ``~`` is expanded in every path given.
+    The description records the inputs and how labels were found.
     """
-    _check_options(layout, labels_file, masks)
+    _check_options(layout, labels_file, masks, depths, depth_scale)
     if isinstance(images, (list, tuple)):
         if not images:
             raise InputError("no images given (--images)")
@@ -221,8 +242,10 @@ def resolve_inputs(images: str | Path | Sequence[str | Path], *, layout: str = "
         images = _home(images)
     labels_file = None if labels_file is None else os.path.expanduser(labels_file)
     masks = None if masks is None else os.path.expanduser(masks)
+    depths = None if depths is None else os.path.expanduser(depths)
     allowed = allowed_roots(allow_paths_under)
-    may_be_shards = masks is None and labels_file is None and layout in ("auto", *SHARDED_LAYOUTS)
+    may_be_shards = (masks is None and depths is None and labels_file is None
+                     and layout in ("auto", *SHARDED_LAYOUTS))
     urls = _shard_urls(images, split) if may_be_shards else None
     if urls is not None:
         spec = images if isinstance(images, str) else " ".join(images)
@@ -244,16 +267,19 @@ def resolve_inputs(images: str | Path | Sequence[str | Path], *, layout: str = "
     if root.is_file() and is_image_name(root.name) and layout in ("auto", "folder"):
         return files_source([str(root)]).limited(limit)
     if layout == "auto":
-        layout = _auto_layout(root, labels_file, masks)
+        layout = _auto_layout(root, labels_file, masks, depths)
     if reduce_zero_label is not None and masks is None and layout != "ade20k":
         raise InputError("--reduce-zero-label is a rule for masks: pass it with --masks (the pairs layout)")
     if layout == "ade20k" and reduce_zero_label is False:
         raise InputError("ADE20K labels follow mmseg's reduce_zero_label (0 is 'other', ignored); it cannot be "
                          "turned off for the ade20k layout")
-    source = _flat(root, layout, split, labels_file, masks, reduce_zero_label)
+    source = _flat(root, layout, split, labels_file, masks, reduce_zero_label, depths,
+                   DEFAULT_DEPTH_SCALE if depth_scale is None else float(depth_scale))
     source.description = {"images": str(root), "layout": source.layout, "split": split,
                           "labels_file": str(labels_file) if labels_file else None,
                           "masks": str(masks) if masks else None, **source.description}
+    if depths is not None:
+        source.description["depths"] = str(depths)
     if not source.paths:
         raise InputError(f"{root}: no images found ({source.layout} layout; image files end with "
                          f"{', '.join(IMAGE_EXTENSIONS[:6])}, ...)")

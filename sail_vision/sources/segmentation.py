@@ -31,6 +31,15 @@ def looks_like_ade20k(root: Path) -> bool:
             or ((root / "annotations").is_dir() and any((root / "images" / s).is_dir() for s in ADE20K_SPLITS)))
 
 
+#: mmseg's NYUDataset splits (``images/<split>`` beside ``annotations/<split>``).
+NYU_SPLITS = ("train", "test")
+
+
+def looks_like_nyu(root: Path) -> bool:
+    """mmseg's NYU tree: ``annotations`` beside ``images/train`` or ``images/test``."""
+    return (root / "annotations").is_dir() and any((root / "images" / s).is_dir() for s in NYU_SPLITS)
+
+
 def _holds_an_image(folder: Path) -> bool:
     """Whether any image file lies below ``folder`` (stops at the first; label maps are images,
     YOLO-style ``labels/*.txt`` are not)."""
@@ -45,6 +54,10 @@ def segmentation_layout_hint(root: Path) -> str | None:
     if (root / "ADEChallengeData2016").is_dir() or root.name == "ADEChallengeData2016" or (
             (root / "annotations").is_dir() and any((root / "images" / s).is_dir() for s in ADE20K_SPLITS)):
         return "is an ADE20K tree (images with annotations); read it with --layout ade20k --split training"
+    if looks_like_nyu(root):
+        return (f"is mmseg's NYU tree (images/{{train,test}} with annotations/{{train,test}}); read depth maps "
+                f"with --layout nyu --split train, or label maps with --layout pairs --images {root / 'images'} "
+                f"--masks {root / 'annotations'}")
     names = {name.lower(): name for name in subfolders(root)}
     images = next((names[n] for n in IMAGE_FOLDER_NAMES if n in names), None)
     masks = next((names[n] for n in MASK_FOLDER_NAMES if n in names), None)
@@ -70,30 +83,38 @@ def _index_masks(listing: Listing, root: str) -> tuple[dict[str, list[str]], lis
     return masks, unreadable
 
 
-def _mask_for(key: str, masks: dict[str, list[str]], unreadable: list[str], masks_root: str):
-    """(mask path, None) or (None, (kind, detail)) for the image whose key is ``key``."""
+def _mask_for(key: str, masks: dict[str, list[str]], unreadable: list[str], masks_root: str, what: str = "mask"):
+    """(mask path, None) or (None, (kind, detail)) for the image whose key is ``key``; ``what`` names
+    the target in the error kinds and details ("mask", "depth")."""
     found = masks.get(key, [])
     if len(found) == 1:
         return found[0], None
     if len(found) > 1:
         names = ", ".join(os.path.basename(p) for p in found)
-        return None, ("mask-ambiguous", f"several masks for this image ({names}); keep one")
+        return None, (f"{what}-ambiguous", f"several {what} files for this image ({names}); keep one")
     expected = os.path.join(masks_root, key)
     blocked = next((u for u in unreadable if expected.startswith(u + os.sep)), None)
     if blocked:
-        return None, ("unreadable", f"its mask folder {blocked} cannot be listed")
-    return None, ("mask-missing", f"no mask {expected}.<png|tif|...> for this image")
+        return None, ("unreadable", f"its {what} folder {blocked} cannot be listed")
+    suffixes = "png|npy" if what == "depth" else "png|tif|..."
+    return None, (f"{what}-missing", f"no {what} file {expected}.<{suffixes}> for this image")
 
 
-def pair_masks(source: ImageSource, images_root: str, masks_root: str) -> dict:
-    """Give every row of ``source`` its mask (or a mask error); returns the pairing's description."""
-    listing = walk_files(masks_root, is_image_name)
+def is_depth_name(name: str) -> bool:
+    """Whether a file name can hold a depth map: a 16-bit image (PNG, TIFF, ...) or a float ``.npy``."""
+    return name.lower().endswith(".npy") or is_image_name(name)
+
+
+def pair_masks(source: ImageSource, images_root: str, masks_root: str, what: str = "mask") -> dict:
+    """Give every row of ``source`` its mask (or a mask error); returns the pairing's description.
+    With ``what="depth"`` the files paired are depth maps (images or ``.npy``)."""
+    listing = walk_files(masks_root, is_depth_name if what == "depth" else is_image_name)
     masks, unreadable = _index_masks(listing, masks_root)
     source.masks = []
     used = set()
     for row, path in enumerate(source.paths):
         key = _stem_key(path, images_root)
-        mask, error = _mask_for(key, masks, unreadable, masks_root)
+        mask, error = _mask_for(key, masks, unreadable, masks_root, what)
         source.masks.append(mask)
         used.add(key)
         if error is not None and row not in source.errors:
@@ -105,13 +126,13 @@ def pair_masks(source: ImageSource, images_root: str, masks_root: str) -> dict:
             "unpaired_masks": {"count": len(unpaired), "examples": unpaired[:5]}}
 
 
-def _check_separate(images: Path, masks: Path) -> None:
+def _check_separate(images: Path, masks: Path, option: str = "--masks") -> None:
     images_real, masks_real = os.path.realpath(images), os.path.realpath(masks)
     if images_real == masks_real or masks_real.startswith(images_real + os.sep):
-        raise InputError(f"--masks {masks}: lies inside --images {images}, so masks would be listed as images; "
-                         f"keep images and masks in separate folders")
+        raise InputError(f"{option} {masks}: lies inside --images {images}, so its files would be listed as "
+                         f"images; keep images and targets in separate folders")
     if images_real.startswith(masks_real + os.sep):
-        raise InputError(f"--images {images}: lies inside --masks {masks}; keep images and masks in separate "
+        raise InputError(f"--images {images}: lies inside {option} {masks}; keep images and targets in separate "
                          f"folders")
 
 
@@ -199,4 +220,47 @@ def list_ade20k(root: Path, split: str | None) -> ImageSource:
         "segmentation": {**pairing, "reduce_zero_label": True, "num_classes": len(classes),
                          "rule": "mask value 0 ('other') -> 255 (ignored); 1..150 -> classes 0..149, as mmseg's "
                                  "ADE20KDataset"}}
+    return source
+
+
+# ---------------------------------------------------------------------------------- depth
+
+
+def _depth_description(pairing: dict, depth_scale: float, rows: int, from_what: str) -> dict:
+    return {"labels": no_labels(f"depth maps ({from_what}) are the targets, not class labels", rows),
+            "depth": {**pairing, "depth_scale": float(depth_scale), "unit": "metre", "no_measurement": 0.0,
+                      "rule": f"16-bit PNG values / {depth_scale:g} = metres (0 = no measurement); .npy float "
+                              f"metres (NaN = no measurement)"}}
+
+
+def list_depth_pairs(images: Path, depths: Path, depth_scale: float) -> ImageSource:
+    """Any folder of images with a parallel folder of depth maps (the ``pairs`` layout with
+    ``--depths``), matched like masks: by relative path without extension."""
+    if not depths.is_dir():
+        raise InputError(f"--depths {depths}: no such folder")
+    _check_separate(images, depths, "--depths")
+    source = list_folder(images)
+    pairing = pair_masks(source, str(images), str(depths), "depth")
+    if pairing["paired"] == 0:
+        raise InputError(f"--depths {depths}: no image under {images} has a depth map (pairs match by relative path "
+                         f"without extension, e.g. a/b.jpg <-> a/b.png or a/b.npy)")
+    source.layout = "pairs"
+    source.description = {**source.description, **_depth_description(pairing, depth_scale, len(source.paths),
+                                                                      "depth-files")}
+    return source
+
+
+def list_nyu(root: Path, split: str | None, depth_scale: float) -> ImageSource:
+    """mmseg's NYU layout: ``images/<split>/*.jpg`` with ``annotations/<split>/<stem>.png`` depth maps
+    (16-bit, ``depth_scale`` values per metre; NYUDataset's ``train`` / ``test`` splits)."""
+    if split is None:
+        raise InputError(f"{root}: the nyu layout has two splits; pass --split train or --split test")
+    images_dir, depths_dir = root / "images" / split, root / "annotations" / split
+    if not images_dir.is_dir():
+        raise InputError(f"{images_dir}: no such folder; the nyu layout is images/{{train,test}} beside "
+                         f"annotations/{{train,test}} (mmseg's NYUDataset)")
+    if not depths_dir.is_dir():
+        raise InputError(f"{depths_dir}: no such folder; the nyu layout keeps depth maps in annotations/{split}")
+    source = list_depth_pairs(images_dir, depths_dir, depth_scale)
+    source.layout = "nyu"
     return source

@@ -3,7 +3,6 @@ the pixels of its patch features (fixed and native resolution), parted like the 
 
 from __future__ import annotations
 
-import json
 import subprocess
 
 import numpy as np
@@ -11,12 +10,11 @@ import pytest
 from PIL import Image
 
 from sail_vision.extraction import extract
-from sail_vision.extraction.finishing import join_features
-from sail_vision.feature_store import (MASK_OFFSETS_FILE, MASKS_FILE, PARTS_DIR, FeatureStoreError, open_feature_dir,
+from sail_vision.feature_store import (MASK_OFFSETS_FILE, MASKS_FILE, FeatureStoreError, open_feature_dir,
                                        write_feature_dir)
 from sail_vision.preprocessing import Preprocess, decode_mask
 
-from feature_dirs import compare_feature_dirs, extract_command, kill, start_paused
+from feature_dirs import check_parted_targets, compare_feature_dirs, extract_command, kill, start_paused
 from image_factory import save_rgb
 
 P = 8  # the tiny checkpoint's patch size
@@ -184,23 +182,7 @@ def test_pairs_can_ask_for_reduce_zero_label(tiny_checkpoint, tmp_path):
 # ---------------------------------------------------------------------------------- parts
 def test_parted_masks_equal_one_part_byte_for_byte(tiny_checkpoint, patch_pairs, tmp_path):
     images, masks, _ = patch_pairs
-    alone = {**OPTIONS, "batch_size": 1, "batching": "grouped"}  # every image alone: features independent of parts
-    one, parted, lazy = tmp_path / "one", tmp_path / "parted", tmp_path / "lazy"
-    extract(tiny_checkpoint, images, one, masks=masks, **alone)
-    extract(tiny_checkpoint, images, parted, masks=masks, part_size=2, **alone)
-    extract(tiny_checkpoint, images, lazy, masks=masks, part_size=2, consolidate=False, **alone)
-    reader, reference = open_feature_dir(lazy), open_feature_dir(one)
-    assert not reader.consolidated and (lazy / PARTS_DIR).is_dir() and not (lazy / MASKS_FILE).exists()
-    for i in range(reference.num_valid):
-        assert np.array_equal(reader.mask(i), reference.mask(i))
-    join_features(lazy)
-    compare_feature_dirs(lazy, parted)
-    manifests = [json.loads((d / "manifest.json").read_text()) for d in (one, parted)]
-    assert manifests[0]["parts"]["count"] == 1 and manifests[1]["parts"]["count"] == 3
-    for d, manifest in zip((one, parted), manifests):  # apart from the part plan, the same bytes
-        manifest["parts"] = manifest["settings"]["part_size"] = None
-        (d / "manifest.json").write_text(json.dumps(manifest))
-    compare_feature_dirs(one, parted)
+    check_parted_targets(tiny_checkpoint, images, tmp_path, OPTIONS, masks=masks)
 
 
 def test_parted_fixed_resolution_masks_read_lazily(tiny_checkpoint, patch_pairs, tmp_path):

@@ -53,12 +53,14 @@ def test_a_registered_method_is_a_cli_choice_with_its_help(monkeypatch):
         methods.register_method(type("Other", (LinearMethod,), {"name": "fake-probe", "summary": "x"}))
 
 
-def test_every_registered_method_runs_through_the_one_runner(digits_data, monkeypatch):
+def test_every_registered_method_runs_through_the_one_runner(digits_data, monkeypatch, tmp_path):
     import numpy as np
 
     from sail_vision.probes import load_arrays, run_probe
     from sail_vision.probes import runner as runner_module
     from sail_vision.probes.attentive import AttentiveConfig
+    from sail_vision.probes.depth import DepthMethod
+    from sail_vision.probes.depth_train import DepthConfig
     from sail_vision.probes.methods import registered_methods
     from sail_vision.probes.seg_heads import SegmentationConfig
     from sail_vision.probes.segmentation import SegmentationMethod
@@ -76,7 +78,7 @@ def test_every_registered_method_runs_through_the_one_runner(digits_data, monkey
     cases = {"linear": dict(linear=LinearConfig(lrs=[0.1], weight_decays=[0.0], epochs=1)),
              "logreg": dict(cs=[1.0]), "knn": dict(ks=[1]),
              "attentive": dict(attentive=AttentiveConfig(lrs=[0.01], weight_decays=[0.0], epochs=1, num_heads=4))}
-    assert set(registered_methods()) == {*cases, "segmentation-linear"}
+    assert set(registered_methods()) == {*cases, "segmentation-linear", "depth-linear"}
     for name, settings in cases.items():
         data = (tokens, token_val) if name == "attentive" else (train, val)
         result = run_probe(*data, [FeatureInput(("pixels",))], None, method=name, verbose=False, progress=False,
@@ -86,4 +88,26 @@ def test_every_registered_method_runs_through_the_one_runner(digits_data, monkey
                     [FeatureInput(("layer-1_patch",))], None, verbose=False, progress=False,
                     method=SegmentationMethod(SegmentationConfig(lrs=(0.1, 1.0), weight_decays=(0.0,), epochs=2)))
     assert seg.summary["method"] == "segmentation-linear" and seg.summary["mIoU"] > 20
-    assert calls == [*cases, "segmentation-linear"]
+    depth = run_probe(*_depth_data(tmp_path), [FeatureInput(("layer-1_patch",))], None, verbose=False,
+                      progress=False, method=DepthMethod(DepthConfig(lrs=(0.01, 0.1), weight_decays=(0.0,), epochs=2,
+                                                                     n_bins=8)))
+    assert depth.summary["method"] == "depth-linear" and depth.summary["rmse"] > 0
+    assert calls == [*cases, "segmentation-linear", "depth-linear"]
+
+
+def _depth_data(tmp_path):
+    """Train and val depth folders: 2x2 patch maps of width 4 whose first channel sets each patch's depth."""
+    import numpy as np
+
+    from sail_vision.feature_store import write_feature_dir
+    from sail_vision.probes.depth_train import DepthData
+
+    found = []
+    for name, count, seed in (("train", 12, 0), ("val", 4, 1)):
+        rng = np.random.default_rng(seed)
+        maps = rng.normal(size=(count, 2, 2, 4)).astype(np.float32)
+        depths = np.kron(2.0 + maps[..., 0], np.ones((8, 8))).astype(np.float32).clip(0.5, None)
+        write_feature_dir(tmp_path / name, {"layer-1_patch": maps}, masks=depths, mask_meta={"depth_scale": 1000},
+                          checkpoint={"config": {"vision_patch_size": 8}})
+        found.append(DepthData.from_folder(tmp_path / name))
+    return found
