@@ -19,7 +19,7 @@ from typing import ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from .data import split_holdout
+from .dense import DenseGridMethod
 from .depth_metrics import DEPTH_METRICS, depth_arithmetic, nyu_crop_applies
 from .depth_train import (DepthConfig, DepthData, DepthHeadStack, check_depth_train_val, depth_mmseg_state_dict,
                           depth_stack_factory, evaluate_depth_stacks)
@@ -43,7 +43,7 @@ DEPTH_RUN_FILES = (GRID_FILE, SUMMARY_FILE, HEAD_TENSORS_FILE, HEAD_JSON_FILE, P
 
 
 @register_method
-class DepthMethod:
+class DepthMethod(DenseGridMethod):
     """The linear depth head as a method of :func:`~.runner.run_probe` (see the module docstring)."""
 
     name: ClassVar[str] = METHOD
@@ -53,27 +53,11 @@ class DepthMethod:
     metrics: ClassVar[tuple[str, ...]] = SELECTION_METRICS
     run_files: ClassVar[tuple[str, ...]] = DEPTH_RUN_FILES
     result_name: ClassVar[str] = "depth probe result"
-
-    def __init__(self, config: DepthConfig | None = None):
-        self.config = config or DepthConfig()
-        self._trained = None
-        self._evaluation = None
-
-    def check(self) -> None:
-        self.config.check()
-
-    def grid_size(self, inputs: Sequence[FeatureInput]) -> int:
-        return len(inputs) * len(self.config.grid)
+    config_class: ClassVar[type] = DepthConfig
 
     def validate(self, train, val, inputs):
         check_depth_train_val(train, val, inputs)
         return None, val
-
-    def holdout_split(self, train, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """Split source images, not rows: an image's augmented views stay on one side."""
-        groups = train.image_groups()
-        fit_groups, held_groups = split_holdout(np.zeros(int(groups.max()) + 1, np.int64), fraction, seed)
-        return np.flatnonzero(np.isin(groups, fit_groups)), np.flatnonzero(np.isin(groups, held_groups))
 
     def _train(self, train, inputs, rows, grid=None, progress=True):
         return train_seg_grid(train, inputs, rows, self.config, grid=grid, progress=progress,

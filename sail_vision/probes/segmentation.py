@@ -38,7 +38,7 @@ from typing import ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from .data import split_holdout
+from .dense import DenseGridMethod
 from .errors import ProbeDataError
 from .inputs import FeatureInput
 from .linear import grid_point_name
@@ -81,7 +81,7 @@ def _scores(hist: np.ndarray) -> dict[str, float | None]:
 
 
 @register_method
-class SegmentationMethod:
+class SegmentationMethod(DenseGridMethod):
     """DINOv2's linear segmentation head as a method of :func:`~.runner.run_probe`: the runner splits (whole
     source images), selects, refits, evaluates and writes; this class trains and scores the grid, and adds
     the mmseg checkpoint, per-class table, confusion matrix and predictions picture."""
@@ -93,27 +93,11 @@ class SegmentationMethod:
     metrics: ClassVar[tuple[str, ...]] = METRICS
     run_files: ClassVar[tuple[str, ...]] = SEG_RUN_FILES
     result_name: ClassVar[str] = "segmentation probe result"
-
-    def __init__(self, config: SegmentationConfig | None = None):
-        self.config = config or SegmentationConfig()
-        self._trained = None
-        self._evaluation = None
-
-    def check(self) -> None:
-        self.config.check()
-
-    def grid_size(self, inputs: Sequence[FeatureInput]) -> int:
-        return len(inputs) * len(self.config.grid)
+    config_class: ClassVar[type] = SegmentationConfig
 
     def validate(self, train, val, inputs):
         check_train_val(train, val, inputs)
         return train.num_classes, val
-
-    def holdout_split(self, train, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """Split source images, not rows: an image's augmented views stay on one side."""
-        groups = train.image_groups()
-        fit_groups, held_groups = split_holdout(np.zeros(int(groups.max()) + 1, np.int64), fraction, seed)
-        return np.flatnonzero(np.isin(groups, fit_groups)), np.flatnonzero(np.isin(groups, held_groups))
 
     def fit_grid(self, train, inputs, num_classes, fit_rows, held_rows, *, progress: bool = True) -> list[dict]:
         config = self.config
